@@ -1,0 +1,3 @@
+from mlconnect.cli.main import main
+
+main()

@@ -1,0 +1,66 @@
+"""Errors a person can act on.
+
+Every error mlconnect raises on purpose is an ``MlconnectError``: the CLI prints it as one line,
+``error: <what failed> — <what to do>``, and exits non-zero. Anything else is a bug and shows a
+traceback (always with ``MLCONNECT_DEBUG=1``).
+"""
+
+from __future__ import annotations
+
+
+class MlconnectError(Exception):
+    """Base class: ``message`` says what failed, ``hint`` says what to do next."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} — {self.hint}" if self.hint else self.message
+
+
+class UsageError(MlconnectError):
+    """The command line itself is wrong (exit code 2, like click's usage errors)."""
+
+    exit_code = 2
+
+
+class ConfigError(MlconnectError):
+    """A config with several mistakes reports all of them at once."""
+
+    def __init__(self, problems: list[str], source: str = "config") -> None:
+        self.problems = list(problems)
+        joined = "; ".join(self.problems)
+        super().__init__(f"{source}: {joined}", "fix the keys above (see configs/ for examples)")
+
+
+class DataError(MlconnectError):
+    """A malformed data file: names the file, line and column."""
+
+    def __init__(self, path: str, problem: str, line: int | None = None, column: str | None = None,
+                 hint: str = "fix the file or point data_path at another dataset") -> None:
+        where = str(path)
+        if line is not None:
+            where += f", line {line}"
+        if column is not None:
+            where += f", column {column!r}"
+        super().__init__(f"{where}: {problem}", hint)
+        self.path, self.line, self.column = path, line, column
+
+
+class ExperimentError(MlconnectError):
+    """An experiment folder is missing, already exists, or is in the wrong state."""
+
+
+class RemoteError(MlconnectError):
+    """A command on the host failed: carries the command, its return code and its stderr tail."""
+
+    def __init__(self, message: str, hint: str = "", *, command: list[str] | None = None,
+                 returncode: int | None = None, stderr: str = "") -> None:
+        super().__init__(message, hint)
+        self.command = command or []
+        self.returncode = returncode
+        self.stderr_tail = "\n".join(stderr.strip().splitlines()[-5:])
