@@ -73,3 +73,10 @@ def experiment_paths(name_or_path: str | Path, base: str | Path = EXPERIMENTS_DI
     if p.is_absolute() or len(p.parts) > 1:
         return ExperimentPaths(p)
     return ExperimentPaths(Path(base) / p)
+
+
+def default_experiment_name(model: str, dataset: str) -> str:
+    """``sasrec_ml-100k_20261128-181500``: sortable, readable, unique enough for one person."""
+    from datetime import datetime
+
+    return f"{model.lower()}_{dataset}_{datetime.now():%Y%m%d-%H%M%S}"
