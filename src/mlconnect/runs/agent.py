@@ -1,0 +1,266 @@
+"""The host-side entry the laptop calls: ``python -m mlconnect.runs.agent <verb> --json ...``.
+
+Runs in the project root on the host (``remote_root``), or in the local project when there is
+no host: the same code either way. Prints exactly one JSON document on stdout. On a deliberate
+error it prints ``{"error": {"type", "message", "hint"}}``, the one-line message on stderr, and
+exits 1, so the laptop can show the host's own words. argparse, not typer, and no torch import:
+every ``ps`` or ``logs -f`` poll pays this module's start-up time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from mlconnect import __version__
+from mlconnect.errors import ExperimentError, MlconnectError
+from mlconnect.layout import experiment_paths
+from mlconnect.runs import launcher, store
+from mlconnect.runs.gpu import gpu_summary
+
+LOG_POLL_S = 0.2
+
+
+def _paths_for_new(name: str):
+    if not name or name.startswith(".") or "/" in name or "\\" in name:
+        raise ExperimentError(f"invalid experiment name {name!r}", "use a plain folder name such as exp_001")
+    return experiment_paths(name, base=store.experiments_dir("."))
+
+
+# ------------------------------------------------------------------------------------------ verbs
+
+
+def cmd_start(a: argparse.Namespace) -> dict:
+    paths = _paths_for_new(a.experiment)
+    if a.config and not Path(a.config).is_file():
+        raise ExperimentError(f"config file {a.config} not found on {socket.gethostname()} "
+                              f"in {Path.cwd()}", "sync the project first (`mlconnect sync`), "
+                              "or give a path inside the project")
+    if not a.resume and not a.force and (paths.status.exists() or paths.progress.exists()):
+        raise ExperimentError(f"experiment {a.experiment} already has a run",
+                              f"`mlconnect resume {a.experiment}` continues it; --force starts it over; "
+                              "or pick another --experiment")
+    if not a.config and not paths.config.exists():
+        raise ExperimentError(f"experiment {a.experiment} has no config",
+                              "pass --config FILE, or create it with `mlconnect exp create`")
+    paths.root.mkdir(parents=True, exist_ok=True)
+    run_id = launcher.new_run_id()
+    argv = launcher.train_argv(a.experiment, run_id=run_id, config=a.config, model=a.model,
+                               dataset=a.dataset, data_path=a.data_path, overrides=a.set or [],
+                               resume=a.resume, force=a.force)
+    return launcher.start_run(paths, argv, run_id=run_id, queue=a.queue)
+
+
+def cmd_resume(a: argparse.Namespace) -> dict:
+    paths = store.find_experiment(a.experiment)
+    st = launcher.reconcile(paths) or {}
+    state = st.get("state") or store.experiment_row(paths)["state"]
+    if state in launcher.ACTIVE:
+        raise ExperimentError(f"experiment {a.experiment} is already {state}",
+                              f"`mlconnect logs {a.experiment} -f` follows it")
+    if state not in launcher.RESUMABLE:
+        raise ExperimentError(f"experiment {a.experiment} cannot be resumed (state: {state})",
+                              "only stopped, lost or failed runs resume; "
+                              f"`mlconnect train --experiment {a.experiment} --force` starts it over")
+    if not paths.checkpoint("last").exists():
+        raise ExperimentError(f"experiment {a.experiment} has no checkpoint to resume from "
+                              f"({paths.checkpoint('last')})",
+                              f"start it over: `mlconnect train --experiment {a.experiment} --force`")
+    run_id = launcher.new_run_id()
+    argv = launcher.train_argv(a.experiment, run_id=run_id, resume=True)
+    return launcher.start_run(paths, argv, run_id=run_id, queue=a.queue)
+
+
+def cmd_stop(a: argparse.Namespace) -> dict:
+    return launcher.stop_run(store.find_experiment(a.experiment), grace_s=a.grace)
+
+
+def cmd_ps(a: argparse.Namespace) -> dict:
+    return {"host": socket.gethostname(), "root": str(Path.cwd()),
+            "experiments": store.list_experiments(".")}
+
+
+def cmd_show(a: argparse.Namespace) -> dict:
+    return store.experiment_detail(store.find_experiment(a.experiment))
+
+
+def logs_read(paths, offset: int, max_bytes: int = 1 << 20, wait_s: float = 0.0) -> dict:
+    """Bytes of training.log from ``offset``, whole lines only while the run is live.
+
+    The caller keeps the offset: after a dropped connection it asks again from the same byte,
+    so nothing is lost or repeated. ``wait_s`` long-polls for new output (one ssh round trip per
+    burst of lines instead of one per poll).
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        state = (launcher.reconcile(paths) or {}).get("state")
+        live = state in launcher.ACTIVE
+        try:
+            size = paths.log.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        truncated = size < offset
+        if truncated:  # the log was replaced (run started over with --force): start again at 0
+            offset = 0
+        chunk = b""
+        if size > offset:
+            with open(paths.log, "rb") as f:
+                f.seek(offset)
+                chunk = f.read(min(max_bytes, size - offset))
+            if live or len(chunk) == max_bytes:
+                # Only complete lines: a half-written line (or utf-8 char) waits for the next call.
+                cut = chunk.rfind(b"\n")
+                chunk = chunk[:cut + 1] if cut >= 0 else (chunk if len(chunk) == max_bytes else b"")
+        new_offset = offset + len(chunk)
+        if chunk or truncated or not live or time.monotonic() >= deadline:
+            return {"data": chunk.decode("utf-8", "replace"), "offset": new_offset, "size": size,
+                    "state": state, "truncated": truncated,
+                    "done": not live and new_offset >= size}
+        time.sleep(LOG_POLL_S)
+
+
+def cmd_logs_read(a: argparse.Namespace) -> dict:
+    return logs_read(store.find_experiment(a.experiment), a.offset, a.max_bytes, a.wait)
+
+
+def _disk(path: str) -> dict:
+    du = shutil.disk_usage(path)
+    return {"path": str(Path(path).resolve()), "free_gb": round(du.free / 2**30, 1),
+            "total_gb": round(du.total / 2**30, 1)}
+
+
+def _memory() -> dict | None:
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    except (OSError, ValueError):
+        return None
+    kb = {k: int(v.split()[0]) for k, v in info.items() if k in ("MemTotal", "MemAvailable")}
+    return {"total_gb": round(kb.get("MemTotal", 0) / 2**20, 1),
+            "available_gb": round(kb.get("MemAvailable", 0) / 2**20, 1)}
+
+
+def _services() -> list[dict]:
+    """TensorBoard / Jupyter the tunnel commands started (their pid files), when that part exists."""
+    try:
+        from mlconnect.runs import services  # written by the tunnels part; optional here
+    except ImportError:
+        return []
+    for fn in ("list_services", "running_services", "list_running"):
+        if hasattr(services, fn):
+            try:
+                found = getattr(services, fn)(Path.cwd()) if fn != "running_services" \
+                    else getattr(services, fn)()
+            except TypeError:
+                found = getattr(services, fn)()
+            return [dict(s) if not isinstance(s, dict) else s for s in found]
+    return []
+
+
+def cmd_host_status(a: argparse.Namespace) -> dict:
+    rows = store.list_experiments(".")
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
+    return {"host": socket.gethostname(), "platform": platform.platform(terse=True),
+            "python": sys.version.split()[0], "mlconnect": __version__, "root": str(Path.cwd()),
+            "gpu": gpu_summary(), "disk": _disk("."), "load": load, "cpus": os.cpu_count(),
+            "memory": _memory(),
+            "runs": [r for r in rows if r["state"] in launcher.ACTIVE],
+            "services": _services()}
+
+
+def cmd_exp_create(a: argparse.Namespace) -> dict:
+    paths = _paths_for_new(a.experiment)
+    if paths.root.exists() and any(paths.root.iterdir()) and not a.force:
+        raise ExperimentError(f"experiment {a.experiment} already exists ({paths.root})",
+                              "pick another name, or pass --force to overwrite its config")
+    if launcher.is_active(paths):
+        raise ExperimentError(f"experiment {a.experiment} is running", "stop it first")
+    cfg_path = Path(a.config)
+    if not cfg_path.is_file():
+        raise ExperimentError(f"config file {a.config} not found in {Path.cwd()}",
+                              "sync the project first, or give a path inside the project")
+    try:
+        from mlconnect.engine.config import load_config  # validated and resolved by the engine
+        from mlconnect.engine.trainer import create_experiment
+    except ImportError:
+        create_experiment = None
+    if create_experiment is not None:
+        cfg = load_config(str(cfg_path), None)
+        create_experiment(cfg, paths.root, force=a.force)
+        how = "engine"
+    else:  # engine not importable on this host: keep the file as given
+        from mlconnect.fileio import atomic_write_bytes
+        atomic_write_bytes(paths.config, cfg_path.read_bytes())
+        how = "copied"
+    return {"experiment": a.experiment, "path": str(paths.root.resolve()),
+            "config": str(paths.config.resolve()), "created_by": how}
+
+
+def cmd_version(a: argparse.Namespace) -> dict:
+    return {"mlconnect": __version__, "python": sys.version.split()[0], "executable": sys.executable,
+            "host": socket.gethostname(), "root": str(Path.cwd())}
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mlconnect.runs.agent")
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    def verb(name: str, fn, exp: bool = True) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name)
+        sp.add_argument("--json", action="store_true", help="accepted for symmetry: output is JSON")
+        if exp:
+            sp.add_argument("--experiment", required=True)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    s = verb("start", cmd_start)
+    for flag in ("--config", "--model", "--dataset", "--data-path"):
+        s.add_argument(flag)
+    s.add_argument("--set", action="append", metavar="KEY=VALUE")
+    for flag in ("--queue", "--resume", "--force"):
+        s.add_argument(flag, action="store_true")
+    verb("resume", cmd_resume).add_argument("--queue", action="store_true")
+    verb("stop", cmd_stop).add_argument("--grace", type=float, default=30.0)
+    verb("ps", cmd_ps, exp=False)
+    verb("show", cmd_show)
+    lr = verb("logs-read", cmd_logs_read)
+    lr.add_argument("--offset", type=int, default=0)
+    lr.add_argument("--max-bytes", type=int, default=1 << 20)
+    lr.add_argument("--wait", type=float, default=0.0)
+    verb("host-status", cmd_host_status, exp=False)
+    ec = verb("exp-create", cmd_exp_create)
+    ec.add_argument("--config", required=True)
+    ec.add_argument("--force", action="store_true")
+    verb("version", cmd_version, exp=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        out: Any = args.fn(args)
+        code = 0
+    except MlconnectError as exc:
+        out = {"error": {"type": type(exc).__name__, "message": exc.message, "hint": exc.hint}}
+        print(f"error: {exc}", file=sys.stderr)
+        code = 1
+    sys.stdout.write(json.dumps(out, default=str) + "\n")
+    sys.stdout.flush()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,450 @@
+"""Detached runs: start, supervise, record, stop, resume, queue — the host side of ``--detach``.
+
+Replaces ``nohup python train.py | tee training.log`` + ``pkill -f``. The shape:
+
+* :func:`start_run` writes ``status.json`` and spawns a *supervisor* in a new session (stdin
+  /dev/null, output to files, no fd of the ssh channel), so the run survives the ssh session,
+  the laptop's sleep and SIGHUP. It returns as soon as the supervisor has recorded the child.
+* The supervisor (``python -m mlconnect.runs.launcher supervise ...``) waits for its turn when
+  queued, starts the training child in its own process group, heartbeats into ``status.json``,
+  samples the GPU into ``gpu_usage.csv`` and records the exit code and final state.
+* The child carries a run-id marker on its command line (``python -X mlconnect-run=<id> ...``:
+  CPython keeps unknown ``-X`` options, so the marker costs the trainer nothing). Every signal
+  and every "is it running?" answer checks that marker against the live process's command line,
+  so a pid reused by an unrelated process is never taken for the run, nor killed.
+* The boot id is recorded, so a run cut off by a reboot reads as ``lost``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from mlconnect.errors import ExperimentError
+from mlconnect.fileio import atomic_write_json, read_json
+from mlconnect.layout import ExperimentPaths
+from mlconnect.runs.gpu import GpuSampler
+
+ACTIVE = ("queued", "running")
+RESUMABLE = ("stopped", "lost", "failed")
+MARKER = "mlconnect-run="
+HEARTBEAT_S = float(os.environ.get("MLCONNECT_HEARTBEAT_S", "5"))
+GPU_INTERVAL_S = float(os.environ.get("MLCONNECT_GPU_INTERVAL_S", "5"))
+QUEUE_POLL_S = 1.0
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def boot_id() -> str | None:
+    """Linux's per-boot uuid; on macOS the boot time (both change exactly when the box reboots)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        pass
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(["sysctl", "-n", "kern.boottime"], capture_output=True, text=True,
+                             timeout=5).stdout.strip()
+        return out or None
+    return None
+
+
+def process_cmdline(pid: int) -> str | None:
+    """The live command line of ``pid`` (None if there is no such process or it is a zombie)."""
+    if pid <= 0:
+        return None
+    proc = Path(f"/proc/{pid}/cmdline")
+    if Path("/proc/self/cmdline").exists():
+        try:
+            raw = proc.read_bytes()
+        except OSError:
+            return None
+        return raw.replace(b"\0", b" ").decode("utf-8", "replace").strip() or None
+    try:  # macOS / BSD: no /proc
+        out = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def process_matches(pid: int | None, run_id: str | None) -> bool:
+    """True only when ``pid`` is alive *and* its command line carries this run's id."""
+    if not pid or not run_id:
+        return False
+    cmd = process_cmdline(int(pid))
+    return cmd is not None and run_id in cmd
+
+
+# ---------------------------------------------------------------------------------------- status
+
+
+def read_status(paths: ExperimentPaths) -> dict | None:
+    return read_json(paths.status)
+
+
+@contextlib.contextmanager
+def _status_lock(paths: ExperimentPaths):
+    # The supervisor and `stop` both update status.json: serialise read-modify-write.
+    paths.root.mkdir(parents=True, exist_ok=True)
+    with open(paths.root / ".status.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def update_status(paths: ExperimentPaths, **changes: Any) -> dict:
+    """Atomically merge ``changes`` into status.json and return the new document."""
+    with _status_lock(paths):
+        st = read_json(paths.status) or {}
+        st.update(changes)
+        atomic_write_json(paths.status, st)
+        return st
+
+
+def reconcile(paths: ExperimentPaths, status: dict | None = None) -> dict | None:
+    """status.json as it really is: an active run whose processes are gone is ``lost``.
+
+    A run is alive when the child (running) or the supervisor (queued, or between exit and the
+    final write) is alive with the run id on its command line, on the same boot.
+    """
+    st = status if status is not None else read_status(paths)
+    if not st or st.get("state") not in ACTIVE:
+        return st
+    run_id = st.get("run_id")
+    same_boot = st.get("boot_id") in (None, boot_id())
+    if same_boot and (process_matches(st.get("pid"), run_id)
+                      or process_matches(st.get("supervisor_pid"), run_id)):
+        return st
+    reason = "host rebooted" if not same_boot else "processes gone without a final record"
+    with _status_lock(paths):
+        fresh = read_json(paths.status) or {}
+        if fresh.get("run_id") != run_id or fresh.get("state") not in ACTIVE:
+            return fresh  # the supervisor finished while we looked
+        fresh.update(state="lost", lost_reason=reason, ended=fresh.get("ended") or now_iso())
+        atomic_write_json(paths.status, fresh)
+        return fresh
+
+
+def is_active(paths: ExperimentPaths) -> bool:
+    st = reconcile(paths)
+    return bool(st and st.get("state") in ACTIVE)
+
+
+# ----------------------------------------------------------------------------------------- start
+
+
+def train_argv(experiment: str, *, run_id: str, config: str | None = None, model: str | None = None,
+               dataset: str | None = None, data_path: str | None = None,
+               overrides: list[str] | tuple[str, ...] = (), resume: bool = False, force: bool = False,
+               python: str | None = None) -> list[str]:
+    """The foreground ``mlconnect train`` command line, carrying the run-id marker."""
+    argv = [python or sys.executable, "-X", f"{MARKER}{run_id}", "-m", "mlconnect", "train",
+            "--experiment", experiment]
+    for flag, value in (("--config", config), ("--model", model), ("--dataset", dataset),
+                        ("--data-path", data_path)):
+        if value:
+            argv += [flag, value]
+    for ov in overrides:
+        argv += ["--set", ov]
+    if resume:
+        argv.append("--resume")
+    if force:
+        argv.append("--force")
+    return argv
+
+
+def start_run(paths: ExperimentPaths, argv: list[str], *, run_id: str, queue: bool = False,
+              cwd: str | os.PathLike[str] | None = None, wait_s: float = 10.0) -> dict:
+    """Record the run and spawn its supervisor detached; return the status once it is recorded.
+
+    ``argv`` must carry ``run_id`` (see :func:`train_argv`). Refuses when the experiment already
+    has a live run: one folder, one writer.
+    """
+    if is_active(paths):
+        st = read_status(paths) or {}
+        raise ExperimentError(
+            f"experiment {paths.name} is already {st.get('state')} (pid {st.get('pid')})",
+            f"follow it with `mlconnect logs {paths.name} -f`, or `mlconnect stop {paths.name}` first")
+    cwd = str(Path(cwd or os.getcwd()).resolve())
+    with _status_lock(paths):
+        atomic_write_json(paths.status, {
+            "run_id": run_id, "pid": None, "pgid": None, "supervisor_pid": None,
+            "state": "queued", "queue": queue, "exit_code": None, "created": now_iso(),
+            "started": None, "ended": None, "heartbeat": now_iso(), "boot_id": boot_id(),
+            "host": socket.gethostname(), "cwd": cwd, "command": list(argv)})
+    sup_log = open(paths.root / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
+    try:
+        sup = subprocess.Popen(
+            [sys.executable, "-m", "mlconnect.runs.launcher", "supervise",
+             "--experiment-dir", str(paths.root.resolve()), "--run-id", run_id],
+            cwd=cwd, stdin=subprocess.DEVNULL, stdout=sup_log, stderr=subprocess.STDOUT,
+            start_new_session=True, close_fds=True)
+    finally:
+        sup_log.close()
+    update_status(paths, supervisor_pid=sup.pid)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        st = read_status(paths) or {}
+        if st.get("pid") or st.get("state") not in ACTIVE or (queue and st.get("waiting")):
+            return st
+        if sup.poll() is not None:  # died before recording anything: say why
+            break
+        time.sleep(0.02)
+    st = reconcile(paths) or {}
+    if st.get("state") not in ACTIVE or sup.poll() is not None:
+        tail = _tail(paths.root / "supervisor.log")
+        raise ExperimentError(f"the run supervisor for {paths.name} exited at once: {tail}",
+                              f"see {paths.root / 'supervisor.log'}")
+    return st
+
+
+def _tail(path: Path, n: int = 1) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no output)"
+    return " | ".join(lines[-n:]) or "(no output)"
+
+
+# ------------------------------------------------------------------------------------ supervisor
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def _queue_dir() -> Path:
+    base = os.environ.get("MLCONNECT_QUEUE_DIR")
+    if base:
+        return Path(base)
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "mlconnect" / "queue"
+
+
+def _open_gpu_lock() -> Any:
+    qdir = _queue_dir()
+    qdir.mkdir(parents=True, exist_ok=True)
+    return open(qdir / "gpu.lock", "a")  # noqa: SIM115 - held for the life of the run
+
+
+def _wait_for_turn(paths: ExperimentPaths, run_id: str, lock_file: Any) -> None:
+    """FIFO: wait until this run heads the host queue *and* no other run holds the GPU lock.
+
+    Queued runs take the lock exclusively; plain detached runs hold it shared, so a queued run
+    also waits for them. Dead waiters (supervisor gone) are dropped from the queue. Sleeps
+    between checks: no busy loop.
+    """
+    qdir = _queue_dir()
+    ticket = qdir / f"{time.time_ns():020d}-{run_id}.json"
+    atomic_write_json(ticket, {"pid": os.getpid(), "run_id": run_id, "experiment": str(paths.root)})
+    update_status(paths, waiting=True, queue_ticket=ticket.name)
+    last_beat = 0.0
+    try:
+        while True:
+            head = None
+            for entry in sorted(qdir.glob("*.json")):
+                info = read_json(entry) or {}
+                if process_matches(info.get("pid"), info.get("run_id")):
+                    head = entry
+                    break
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()  # a waiter that died: never let it block the queue
+            if head == ticket:
+                try:
+                    fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return
+                except BlockingIOError:
+                    pass
+            if time.monotonic() - last_beat > HEARTBEAT_S:
+                update_status(paths, heartbeat=now_iso())
+                last_beat = time.monotonic()
+            time.sleep(QUEUE_POLL_S)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            ticket.unlink()
+
+
+def _own_group() -> dict:
+    if sys.version_info >= (3, 11):
+        return {"process_group": 0}
+    return {"preexec_fn": os.setpgrp}  # 3.10: same effect, before exec
+
+
+def _final_state(rc: int, stop_requested: bool, paths: ExperimentPaths) -> str:
+    if rc == 0:
+        return "succeeded"
+    progress = read_json(paths.progress) or {}
+    # 143/130: the trainer caught SIGTERM/SIGINT and saved; negative: killed by that signal.
+    if stop_requested or rc in (130, 143, -signal.SIGTERM, -signal.SIGINT) \
+            or progress.get("state") == "stopped":
+        return "stopped"
+    return "failed"
+
+
+def supervise(exp_dir: str, run_id: str) -> int:
+    """Body of the supervisor process: queue, start the child, heartbeat, record the end."""
+    paths = ExperimentPaths(Path(exp_dir))
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # belt and braces: we have no terminal anyway
+    st = read_status(paths) or {}
+    if st.get("run_id") != run_id:
+        print(f"status.json belongs to run {st.get('run_id')}, not {run_id}", file=sys.stderr)
+        return 2
+    child: subprocess.Popen | None = None
+
+    def on_term(signum: int, _frame: Any) -> None:
+        if child is None:
+            raise _Cancelled()
+        # Someone signalled the supervisor instead of the run: pass it on, keep recording.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    lock_file = _open_gpu_lock()
+    try:
+        if st.get("queue"):
+            _wait_for_turn(paths, run_id, lock_file)
+        else:
+            with contextlib.suppress(BlockingIOError):  # a queued run holds it: we still start
+                fcntl.flock(lock_file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except _Cancelled:
+        update_status(paths, state="stopped", waiting=False, ended=now_iso(), exit_code=None,
+                      note="cancelled while queued")
+        return 0
+    env = dict(os.environ, PYTHONUNBUFFERED="1")  # lines reach the log as they are printed
+    # Output goes to training.log in append mode, next to the lines the trainer writes itself.
+    with open(paths.log, "ab", buffering=0) as log:
+        log.write(f"[mlconnect] run {run_id} starting: {' '.join(st['command'])}\n".encode())
+        child = subprocess.Popen(st["command"], cwd=st.get("cwd"), stdin=subprocess.DEVNULL,
+                                 stdout=log, stderr=subprocess.STDOUT, env=env, close_fds=True,
+                                 **_own_group())  # own group: `stop` signals the run, not us
+    update_status(paths, state="running", waiting=False, pid=child.pid, pgid=child.pid,
+                  started=now_iso(), heartbeat=now_iso())
+    sampler = GpuSampler(paths.gpu_usage, GPU_INTERVAL_S)
+    next_beat = time.monotonic() + HEARTBEAT_S
+    while True:
+        if sampler.due():
+            sampler.sample()
+            if sampler.unavailable:
+                update_status(paths, gpu=None, gpu_note=sampler.unavailable)
+        timeout = max(0.05, min(next_beat, sampler._next if sampler.unavailable is None
+                                else next_beat) - time.monotonic())
+        try:
+            rc = child.wait(timeout=timeout)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        if time.monotonic() >= next_beat:
+            update_status(paths, heartbeat=now_iso())
+            next_beat = time.monotonic() + HEARTBEAT_S
+    cur = read_status(paths) or {}
+    state = _final_state(rc, bool(cur.get("stop_requested")), paths)
+    with open(paths.log, "ab") as log:
+        log.write(f"[mlconnect] run {run_id} exited with code {rc}: {state}\n".encode())
+    update_status(paths, state=state, exit_code=rc, ended=now_iso(), heartbeat=now_iso())
+    return 0
+
+
+# ------------------------------------------------------------------------------------ stop/resume
+
+
+def stop_run(paths: ExperimentPaths, grace_s: float = 30.0) -> dict:
+    """SIGTERM the run's process group (the trainer checkpoints), SIGKILL after ``grace_s``."""
+    st = reconcile(paths)
+    if not st:
+        raise ExperimentError(f"experiment {paths.name} has no run on this host",
+                              "see `mlconnect ps` for the runs there are")
+    if st.get("state") not in ACTIVE:
+        raise ExperimentError(f"experiment {paths.name} is not running (state: {st.get('state')})",
+                              f"`mlconnect resume {paths.name}` starts it again")
+    run_id = st["run_id"]
+    update_status(paths, stop_requested=True, stop_requested_at=now_iso())
+    sup = st.get("supervisor_pid")
+    if st.get("state") == "queued" or not st.get("pid"):
+        if process_matches(sup, run_id):
+            os.kill(int(sup), signal.SIGTERM)  # the supervisor cancels its queue ticket
+        return _await_final(paths, run_id, 10.0)
+    pid, pgid = int(st["pid"]), int(st.get("pgid") or st["pid"])
+    _signal_run(pid, pgid, run_id, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and process_matches(pid, run_id):
+        time.sleep(0.1)
+    killed = False
+    if process_matches(pid, run_id):
+        _signal_run(pid, pgid, run_id, signal.SIGKILL)
+        killed = True
+    final = _await_final(paths, run_id, 10.0)
+    if killed:
+        final = update_status(paths, killed_after_grace_s=grace_s)
+    return final
+
+
+def _signal_run(pid: int, pgid: int, run_id: str, sig: int) -> None:
+    # Only ever signal a group whose leader is our child, checked against its command line now.
+    if not process_matches(pid, run_id):
+        return
+    try:
+        if os.getpgid(pid) == pgid:
+            os.killpg(pgid, sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _await_final(paths: ExperimentPaths, run_id: str, timeout: float) -> dict:
+    """Wait for the supervisor's final record; if it is gone, write ``stopped`` ourselves."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = read_status(paths) or {}
+        if st.get("run_id") != run_id or st.get("state") not in ACTIVE:
+            return st
+        if not process_matches(st.get("supervisor_pid"), run_id) and \
+                not process_matches(st.get("pid"), run_id):
+            break
+        time.sleep(0.05)
+    return update_status(paths, state="stopped", ended=now_iso(), note="stopped without supervisor")
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m mlconnect.runs.launcher")
+    sub = p.add_subparsers(dest="verb", required=True)
+    s = sub.add_parser("supervise", help="(internal) supervise one detached run")
+    s.add_argument("--experiment-dir", required=True)
+    s.add_argument("--run-id", required=True)
+    args = p.parse_args(argv)
+    try:
+        return supervise(args.experiment_dir, args.run_id)
+    except Exception as exc:  # the only record the user gets: put it in status.json too
+        with contextlib.suppress(Exception):
+            update_status(ExperimentPaths(Path(args.experiment_dir)), state="failed",
+                          ended=now_iso(), note=f"supervisor error: {exc!r}")
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
