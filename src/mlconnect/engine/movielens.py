@@ -285,13 +285,14 @@ def _download(url: str, dest: IO[bytes], timeout: float) -> None:
 
 
 def fetch_movielens(name: str = "ml-100k", data_path: str | os.PathLike[str] = "dataset",
-                    url: str | None = None, timeout: float = 60.0, *, overwrite: bool = False) -> Path:
+                    url: str | None = None, timeout: float = 60.0, *, overwrite: bool = False,
+                    stats: dict[str, int] | None = None) -> Path:
     """Download a GroupLens MovieLens zip and convert it into ``data_path/<name>/``; return that folder.
 
     The URL is ``url``, else ``$MLCONNECT_MOVIELENS_URL``, else GroupLens' ``<name>.zip``. The zip goes
     to a temporary folder, is checked, unpacked and converted with :func:`import_movielens`, so a
     failure at any step leaves nothing in ``data_path``. Any network problem is one
-    ``MlconnectError`` that says how to get the data by hand.
+    ``MlconnectError`` that says how to get the data by hand. ``stats`` as in :func:`import_movielens`.
     """
     data_path = Path(data_path)
     url = url or os.environ.get(URL_ENV) or GROUPLENS.format(name=name)
@@ -322,7 +323,7 @@ def fetch_movielens(name: str = "ml-100k", data_path: str | os.PathLike[str] = "
             raise MlconnectError(f"could not unpack the {name} archive from {url}: {exc}",
                                  _manual_hint(name, data_path)) from None
         try:
-            return import_movielens(unpacked, data_path, name=name, overwrite=overwrite)
+            return import_movielens(unpacked, data_path, name=name, overwrite=overwrite, stats=stats)
         except MlconnectError as exc:
             raise MlconnectError(f"the {name} archive from {url} is not a MovieLens dataset: {exc.message}",
                                  _manual_hint(name, data_path)) from None
