@@ -1,1 +1,21 @@
+"""The model registry: RecBole's model names -> classes."""
 
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from mlconnect.engine.models.base import SequentialRecommender
+from mlconnect.engine.models.bert4rec import BERT4Rec
+from mlconnect.engine.models.gru4rec import GRU4Rec
+from mlconnect.engine.models.sasrec import SASRec
+
+REGISTRY: dict[str, type[SequentialRecommender]] = {"SASRec": SASRec, "GRU4Rec": GRU4Rec, "BERT4Rec": BERT4Rec}
+
+
+def build_model(cfg: Mapping[str, Any], n_items: int) -> SequentialRecommender:
+    """A model for ``cfg["model"]`` over ``n_items`` item ids (padding included)."""
+    return REGISTRY[cfg["model"]](cfg, n_items)
+
+
+__all__ = ["REGISTRY", "SequentialRecommender", "build_model"]

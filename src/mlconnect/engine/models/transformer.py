@@ -1,0 +1,47 @@
+"""A post-LayerNorm transformer block in RecBole's layout, with attention through SDPA."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "swish": F.silu, "silu": F.silu, "tanh": torch.tanh,
+               "sigmoid": torch.sigmoid}
+
+
+class TransformerLayer(nn.Module):
+    """Self-attention -> dropout -> add & norm -> feed-forward -> dropout -> add & norm."""
+
+    def __init__(self, hidden: int, n_heads: int, inner: int, hidden_dropout: float, attn_dropout: float,
+                 act: str, eps: float) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.attn_dropout = attn_dropout
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.attn_out = nn.Linear(hidden, hidden)
+        self.norm1 = nn.LayerNorm(hidden, eps=eps)
+        self.ff_in = nn.Linear(hidden, inner)
+        self.ff_out = nn.Linear(inner, hidden)
+        self.norm2 = nn.LayerNorm(hidden, eps=eps)
+        self.dropout = nn.Dropout(hidden_dropout)
+        self.act = ACTIVATIONS[act.lower()]
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+        b, length, h = x.shape
+        q, k, v = self.qkv(x).view(b, length, 3, self.n_heads, h // self.n_heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal,
+                                           dropout_p=self.attn_dropout if self.training else 0.0)
+        x = self.norm1(x + self.dropout(self.attn_out(a.transpose(1, 2).reshape(b, length, h))))
+        return self.norm2(x + self.dropout(self.ff_out(self.act(self.ff_in(x)))))
+
+
+class TransformerEncoder(nn.Module):
+    def __init__(self, n_layers: int, **layer_kw) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(TransformerLayer(**layer_kw) for _ in range(n_layers))
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x, attn_mask=attn_mask, causal=causal)
+        return x

@@ -1,0 +1,398 @@
+"""The training loop: windows of every user's history, loss at every position, full-ranking eval.
+
+One pass over the data per epoch, early stopping on ``valid_metric``, atomic checkpoints that
+carry everything a resumed run needs to end exactly where an uninterrupted one ends (model,
+optimizer, RNG state, position inside the epoch, early-stopping state), and SIGTERM/SIGINT that
+save before exiting.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import signal
+import threading
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mlconnect.engine.checkpoint import load_checkpoint, save_checkpoint
+from mlconnect.engine.config import Config
+from mlconnect.engine.data import Split, load_dataset, split_leave_one_out, training_windows
+from mlconnect.engine.experiment import ProgressFile, now_iso, prepare_experiment, write_meta, write_vocab
+from mlconnect.engine.metrics import MetricAccumulator, mask_history_
+from mlconnect.engine.models import SequentialRecommender, build_model
+from mlconnect.engine.progress import Reporter
+from mlconnect.errors import MlconnectError
+from mlconnect.fileio import atomic_write_json
+from mlconnect.layout import ExperimentPaths
+
+CHECKPOINT_FORMAT = 1
+
+
+class TrainingInterrupted(MlconnectError):
+    """SIGTERM/SIGINT arrived: a checkpoint was saved and the run can be resumed."""
+
+    def __init__(self, signum: int, paths: ExperimentPaths, epoch: int, step: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name} at epoch {epoch + 1}, step {step}; "
+                         f"checkpoint saved in {paths.checkpoints}",
+                         f"continue with `mlconnect train --experiment {paths.name} --resume`")
+        self.exit_code = 128 + signum
+
+
+def select_device(name: str) -> torch.device:
+    """``auto`` picks CUDA, then MPS, then CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MlconnectError("device cuda was asked for but CUDA is not available",
+                             "set device: auto or cpu, or check the GPU driver with nvidia-smi")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise MlconnectError("device mps was asked for but MPS is not available", "set device: auto or cpu")
+    return dev
+
+
+def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA (where supported) and MPS when enable_amp is auto or true."""
+    if cfg["enable_amp"] is False or device.type == "cpu":
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16
+
+
+@torch.inference_mode()
+def evaluate(model: SequentialRecommender, split: Split, which: str, cfg: Config, device: torch.device,
+             amp: torch.dtype | None = None) -> dict[str, float]:
+    """Full-ranking metrics over every user with a ``which`` (valid/test) target, batched."""
+    users, x, target = split.eval_inputs(which)
+    acc = MetricAccumulator(cfg["metrics"], cfg["topk"])
+    was_training = model.training
+    model.eval()
+    bs = cfg["eval_batch_size"]
+    for s in range(0, len(users), bs):
+        xb = torch.from_numpy(x[s:s + bs]).to(device)
+        with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
+            scores = model.full_scores(xb, (xb > 0).sum(1))
+        scores = scores.float()
+        if cfg["mask_history"]:
+            hist = [split.history(which, int(u)) for u in users[s:s + bs]]
+            width = max(1, max(len(h) for h in hist))
+            hb = np.zeros((len(hist), width), dtype=np.int64)
+            for i, h in enumerate(hist):
+                hb[i, : len(h)] = h
+            mask_history_(scores, torch.from_numpy(hb).to(device))
+        acc.update(scores, torch.from_numpy(target[s:s + bs]).to(device))
+    model.train(was_training)
+    return acc.compute()
+
+
+def _make_optimizer(cfg: Config, params: Any) -> torch.optim.Optimizer:
+    lr, wd = cfg["learning_rate"], cfg["weight_decay"]
+    return {
+        "adam": lambda: torch.optim.Adam(params, lr=lr, weight_decay=wd),
+        "adamw": lambda: torch.optim.AdamW(params, lr=lr, weight_decay=wd),
+        "sgd": lambda: torch.optim.SGD(params, lr=lr, weight_decay=wd),
+        "adagrad": lambda: torch.optim.Adagrad(params, lr=lr, weight_decay=wd),
+        "rmsprop": lambda: torch.optim.RMSprop(params, lr=lr, weight_decay=wd),
+    }[cfg["learner"]]()
+
+
+def train(cfg: Config, experiment_dir: str | Path, *, resume: bool = False, force: bool = False) -> dict[str, Any]:
+    """Train ``cfg`` into ``experiment_dir``; returns the results written to results/metrics.json."""
+    paths = prepare_experiment(cfg, experiment_dir, resume=resume, force=force)
+    return Trainer(cfg, paths, resume=resume).run()
+
+
+class Trainer:
+    def __init__(self, cfg: Config, paths: ExperimentPaths, resume: bool) -> None:
+        self.cfg, self.paths, self.resume = cfg, paths, resume
+        self.stop_signal: int | None = None
+        self.started = now_iso()
+
+    # --- setup ----------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        cfg = self.cfg
+        if cfg["num_threads"]:
+            torch.set_num_threads(cfg["num_threads"])
+        torch.manual_seed(cfg["seed"])
+        np.random.seed(cfg["seed"] % 2**32)
+        self.device = select_device(cfg["device"])
+        self.amp = amp_dtype(cfg, self.device)
+        t0 = time.perf_counter()
+        self.ds = load_dataset(cfg)
+        self.split = split_leave_one_out(self.ds, cfg.max_len)
+        windows = training_windows(self.split.train, cfg.max_len, cfg["window_stride"])
+        if not len(windows):
+            raise MlconnectError(f"dataset {self.ds.name} has no training interactions",
+                                 "each user needs at least 4 interactions (train, valid and test targets)")
+        self.data_s = time.perf_counter() - t0
+        self.windows = torch.from_numpy(windows).to(self.device)
+        self.window_tokens = (windows[:, 1:] > 0).sum(1)
+        self.per_batch = max(1, cfg["train_batch_size"] // cfg.max_len)
+        self.steps_per_epoch = math.ceil(len(windows) / self.per_batch)
+        self.model = build_model(cfg, self.ds.n_items).to(self.device)
+        self.forward_model = torch.compile(self.model) if cfg["compile"] else self.model
+        self.optimizer = _make_optimizer(cfg, self.model.parameters())
+        self.state: dict[str, Any] = {"best_valid": None, "best_epoch": 0, "bad_evals": 0, "history": [],
+                                      "loss_history": [], "elapsed_s": 0.0, "tokens": 0, "time_to_best_s": None,
+                                      "stopped_early": False}
+        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        if self.resume:
+            self._restore(load_checkpoint(self.paths.checkpoint("last"), map_location=self.device))
+        write_vocab(self.paths, self.ds)
+        self.progress = ProgressFile(self.paths, cfg["progress_interval_s"])
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(str(self.paths.tensorboard), purge_step=self.global_step if self.resume else None)
+        self.tracker = _tracker(cfg, self.paths)
+
+    def _restore(self, ck: dict[str, Any]) -> None:
+        if ck.get("format") != CHECKPOINT_FORMAT or ck.get("model_name") != self.cfg["model"]:
+            raise MlconnectError(f"checkpoint in {self.paths.checkpoints} is for another model or format",
+                                 "resume with the config the experiment was created with")
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.epoch, self.step_in_epoch, self.global_step = ck["epoch"], ck["step"], ck["global_step"]
+        self.state.update(ck["trainer"])
+        torch.set_rng_state(ck["rng_torch"].cpu())
+        if self.device.type == "cuda" and ck.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state_all([t.cpu() for t in ck["rng_cuda"]])
+
+    def _checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT, "model_name": self.cfg["model"], "n_items": self.ds.n_items,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch, "step": self.step_in_epoch, "global_step": self.global_step,
+            "rng_torch": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+            "trainer": dict(self.state),
+        }
+
+    def _save(self, which: str) -> None:
+        if not self.cfg["save_checkpoints"] and which == "last" and self.stop_signal is None:
+            return
+        save_checkpoint(self.paths.checkpoint(which), self._checkpoint_state())
+        atomic_write_json(self.paths.checkpoint_meta(which), {
+            "epoch": self.epoch, "step": self.step_in_epoch, "global_step": self.global_step,
+            "best_valid": self.state["best_valid"], "valid": (self.state["history"] or [{}])[-1],
+            "model": self.cfg["model"], "saved_at": now_iso()})
+
+    # --- the loop -------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        self._setup()
+        self.reporter = Reporter(self.paths.log, self.cfg["epochs"])
+        write_meta(self.paths, device=str(self.device), started=self.started)
+        self.reporter.log(f"{'resuming' if self.resume else 'training'} {self.cfg['model']} on {self.ds.name}: "
+                          f"{self.ds.n_users} users, {self.ds.n_items - 1} items, {self.ds.n_interactions} "
+                          f"interactions (data ready in {self.data_s:.2f}s), device {self.device}"
+                          + (f", amp {self.amp}" if self.amp else ""))
+        if self.tracker:
+            self.tracker.log_params(self.cfg.to_dict())
+        previous = self._install_signals()
+        try:
+            while self.epoch < self.cfg["epochs"] and not self.state["stopped_early"]:
+                self._train_epoch()
+                self.epoch += 1
+                self.step_in_epoch = 0
+                if self.epoch % self.cfg["eval_step"] == 0 or self.epoch == self.cfg["epochs"]:
+                    self._validate()
+                self._save("last")
+                self._write_progress("running", force=True)
+            results = self._finish()
+        except TrainingInterrupted:
+            self._save("last")
+            self._write_progress("stopped", force=True)
+            write_meta(self.paths, device=str(self.device), started=self.started, ended=now_iso(), state="stopped")
+            if self.tracker:
+                self.tracker.finish("stopped")
+            raise
+        except BaseException:
+            self._write_progress("failed", force=True)
+            write_meta(self.paths, device=str(self.device), started=self.started, ended=now_iso(), state="failed")
+            if self.tracker:
+                self.tracker.finish("failed")
+            raise
+        finally:
+            _restore_signals(previous)
+            self.tb.close()
+            self.reporter.close()
+        return results
+
+    def _train_epoch(self) -> None:
+        cfg, model = self.cfg, self.forward_model
+        self.model.train()
+        gen = torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + self.epoch)
+        order = torch.randperm(len(self.windows), generator=gen)
+        self.reporter.start_epoch(self.epoch + 1, self.steps_per_epoch, self.step_in_epoch)
+        loss_sum = torch.zeros((), device=self.device)
+        loss_n = 0
+        epoch_t0, epoch_tokens = time.perf_counter(), 0
+        clip = cfg["clip_grad_norm"]
+        for step in range(self.step_in_epoch, self.steps_per_epoch):
+            step_t0 = time.perf_counter()
+            idx = order[step * self.per_batch:(step + 1) * self.per_batch]
+            batch = self.windows[idx.to(self.device)]
+            with torch.autocast(self.device.type, dtype=self.amp) if self.amp else nullcontext():
+                loss = model.training_loss(batch[:, :-1], batch[:, 1:], cfg["loss_type"], cfg["sampled_negatives"])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip["max_norm"], clip.get("norm_type", 2))
+            self.optimizer.step()
+            loss_sum += loss.detach()
+            loss_n += 1
+            tokens = int(self.window_tokens[idx.numpy()].sum())
+            epoch_tokens += tokens
+            self.state["tokens"] += tokens
+            self.global_step += 1
+            self.step_in_epoch = step + 1
+            elapsed = time.perf_counter() - epoch_t0
+            tps = epoch_tokens / elapsed if elapsed > 0 else 0.0
+            self.tokens_per_s = tps
+            if self.global_step % cfg["log_interval"] == 0 or step + 1 == self.steps_per_epoch:
+                self.last_loss = float(loss_sum / loss_n)
+                self.tb.add_scalar("train/loss", self.last_loss, self.global_step)
+                self.reporter.step(self.epoch + 1, step + 1, self.last_loss, tps, self._eta(elapsed, step + 1))
+            self.state["elapsed_s"] += time.perf_counter() - step_t0
+            self._write_progress("running")
+            if self.stop_signal is not None:
+                raise TrainingInterrupted(self.stop_signal, self.paths, self.epoch, self.step_in_epoch)
+        epoch_loss = float(loss_sum / max(loss_n, 1))
+        self.last_loss = epoch_loss
+        self.state["loss_history"].append(epoch_loss)
+        self.tb.add_scalar("train/epoch_loss", epoch_loss, self.epoch + 1)
+        self.tb.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.epoch + 1)
+        self.tb.add_scalar("train/throughput_tokens_per_s", self.tokens_per_s, self.epoch + 1)
+        self.epoch_seconds = time.perf_counter() - epoch_t0
+        self.reporter.log(f"epoch {self.epoch + 1}/{cfg['epochs']}  loss {epoch_loss:.4f}  "
+                          f"{self.tokens_per_s:,.0f} tok/s  {self.epoch_seconds:.2f}s")
+        if self.tracker:
+            self.tracker.log_metrics({"train_loss": epoch_loss, "throughput_tokens_per_s": self.tokens_per_s},
+                                     self.epoch + 1)
+
+    def _validate(self) -> None:
+        t0 = time.perf_counter()
+        valid = evaluate(self.model, self.split, "valid", self.cfg, self.device, self.amp)
+        self.state["elapsed_s"] += time.perf_counter() - t0
+        key = self.cfg["valid_metric"].lower()
+        value = valid[key]
+        self.state["history"].append({"epoch": self.epoch, **valid})
+        for k, v in valid.items():
+            self.tb.add_scalar(f"valid/{k}", v, self.epoch)
+        if self.tracker:
+            self.tracker.log_metrics({f"valid_{k.replace('@', '_at_')}": v for k, v in valid.items()}, self.epoch)
+        best = self.state["best_valid"]
+        bigger = self.cfg["valid_metric_bigger"]
+        # RecBole's early stopping: a tie counts as an improvement.
+        improved = best is None or (value >= best if bigger else value <= best)
+        if improved:
+            self.state.update(best_valid=value, best_epoch=self.epoch, bad_evals=0,
+                              time_to_best_s=self.state["elapsed_s"])
+            self._save("best")
+        else:
+            self.state["bad_evals"] += 1
+            if self.state["bad_evals"] > self.cfg["stopping_step"]:
+                self.state["stopped_early"] = True
+        note = "  early stop" if self.state["stopped_early"] else ""
+        self.reporter.log(f"epoch {self.epoch} valid {key} {value:.4f} (best {self.state['best_valid']:.4f} "
+                          f"at epoch {self.state['best_epoch']}){note}")
+
+    def _finish(self) -> dict[str, Any]:
+        cfg = self.cfg
+        if self.paths.checkpoint("best").is_file():
+            self.model.load_state_dict(load_checkpoint(self.paths.checkpoint("best"), self.device)["model"])
+        valid = evaluate(self.model, self.split, "valid", cfg, self.device, self.amp)
+        test = evaluate(self.model, self.split, "test", cfg, self.device, self.amp)
+        for k, v in test.items():
+            self.tb.add_scalar(f"test/{k}", v, self.state["best_epoch"])
+        epochs = self.epoch
+        results = {
+            "experiment": self.paths.name, "model": cfg["model"], "dataset": cfg["dataset"],
+            "valid_metric": cfg["valid_metric"].lower(), "best_epoch": self.state["best_epoch"], "epochs": epochs,
+            "stopped_early": self.state["stopped_early"], "best_valid": valid, "test": test,
+            "wall_time_s": round(self.state["elapsed_s"], 3),
+            "time_to_best_s": round(self.state["time_to_best_s"] or self.state["elapsed_s"], 3),
+            "seconds_per_epoch": round(self.state["elapsed_s"] / max(epochs, 1), 3),
+            "throughput_tokens_per_s": round(self.state["tokens"] / max(self.state["elapsed_s"], 1e-9), 1),
+            "data_ready_s": round(self.data_s, 3),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_gpu_mem_mb": (round(torch.cuda.max_memory_allocated() / 2**20, 1)
+                                if self.device.type == "cuda" else None),
+            "device": str(self.device), "n_users": self.ds.n_users, "n_items": self.ds.n_items - 1,
+            "n_interactions": self.ds.n_interactions,
+        }
+        atomic_write_json(self.paths.results, results)
+        self._write_progress("finished", force=True)
+        write_meta(self.paths, device=str(self.device), started=self.started, ended=now_iso(), state="finished")
+        self.reporter.log("test " + "  ".join(f"{k} {v:.4f}" for k, v in test.items()))
+        self.reporter.log(f"results in {self.paths.results}; TensorBoard logs in {self.paths.tensorboard}")
+        if self.tracker:
+            self.tracker.log_metrics({f"test_{k.replace('@', '_at_')}": v for k, v in test.items()}, epochs)
+            self.tracker.log_artifact(self.paths.results)
+            self.tracker.finish("finished")
+        return results
+
+    # --- bookkeeping ----------------------------------------------------------------------------
+    def _eta(self, epoch_elapsed: float, steps_done: int) -> float | None:
+        if steps_done == 0:
+            return None
+        per_step = epoch_elapsed / steps_done
+        remaining = (self.steps_per_epoch - steps_done) + self.steps_per_epoch * (self.cfg["epochs"] - self.epoch - 1)
+        return per_step * remaining
+
+    def _write_progress(self, state: str, force: bool = False) -> None:
+        h = self.state["history"]
+        self.progress.write({
+            "state": state, "model": self.cfg["model"], "dataset": self.cfg["dataset"],
+            "epoch": self.epoch, "epochs": self.cfg["epochs"], "step": self.step_in_epoch,
+            "steps_per_epoch": self.steps_per_epoch, "global_step": self.global_step,
+            "loss": getattr(self, "last_loss", None), "loss_history": self.state["loss_history"],
+            "valid_metric": self.cfg["valid_metric"].lower(),
+            "valid": {k: v for k, v in h[-1].items() if k != "epoch"} if h else {},
+            "valid_history": h, "best_valid": self.state["best_valid"], "best_epoch": self.state["best_epoch"],
+            "throughput_tokens_per_s": round(getattr(self, "tokens_per_s", 0.0), 1),
+            "elapsed_s": round(self.state["elapsed_s"], 2),
+            "eta_s": self._eta_total(),
+        }, force=force)
+
+    def _eta_total(self) -> float | None:
+        done = self.epoch * self.steps_per_epoch + self.step_in_epoch
+        total = self.cfg["epochs"] * self.steps_per_epoch
+        if not done or self.state["elapsed_s"] <= 0:
+            return None
+        return round(self.state["elapsed_s"] / done * (total - done), 1)
+
+    def _install_signals(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum: int, frame: Any) -> None:
+            self.stop_signal = signum  # acted on at the end of the current step
+
+        return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _restore_signals(previous: dict[int, Any]) -> None:
+    for s, h in previous.items():
+        signal.signal(s, h)
+
+
+def _tracker(cfg: Config, paths: ExperimentPaths) -> Any:
+    """MLflow tracking when the config asks for it (mlconnect.engine.tracking)."""
+    try:
+        from mlconnect.engine.tracking import make_tracker
+    except ModuleNotFoundError as exc:
+        if exc.name != "mlconnect.engine.tracking":
+            raise
+        return None
+    return make_tracker(cfg.to_dict(), paths.root)
