@@ -121,3 +121,10 @@ def test_bad_sizes_and_existing_folder(tmp_path):
     generate(tmp_path, "x", n_users=5, n_items=5, n_interactions=30, overwrite=True)
     assert len((tmp_path / "x" / "x.inter").read_text().splitlines()) == 31
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]  # no temp folders left behind
+
+
+@pytest.mark.parametrize("name", ["", "..", ".hidden", "a/b"])
+def test_bad_names(tmp_path, name):
+    with pytest.raises(UsageError, match="bad dataset name"):
+        generate(tmp_path, name, n_users=5, n_items=5, n_interactions=25)
+    assert list(tmp_path.iterdir()) == []

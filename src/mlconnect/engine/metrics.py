@@ -14,6 +14,10 @@ that boolean matrix:
 each averaged over rows. Ties are broken by ``torch.topk``'s order, exactly as RecBole does: the
 positive's rank is its position in ``topk``'s output, not a count of strictly larger scores.
 
+RecBole's fixture (``fixtures/recbole/metrics-case.npz``) confirms the padding convention: column 0
+is ``-inf`` in all 500 rows and no positive is item 0, so the matrix was captured after RecBole's
+``scores[:, 0] = -inf``; :meth:`MetricAccumulator.update` applies the same assignment itself.
+
 Everything per row runs as batched tensor operations on the scores' device; only the positive's
 0-based rank (one integer per row) is kept, and :meth:`MetricAccumulator.compute` turns the
 collected ranks into float64 means on the CPU (float64 is not available on every accelerator).

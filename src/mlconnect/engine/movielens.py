@@ -245,8 +245,6 @@ def import_movielens(src: str | os.PathLike[str], out_dir: str | os.PathLike[str
     """
     ratings, kind = locate_ratings(Path(src))
     name = name or _default_name(ratings, kind)
-    if not name or "/" in name or name.startswith("."):
-        raise MlconnectError(f"bad dataset name {name!r}", "use a plain folder name such as ml-100k")
     folder = ratings.parent
     with staging_dir(Path(out_dir), name, overwrite=overwrite) as tmp:
         with open(tmp / f"{name}.inter", "w", encoding="utf-8", newline="\n") as out:

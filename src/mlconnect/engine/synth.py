@@ -56,6 +56,8 @@ def staging_dir(out_dir: Path, name: str, *, overwrite: bool = False) -> Iterato
     existing ``out_dir/name`` is an error unless ``overwrite`` (then it is swapped out and removed
     only after the new one is in place).
     """
+    if not name or name in (".", "..") or name.startswith(".") or any(c in name for c in "/\\\0"):
+        raise UsageError(f"bad dataset name {name!r}", "use a plain folder name such as ml-100k or synthetic")
     out_dir = Path(out_dir)
     final = out_dir / name
     if final.exists() and not overwrite:
