@@ -246,3 +246,28 @@ def test_quickstart_found_downloaded_synthetic(server, tmp_path):
     got = resolve_quickstart_dataset(tmp_path / "c", allow_download=False, url=url)
     assert got.source == "synthetic" and "turned off" in got.reason
     assert (tmp_path / "c" / "synthetic" / "synthetic.item").is_file()
+
+
+def test_grouplens_zip_unpacked_into_the_data_path(datasets_dir, tmp_path):
+    # `unzip ml-100k.zip -d dataset/` leaves dataset/ml-100k/u.data: convert beside the raw files.
+    raw = _raw_ml100k(datasets_dir / "ml-100k", tmp_path / "dataset" / "ml-100k", n_ratings=1000)
+    before = {p.name: p.read_bytes() for p in raw.iterdir()}
+    got = resolve_quickstart_dataset(tmp_path / "dataset", allow_download=False)
+    assert tuple(got) == (tmp_path / "dataset", "ml-100k", "found") and "converted" in got.reason
+    names = sorted(p.name for p in raw.iterdir())
+    assert names == sorted([*before, "ml-100k.inter", "ml-100k.item", "ml-100k.user"])
+    assert all((raw / n).read_bytes() == b for n, b in before.items())  # raw files kept as they were
+    assert len((raw / "ml-100k.inter").read_text().splitlines()) == 1001
+    with pytest.raises(MlconnectError, match="already exists"):
+        import_movielens(raw, tmp_path / "dataset")
+    import_movielens(raw, tmp_path / "dataset", overwrite=True)
+    assert sorted(p.name for p in raw.iterdir()) == names  # no temp folder left behind
+
+
+def test_broken_grouplens_folder_falls_back_to_synthetic(tmp_path):
+    raw = tmp_path / "dataset" / "ml-100k"
+    raw.mkdir(parents=True)
+    (raw / "u.data").write_text("1\t2\t3\n")
+    got = resolve_quickstart_dataset(tmp_path / "dataset", allow_download=False)
+    assert got.source == "synthetic" and "u.data, line 1" in got.reason
+    assert sorted(p.name for p in raw.iterdir()) == ["u.data"]

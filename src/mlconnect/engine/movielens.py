@@ -33,6 +33,7 @@ from typing import IO
 
 from mlconnect.engine.synth import generate, staging_dir
 from mlconnect.errors import DataError, MlconnectError
+from mlconnect.fileio import fsync_dir
 
 DEFAULT_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 URL_ENV = "MLCONNECT_MOVIELENS_URL"
@@ -233,6 +234,22 @@ def _users(folder: Path, kind: str) -> Iterator[tuple[str, str, str, str, str]]:
         yield tuple(_clean(parts[i]) for i in order)  # type: ignore[misc]
 
 
+def _write_dataset(tmp: Path, name: str, ratings: Path, kind: str) -> tuple[int, int, int]:
+    """Write <name>.inter (and .item / .user when their sources exist) into ``tmp``."""
+    folder = ratings.parent
+    with open(tmp / f"{name}.inter", "w", encoding="utf-8", newline="\n") as out:
+        out.write(INTER_HEADER)
+        counts = _convert_ratings(ratings, kind, out)
+    for suffix, header, rows in ((".item", ITEM_HEADER, _items(folder, kind)),
+                                 (".user", USER_HEADER, _users(folder, kind))):
+        first = next(rows, None)
+        if first is not None:
+            with open(tmp / f"{name}{suffix}", "w", encoding="utf-8", newline="\n") as out:
+                out.write(header)
+                out.writelines("\t".join(row) + "\n" for row in itertools.chain([first], rows))
+    return counts
+
+
 def import_movielens(src: str | os.PathLike[str], out_dir: str | os.PathLike[str], name: str | None = None,
                      *, overwrite: bool = False, stats: dict[str, int] | None = None) -> Path:
     """Convert a MovieLens download at ``src`` into ``out_dir/<name>/`` atomic files; return that folder.
@@ -242,29 +259,34 @@ def import_movielens(src: str | os.PathLike[str], out_dir: str | os.PathLike[str
     starts with ``ml-`` (else ml-100k / ml-1m / ml-latest). Malformed lines raise ``DataError``
     naming the file and line; nothing is left at the destination in that case. A ``stats`` dict,
     when given, receives ``interactions``, ``users`` and ``items`` counted from the ratings.
+
+    When ``out_dir/<name>`` *is* the source folder (GroupLens' zip unpacked straight into the data
+    path), the atomic files are added beside the raw ones, each renamed into place (``.inter``
+    last), and the raw files are kept.
     """
     ratings, kind = locate_ratings(Path(src))
     name = name or _default_name(ratings, kind)
-    folder = ratings.parent
-    with staging_dir(Path(out_dir), name, overwrite=overwrite) as tmp:
-        with open(tmp / f"{name}.inter", "w", encoding="utf-8", newline="\n") as out:
-            out.write(INTER_HEADER)
-            n, n_users, n_items = _convert_ratings(ratings, kind, out)
-        items = _items(folder, kind)
-        first = next(items, None)
-        if first is not None:
-            with open(tmp / f"{name}.item", "w", encoding="utf-8", newline="\n") as out:
-                out.write(ITEM_HEADER)
-                out.writelines("\t".join(row) + "\n" for row in itertools.chain([first], items))
-        users = _users(folder, kind)
-        first_user = next(users, None)
-        if first_user is not None:
-            with open(tmp / f"{name}.user", "w", encoding="utf-8", newline="\n") as out:
-                out.write(USER_HEADER)
-                out.writelines("\t".join(row) + "\n" for row in itertools.chain([first_user], users))
+    final = Path(out_dir) / name
+    if final.is_dir() and final.resolve() == ratings.parent.resolve():
+        if (final / f"{name}.inter").exists() and not overwrite:
+            raise MlconnectError(f"{final / (name + '.inter')} already exists",
+                                 "pass --force to convert again")
+        with tempfile.TemporaryDirectory(prefix=".mlconnect-import-", dir=final) as tmp_name:
+            tmp = Path(tmp_name)
+            n, n_users, n_items = _write_dataset(tmp, name, ratings, kind)
+            for suffix in (".item", ".user", ".inter"):  # .inter last: its presence means complete
+                part = tmp / f"{name}{suffix}"
+                if part.exists():
+                    with open(part, "rb") as fh:
+                        os.fsync(fh.fileno())
+                    os.replace(part, final / part.name)
+            fsync_dir(final)
+    else:
+        with staging_dir(Path(out_dir), name, overwrite=overwrite) as tmp:
+            n, n_users, n_items = _write_dataset(tmp, name, ratings, kind)
     if stats is not None:
         stats.update(interactions=n, users=n_users, items=n_items)
-    return Path(out_dir) / name
+    return final
 
 
 # ---------------------------------------------------------------------------------------- download
@@ -373,13 +395,21 @@ def resolve_quickstart_dataset(data_path: str | os.PathLike[str], *, allow_downl
     else a synthetic dataset generated into ``data_path/synthetic`` ("synthetic").
 
     Returns ``(data_path, dataset_name, source)``; ``.reason`` on the result says why, for the caller
-    to print (this function prints nothing). A synthetic dataset already there is reused.
+    to print (this function prints nothing). GroupLens' raw files unpacked at ``data_path/ml-100k``
+    are converted in place ("found"); a synthetic dataset already there is reused.
     """
     data_path = Path(data_path)
     inter = data_path / "ml-100k" / "ml-100k.inter"
     if inter.is_file():
         return QuickstartDataset(data_path, "ml-100k", "found", f"found {inter}")
-    if allow_download:
+    if (data_path / "ml-100k" / "u.data").is_file():  # GroupLens' zip unpacked into the data path
+        try:
+            import_movielens(data_path / "ml-100k", data_path, "ml-100k")
+            return QuickstartDataset(data_path, "ml-100k", "found",
+                                     f"found GroupLens' ml-100k in {data_path / 'ml-100k'} and converted it")
+        except MlconnectError as exc:
+            why = f"{exc.message}; using a synthetic dataset instead"
+    elif allow_download:
         try:
             folder = fetch_movielens("ml-100k", data_path, url=url)
             used = url or os.environ.get(URL_ENV) or DEFAULT_URL
@@ -389,7 +419,9 @@ def resolve_quickstart_dataset(data_path: str | os.PathLike[str], *, allow_downl
             why = f"{exc.message}; using a synthetic dataset instead"
     else:
         why = "downloading is turned off; using a synthetic dataset instead"
-    if not (data_path / "synthetic" / "synthetic.inter").is_file():
-        generate(data_path, "synthetic", overwrite=(data_path / "synthetic").exists())
+    synth = data_path / "synthetic"
+    if not (synth / "synthetic.inter").is_file():
+        # replace only an empty leftover folder; anything else in it is someone's data
+        generate(data_path, "synthetic", overwrite=synth.is_dir() and not any(synth.iterdir()))
     return QuickstartDataset(data_path, "synthetic", "synthetic", why)
 
