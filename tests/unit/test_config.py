@@ -1,0 +1,80 @@
+"""Config: RecBole keys and defaults, all problems at once, every shipped config valid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mlconnect.engine.config import MODELS, load_config, parse_interval, parse_overrides
+from mlconnect.errors import ConfigError
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+
+
+def test_recbole_defaults_per_model() -> None:
+    sas = load_config(None, {"model": "sasrec"})
+    assert sas["model"] == "SASRec"
+    assert (sas["hidden_dropout_prob"], sas["inner_size"], sas["MAX_ITEM_LIST_LENGTH"]) == (0.5, 256, 50)
+    gru = load_config(None, {"model": "GRU4Rec"})
+    assert (gru["embedding_size"], gru["hidden_size"], gru["dropout_prob"]) == (64, 128, 0.3)
+    bert = load_config(None, {"model": "BERT4Rec"})
+    assert (bert["mask_ratio"], bert["hidden_dropout_prob"]) == (0.2, 0.2)
+    assert bert["eval_args"]["split"] == {"LS": "valid_and_test"}
+
+
+def test_every_problem_reported_at_once(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("model: SASRec\nhiden_size: 64\nlearning_rate: -1\nn_heads: 3\nmetrics: [NDCG, Foo]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg)
+    problems = err.value.problems
+    assert any("unknown key 'hiden_size'" in p and "hidden_size" in p for p in problems)
+    assert any("learning_rate" in p for p in problems)
+    assert any("multiple of n_heads" in p for p in problems)
+    assert any("'Foo'" in p for p in problems)
+    assert str(cfg) in str(err.value)
+
+
+def test_unsupported_protocol_and_model() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, {"model": "NARM", "eval_args": {"split": {"RS": [0.8, 0.1, 0.1]}, "order": "RO"}})
+    text = str(err.value)
+    assert "NARM" in text and "LS" in text and "TO" in text
+
+
+def test_recbole_only_keys_are_accepted() -> None:
+    cfg = load_config(None, {"gpu_id": "0", "show_progress": False, "train_neg_sample_args": None})
+    assert "gpu_id" not in cfg
+
+
+def test_yaml_errors_name_the_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "broken.yaml"
+    cfg.write_text("model: SASRec\nepochs: [1\n")
+    with pytest.raises(ConfigError, match="line"):
+        load_config(cfg)
+
+
+def test_overrides_are_yaml_values() -> None:
+    assert parse_overrides(["epochs=5", "topk=[10, 20]", "mask_history=true"]) == {
+        "epochs": 5, "topk": [10, 20], "mask_history": True}
+    with pytest.raises(ConfigError):
+        parse_overrides(["epochs"])
+
+
+def test_intervals() -> None:
+    assert parse_interval("[3,inf)") == (3.0, float("inf"), True, False)
+    assert parse_interval("(0, 10]") == (0.0, 10.0, False, True)
+    with pytest.raises(ValueError):
+        parse_interval("3..5")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_validate(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg["model"] in MODELS
+
+
+def test_configs_folder_is_not_empty() -> None:
+    assert {p.name for p in CONFIGS} >= {"baseline.yaml", "gru4rec.yaml", "bert4rec.yaml"}
+    assert load_config(CONFIGS[[p.name for p in CONFIGS].index("baseline.yaml")])["model"] == "SASRec"
