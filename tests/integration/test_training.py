@@ -138,11 +138,14 @@ def test_checkpoints_refuse_pickled_objects(tmp_path: Path) -> None:
         load_checkpoint(evil)
 
 
-@pytest.mark.parametrize("model", ["GRU4Rec", "BERT4Rec"])
-def test_other_models_train_and_serve(tmp_path: Path, model: str) -> None:
+@pytest.mark.parametrize("model,extra", [
+    ("GRU4Rec", {}), ("BERT4Rec", {}), ("SASRec", {"sampled_negatives": 20}), ("SASRec", {"loss_type": "BPR"}),
+    ("SASRec", {"mask_history": True, "topk": [5, 10]}),
+], ids=["gru4rec", "bert4rec", "sampled-softmax", "bpr", "mask-history"])
+def test_other_models_and_losses_train_and_serve(tmp_path: Path, model: str, extra: dict) -> None:
     data = tiny_dataset(tmp_path)
     cfg = load_config(None, {"model": model, "data_path": str(data), "dataset": "tiny", "epochs": 2,
-                             "hidden_size": 16, "num_threads": 1, "train_batch_size": 400})
+                             "hidden_size": 16, "num_threads": 1, "train_batch_size": 400, **extra})
     results = train(cfg, tmp_path / "exp")
     assert results["epochs"] == 2 and 0.0 <= results["test"]["mrr@10"] <= 1.0
     rec = Recommender.load(tmp_path / "exp")
@@ -160,3 +163,14 @@ def test_train_sequential_model_script_end_to_end(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "ndcg@10" in proc.stdout
     assert (tmp_path / "experiments" / "exp_001" / "results" / "metrics.json").is_file()
+
+
+def test_quickstart_falls_back_to_synthetic_offline(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "mlconnect", "quickstart", "--data-path", str(tmp_path / "data"),
+                           "--no-download", "--epochs", "1", "--experiment", "qs"], cwd=tmp_path,
+                          env={**ENV, "MLCONNECT_DATA_PATH": ""}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "dataset: a synthetic dataset" in proc.stdout
+    assert "ndcg@10" in proc.stdout and "mlconnect tensorboard --experiment qs" in proc.stdout
+    results = json.loads((tmp_path / "experiments" / "qs" / "results" / "metrics.json").read_text())
+    assert results["dataset"] == "synthetic" and results["epochs"] == 1

@@ -90,7 +90,9 @@ def evaluate(model: SequentialRecommender, split: Split, which: str, cfg: Config
             hb = np.zeros((len(hist), width), dtype=np.int64)
             for i, h in enumerate(hist):
                 hb[i, : len(h)] = h
-            mask_history_(scores, torch.from_numpy(hb).to(device))
+            positive = torch.from_numpy(target[s:s + bs]).to(device)
+            # A repeated item that is also the target stays rankable: masking it would score a miss.
+            mask_history_(scores, torch.from_numpy(hb).to(device), keep=positive)
         acc.update(scores, torch.from_numpy(target[s:s + bs]).to(device))
     model.train(was_training)
     return acc.compute()
@@ -143,9 +145,9 @@ class Trainer:
         self.model = build_model(cfg, self.ds.n_items).to(self.device)
         self.forward_model = torch.compile(self.model) if cfg["compile"] else self.model
         self.optimizer = _make_optimizer(cfg, self.model.parameters())
-        self.state: dict[str, Any] = {"best_valid": None, "best_epoch": 0, "bad_evals": 0, "history": [],
-                                      "loss_history": [], "elapsed_s": 0.0, "tokens": 0, "time_to_best_s": None,
-                                      "stopped_early": False}
+        self.state: dict[str, Any] = {
+            "best_valid": None, "best_epoch": 0, "bad_evals": 0, "history": [], "loss_history": [], "curve": [],
+            "elapsed_s": 0.0, "tokens": 0, "time_to_best_s": None, "stopped_early": False}
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         if self.resume:
             self._restore(load_checkpoint(self.paths.checkpoint("last"), map_location=self.device))
@@ -287,6 +289,8 @@ class Trainer:
         key = self.cfg["valid_metric"].lower()
         value = valid[key]
         self.state["history"].append({"epoch": self.epoch, **valid})
+        self.state["curve"].append({"epoch": self.epoch, "elapsed_s": round(self.state["elapsed_s"], 3),
+                                    key: value})
         for k, v in valid.items():
             self.tb.add_scalar(f"valid/{k}", v, self.epoch)
         if self.tracker:
@@ -325,6 +329,7 @@ class Trainer:
             "seconds_per_epoch": round(self.state["elapsed_s"] / max(epochs, 1), 3),
             "throughput_tokens_per_s": round(self.state["tokens"] / max(self.state["elapsed_s"], 1e-9), 1),
             "data_ready_s": round(self.data_s, 3),
+            "valid_curve": self.state["curve"],  # valid metric against cumulative training seconds
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "peak_gpu_mem_mb": (round(torch.cuda.max_memory_allocated() / 2**20, 1)
                                 if self.device.type == "cuda" else None),
