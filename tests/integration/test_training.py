@@ -76,12 +76,13 @@ def train_cmd(data: Path, exp: Path, *extra: str) -> list[str]:
             "--set", "progress_interval_s=0", "--set", "valid_metric=NDCG@10", *extra]
 
 
-def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path: Path) -> None:
+@pytest.mark.parametrize("extra", [[], ["--set", "ema_decay=0.9"]], ids=["plain", "ema"])
+def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path: Path, extra: list[str]) -> None:
     data = tiny_dataset(tmp_path)
     whole = tmp_path / "whole"
-    subprocess.run(train_cmd(data, whole), check=True, env=ENV, capture_output=True, timeout=300)
+    subprocess.run(train_cmd(data, whole, *extra), check=True, env=ENV, capture_output=True, timeout=300)
     cut = tmp_path / "cut"
-    proc = subprocess.Popen(train_cmd(data, cut), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(train_cmd(data, cut, *extra), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait until it is inside the second epoch
         try:
@@ -97,7 +98,7 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path: Path) -> None:
     assert "--resume" in err
     stopped = json.loads((cut / "progress.json").read_text())
     assert stopped["state"] == "stopped" and stopped["epoch"] < 3
-    subprocess.run(train_cmd(data, cut, "--resume"), check=True, env=ENV, capture_output=True, timeout=300)
+    subprocess.run(train_cmd(data, cut, *extra, "--resume"), check=True, env=ENV, capture_output=True, timeout=300)
     a = json.loads((whole / "results" / "metrics.json").read_text())
     b = json.loads((cut / "results" / "metrics.json").read_text())
     assert a["best_valid"] == b["best_valid"] and a["test"] == b["test"] and a["best_epoch"] == b["best_epoch"]

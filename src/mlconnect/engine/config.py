@@ -64,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
     "compile": False,  # mlconnect: torch.compile the model
     "sampled_negatives": 0,  # mlconnect: 0 = CE over the full catalog; N = sampled softmax, N shared negatives
     "window_stride": None,  # mlconnect: sliding-window stride over long histories (None = MAX_ITEM_LIST_LENGTH)
+    "ema_decay": None,  # mlconnect: evaluate and serve an exponential moving average of the weights
     "num_threads": None,  # mlconnect: torch intra-op threads on CPU (None = torch's default)
     "progress_interval_s": 5.0,  # mlconnect: how often progress.json is rewritten during an epoch
     "log_interval": 50,  # mlconnect: train/loss to TensorBoard every N steps
@@ -246,6 +247,9 @@ def _validate(v: dict[str, Any], problems: list[str]) -> None:
         x = v.get(key)
         if not isinstance(x, (int, float)) or isinstance(x, bool) or x < 0:
             problems.append(f"{key} must be a number >= 0, got {x!r}")
+    ema = v.get("ema_decay")
+    if ema is not None and (not isinstance(ema, (int, float)) or isinstance(ema, bool) or not 0.0 < ema < 1.0):
+        problems.append(f"ema_decay must be null or a number in (0, 1), got {ema!r}")
     if v.get("window_stride") is not None:
         positive_int("window_stride")
     if v.get("num_threads") is not None:

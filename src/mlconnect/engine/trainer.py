@@ -145,6 +145,10 @@ class Trainer:
         self.model = build_model(cfg, self.ds.n_items).to(self.device)
         self.forward_model = torch.compile(self.model) if cfg["compile"] else self.model
         self.optimizer = _make_optimizer(cfg, self.model.parameters())
+        # An exponential moving average of the weights evaluates smoother than the raw weights.
+        self.ema = (torch.optim.swa_utils.AveragedModel(
+            self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg["ema_decay"]))
+            if cfg["ema_decay"] else None)
         self.state: dict[str, Any] = {
             "best_valid": None, "best_epoch": 0, "bad_evals": 0, "history": [], "loss_history": [], "curve": [],
             "elapsed_s": 0.0, "tokens": 0, "time_to_best_s": None, "stopped_early": False}
@@ -162,7 +166,12 @@ class Trainer:
         if ck.get("format") != CHECKPOINT_FORMAT or ck.get("model_name") != self.cfg["model"]:
             raise MlconnectError(f"checkpoint in {self.paths.checkpoints} is for another model or format",
                                  "resume with the config the experiment was created with")
-        self.model.load_state_dict(ck["model"])
+        if self.ema is not None:
+            self.model.load_state_dict(ck["train_model"])
+            self.ema.module.load_state_dict(ck["model"])
+            self.ema.n_averaged.fill_(ck["ema_n_averaged"])
+        else:
+            self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.epoch, self.step_in_epoch, self.global_step = ck["epoch"], ck["step"], ck["global_step"]
         self.state.update(ck["trainer"])
@@ -173,12 +182,19 @@ class Trainer:
     def _checkpoint_state(self) -> dict[str, Any]:
         return {
             "format": CHECKPOINT_FORMAT, "model_name": self.cfg["model"], "n_items": self.ds.n_items,
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            # "model" holds the weights to evaluate and serve (the average, when ema_decay is set).
+            "model": self.eval_model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            **({"train_model": self.model.state_dict(), "ema_n_averaged": int(self.ema.n_averaged)}
+               if self.ema is not None else {}),
             "epoch": self.epoch, "step": self.step_in_epoch, "global_step": self.global_step,
             "rng_torch": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
             "trainer": dict(self.state),
         }
+
+    @property
+    def eval_model(self) -> SequentialRecommender:
+        return self.ema.module if self.ema is not None else self.model
 
     def _save(self, which: str) -> None:
         if not self.cfg["save_checkpoints"] and which == "last" and self.stop_signal is None:
@@ -251,6 +267,8 @@ class Trainer:
             if clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip["max_norm"], clip.get("norm_type", 2))
             self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             loss_sum += loss.detach()
             loss_n += 1
             tokens = int(self.window_tokens[idx.numpy()].sum())
@@ -284,7 +302,7 @@ class Trainer:
 
     def _validate(self) -> None:
         t0 = time.perf_counter()
-        valid = evaluate(self.model, self.split, "valid", self.cfg, self.device, self.amp)
+        valid = evaluate(self.eval_model, self.split, "valid", self.cfg, self.device, self.amp)
         self.state["elapsed_s"] += time.perf_counter() - t0
         key = self.cfg["valid_metric"].lower()
         value = valid[key]
@@ -314,9 +332,9 @@ class Trainer:
     def _finish(self) -> dict[str, Any]:
         cfg = self.cfg
         if self.paths.checkpoint("best").is_file():
-            self.model.load_state_dict(load_checkpoint(self.paths.checkpoint("best"), self.device)["model"])
-        valid = evaluate(self.model, self.split, "valid", cfg, self.device, self.amp)
-        test = evaluate(self.model, self.split, "test", cfg, self.device, self.amp)
+            self.eval_model.load_state_dict(load_checkpoint(self.paths.checkpoint("best"), self.device)["model"])
+        valid = evaluate(self.eval_model, self.split, "valid", cfg, self.device, self.amp)
+        test = evaluate(self.eval_model, self.split, "test", cfg, self.device, self.amp)
         for k, v in test.items():
             self.tb.add_scalar(f"test/{k}", v, self.state["best_epoch"])
         epochs = self.epoch
