@@ -1,0 +1,277 @@
+"""``mlconnect serve NAME``: the experiment's recommendation API under uvicorn.
+
+Here: binds 127.0.0.1:8000 (``--bind`` to change), loads the best checkpoint weights-only, answers
+until Ctrl-C or SIGTERM, then finishes in-flight requests and stops (uvicorn's graceful shutdown).
+
+With ``--host`` (or a project default host): starts the same command on the box through the SSH
+transport, bound to the box's 127.0.0.1, and forwards this machine's 127.0.0.1:PORT to it, so
+http://127.0.0.1:8000 here reaches the model there. The API key, if any, travels on the ssh
+channel's stdin, never on a command line (``ps`` would show it); the remote server stops when that
+channel closes, so Ctrl-C here (or a dropped connection) never leaves a server behind on the box.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import os
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+import typer
+
+from mlconnect.errors import ExperimentError, MlconnectError, UsageError
+from mlconnect.layout import experiment_paths
+
+DEVICES = ("cpu", "cuda", "mps")
+DEFAULT_KEY_ENV = "MLCONNECT_API_KEY"
+
+
+def check_experiment(name: str) -> Any:
+    """The experiment folder, or a one-line error saying what is missing."""
+    paths = experiment_paths(name)
+    if not paths.root.is_dir():
+        raise ExperimentError(f"no experiment {name!r} at {paths.root}",
+                              "check the name (ls experiments/) or train one with `mlconnect train`")
+    if not paths.config.is_file():
+        raise ExperimentError(f"{paths.root} has no config.yaml", "is this an experiment folder?")
+    if not (paths.checkpoint("best").is_file() or paths.checkpoint("last").is_file()):
+        raise ExperimentError(f"{paths.root} has no checkpoint yet",
+                              "wait for the first epoch to finish, or `mlconnect pull` it from the box")
+    if not paths.vocab.is_file():
+        raise ExperimentError(f"{paths.vocab} is missing", "the id map is written with the first checkpoint")
+    return paths
+
+
+def check_device(device: str) -> None:
+    if device not in DEVICES:
+        raise UsageError(f"unknown device {device!r}", f"use one of {', '.join(DEVICES)}")
+    if device == "cpu":
+        return
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise MlconnectError("CUDA is not available on this machine",
+                             "use --device cpu, or serve on the GPU box with --host")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise MlconnectError("MPS is not available on this machine", "use --device cpu")
+
+
+def read_api_key(api_key_env: str | None) -> str | None:
+    """``--api-key-env VAR`` must name a set variable; otherwise MLCONNECT_API_KEY if set; else none."""
+    if api_key_env:
+        key = os.environ.get(api_key_env, "")
+        if not key:
+            raise UsageError(f"--api-key-env {api_key_env}: that environment variable is empty or unset",
+                             f"export {api_key_env}=<a long random key> first")
+        return key
+    return os.environ.get(DEFAULT_KEY_ENV) or None
+
+
+def bind_socket(bind: str, port: int) -> socket.socket:
+    """Bind before uvicorn starts, so a busy port is one clear error line rather than a log record."""
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((bind, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise MlconnectError(f"port {port} on {bind} is already in use",
+                                 "stop the other server or pick another --port") from None
+        raise MlconnectError(f"cannot listen on {bind}:{port}: {exc.strerror}",
+                             "use --bind 127.0.0.1 and a port above 1024") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _is_loopback(bind: str) -> bool:
+    try:
+        return ipaddress.ip_address(bind).is_loopback
+    except ValueError:
+        return bind == "localhost"
+
+
+def serve_local(name: str, *, bind: str, port: int, device: str, api_key: str | None, max_batch: int,
+                max_items: int, max_body_bytes: int, batch_wait_ms: float, access_log: bool,
+                stop_on_stdin_eof: bool = False) -> None:
+    """Serve experiment ``name`` on this machine until stopped; raises if the model cannot load."""
+    paths = check_experiment(name)
+    check_device(device)
+    sock = bind_socket(bind, port)
+
+    import uvicorn
+
+    from mlconnect.serving.app import create_app
+
+    load_error: list[str] = []
+    server: uvicorn.Server | None = None
+
+    def failed(reason: str) -> None:
+        load_error.append(reason)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(paths.root, device=device, api_key=api_key, max_batch=max_batch,
+                     max_body_bytes=max_body_bytes, max_items=max_items, batch_wait_ms=batch_wait_ms,
+                     on_load_error=failed)
+    # http/loop "auto": httptools and uvloop when installed (faster), h11 and asyncio otherwise.
+    config = uvicorn.Config(app, log_level="info", access_log=access_log, timeout_graceful_shutdown=10,
+                            lifespan="on", server_header=False)
+    server = uvicorn.Server(config)
+    if not _is_loopback(bind):
+        warn = "" if api_key else " without an API key (--api-key-env): anyone who can reach it can query it"
+        typer.echo(f"warning: listening on {bind}, not loopback{warn}", err=True)
+    if stop_on_stdin_eof:
+        threading.Thread(target=_stop_on_eof, args=(server,), daemon=True).start()
+    typer.echo(f"serving {paths.name} on http://{bind}:{port} (device {device}); Ctrl-C to stop", err=True)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    if load_error:
+        raise ExperimentError(f"could not load {paths.name}: {load_error[0]}",
+                              "retrain it or pull a complete copy (`mlconnect pull`)")
+
+
+def _stop_on_eof(server: Any) -> None:
+    """Remote mode: the laptop's ssh closed our stdin (Ctrl-C, lost network): shut down gracefully."""
+    try:
+        while sys.stdin.buffer.read(4096):
+            pass
+    except OSError:
+        pass
+    server.should_exit = True
+
+
+def _wait_healthy(url: str, proc: Any, api_key: str | None, timeout: float) -> None:
+    import httpx
+
+    headers = {"X-API-Key": api_key} if api_key else {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise MlconnectError(f"the server on the host exited with code {proc.returncode}",
+                                 "see its output above; try `mlconnect serve NAME` on the box itself")
+        try:
+            if httpx.get(url, headers=headers, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise MlconnectError(f"the server on the host did not become healthy within {timeout:.0f} s",
+                         "check the experiment exists there (`mlconnect pull` / sync) and its log above")
+
+
+def serve_remote(name: str, *, host: str, ssh_config: str | None, port: int, remote_port: int,
+                 device: str, api_key: str | None, extra: list[str]) -> None:
+    """Start ``serve`` on the host (its 127.0.0.1) and forward this machine's 127.0.0.1:port to it."""
+    import subprocess
+
+    from mlconnect.remote.ssh import resolve_target
+
+    target = resolve_target(host, ssh_config=ssh_config)
+    local = bind_socket("127.0.0.1", port)  # fail fast (and clearly) if our side is taken
+    local.close()
+    argv = [target.python, "-m", "mlconnect", "serve", name, "--host", "local", "--bind", "127.0.0.1",
+            "--port", str(remote_port), "--device", device, "--stdin-control", *extra]
+    proc = target.popen(argv, stdin=subprocess.PIPE)
+    assert proc.stdin is not None
+    proc.stdin.write(((api_key or "") + "\n").encode())  # the key travels inside the ssh channel
+    proc.stdin.flush()
+    tunnel = None
+    try:
+        tunnel = open_tunnel(target, port, remote_port)
+        _wait_healthy(f"http://127.0.0.1:{port}/health", proc, api_key, timeout=180)
+        typer.echo(f"serving {name} from {target.name} on http://127.0.0.1:{port}; Ctrl-C to stop", err=True)
+        proc.wait()
+        if proc.returncode not in (0, None):
+            raise MlconnectError(f"the server on {target.name} exited with code {proc.returncode}",
+                                 "see its output above")
+    except KeyboardInterrupt:
+        typer.echo("stopping the server on the host", err=True)
+    finally:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()  # the remote side sees EOF and shuts down gracefully
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+        if tunnel is not None:
+            close_tunnel(tunnel)
+
+
+def open_tunnel(target: Any, port: int, remote_port: int) -> Any:
+    """Forward 127.0.0.1:port here to 127.0.0.1:remote_port on the host (the transport's own tunnel)."""
+    try:
+        from mlconnect.remote import tunnel as tunnel_mod
+    except ModuleNotFoundError:
+        raise MlconnectError("port forwarding (mlconnect.remote.tunnel) is not available in this build",
+                             f"run `ssh -N -L {port}:127.0.0.1:{remote_port} <host>` yourself") from None
+    return tunnel_mod.open_tunnel(target, local_port=port, remote_port=remote_port)
+
+
+def close_tunnel(tunnel: Any) -> None:
+    close = getattr(tunnel, "close", None)
+    if close is not None:
+        close()
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("serve")
+    def serve(
+        name: str = typer.Argument(..., help="Experiment name (experiments/NAME) or folder."),
+        host: str | None = typer.Option(None, "--host", help="Serve on this host and tunnel it here "
+                                        "(default: the project's default host, else this machine)."),
+        port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port on this machine."),
+        bind: str = typer.Option("127.0.0.1", "--bind", help="Address to listen on (local serving)."),
+        device: str = typer.Option("cpu", "--device", help="cpu, cuda or mps."),
+        api_key_env: str | None = typer.Option(None, "--api-key-env", metavar="VAR",
+                                               help=f"Require X-API-Key equal to $VAR (default: "
+                                                    f"${DEFAULT_KEY_ENV} when set)."),
+        max_batch: int = typer.Option(64, "--max-batch", min=1, max=4096,
+                                      help="Requests per /recommend/batch and sequences per forward."),
+        max_items: int = typer.Option(1000, "--max-items", min=1, help="Ids per sequence."),
+        max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", min=1024, help="Request body limit."),
+        batch_wait_ms: float = typer.Option(0.0, "--batch-wait-ms", min=0.0, max=50.0,
+                                            help="Wait this long to collect concurrent requests into "
+                                                 "one forward (0: batch only what is already queued)."),
+        access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="Log every request."),
+        remote_port: int | None = typer.Option(None, "--remote-port", min=1, max=65535,
+                                               help="Port on the host (default: --port)."),
+        ssh_config: str | None = typer.Option(None, "--ssh-config", envvar="MLCONNECT_SSH_CONFIG",
+                                              help="ssh config file."),
+        stdin_control: bool = typer.Option(False, "--stdin-control", hidden=True,
+                                           help="Internal: API key on stdin's first line; stop at EOF."),
+    ) -> None:
+        """Serve an experiment as a recommendation API (FastAPI + uvicorn)."""
+        limits = dict(max_batch=max_batch, max_items=max_items, max_body_bytes=max_body_bytes,
+                      batch_wait_ms=batch_wait_ms)
+        if stdin_control:  # we were started by serve_remote on the laptop
+            key = sys.stdin.buffer.readline().decode().strip() or None
+            serve_local(name, bind=bind, port=port, device=device, api_key=key, access_log=access_log,
+                        stop_on_stdin_eof=True, **limits)
+            return
+        api_key = read_api_key(api_key_env)
+        if host is None:
+            from mlconnect.settings import load_settings
+
+            host = load_settings(overrides={"ssh_config": ssh_config}).default_host
+        if host is None or host in ("local", "localhost-local"):
+            serve_local(name, bind=bind, port=port, device=device, api_key=api_key, access_log=access_log,
+                        **limits)
+            return
+        if bind != "127.0.0.1":
+            raise UsageError("--bind applies to local serving only",
+                             "on the host the server always binds 127.0.0.1; it is reached through the tunnel")
+        extra = [f"--{k.replace('_', '-')}={v}" for k, v in limits.items()]
+        if access_log:
+            extra.append("--access-log")
+        serve_remote(name, host=host, ssh_config=ssh_config, port=port, remote_port=remote_port or port,
+                     device=device, api_key=api_key, extra=extra)
