@@ -5,6 +5,8 @@ TORCH_SPEC ?= torch>=2.4
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
+# Where quickstart looks for ml-100k first (then it downloads it, then it uses synthetic data).
+QUICKSTART_DATA ?= $(firstword $(wildcard ../shared/datasets) data)
 
 .PHONY: quickstart test lint fmt bench clean
 
@@ -21,7 +23,7 @@ $(VENV)/.dev-installed: $(VENV)/.base-installed
 	touch $@
 
 quickstart: $(VENV)/.base-installed
-	$(BIN)/mlconnect quickstart
+	$(BIN)/mlconnect quickstart --data-path "$(QUICKSTART_DATA)"
 
 test: $(VENV)/.dev-installed
 	$(BIN)/ruff check src tests benchmarks train_sequential_model.py
