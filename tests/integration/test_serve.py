@@ -67,7 +67,7 @@ class LiveServer:
 
     def __init__(self, app: Any) -> None:
         self.app = app
-        self.sock = socket.socket()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(512)
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"

@@ -75,7 +75,10 @@ def read_api_key(api_key_env: str | None) -> str | None:
 def bind_socket(bind: str, port: int) -> socket.socket:
     """Bind before uvicorn starts, so a busy port is one clear error line rather than a log record."""
     family = socket.AF_INET6 if ":" in bind else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted sockets only when the proto
+    # says TCP. Without it, Nagle holds the response body behind its headers until the client's
+    # delayed ACK: 40 ms per request on loopback.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((bind, port))
