@@ -22,11 +22,13 @@ from typing import Any
 
 from mlconnect import __version__
 from mlconnect.errors import ExperimentError, MlconnectError
+from mlconnect.fileio import atomic_write_bytes
 from mlconnect.layout import experiment_paths
 from mlconnect.runs import launcher, store
 from mlconnect.runs.gpu import gpu_summary
 
 LOG_POLL_S = 0.2
+ERROR_EXIT = 3
 
 
 def _paths_for_new(name: str):
@@ -44,16 +46,30 @@ def cmd_start(a: argparse.Namespace) -> dict:
         raise ExperimentError(f"config file {a.config} not found on {socket.gethostname()} "
                               f"in {Path.cwd()}", "sync the project first (`mlconnect sync`), "
                               "or give a path inside the project")
-    if not a.resume and not a.force and (paths.status.exists() or paths.progress.exists()):
-        raise ExperimentError(f"experiment {a.experiment} already has a run",
-                              f"`mlconnect resume {a.experiment}` continues it; --force starts it over; "
-                              "or pick another --experiment")
-    if not a.config and not paths.config.exists():
-        raise ExperimentError(f"experiment {a.experiment} has no config",
-                              "pass --config FILE, or create it with `mlconnect exp create`")
-    paths.root.mkdir(parents=True, exist_ok=True)
+    if launcher.is_active(paths):  # checked again by start_run; before --force deletes anything
+        st = launcher.read_status(paths) or {}
+        raise ExperimentError(f"experiment {a.experiment} is already {st.get('state')} "
+                              f"(pid {st.get('pid')})", f"`mlconnect stop {a.experiment}` first")
+    config = a.config
+    if not a.resume:
+        started_before = paths.status.exists() or paths.progress.exists() or paths.checkpoints.exists()
+        if started_before and not a.force:
+            raise ExperimentError(f"experiment {a.experiment} already has a run",
+                                  f"`mlconnect resume {a.experiment}` continues it; --force starts it "
+                                  "over; or pick another --experiment")
+        if a.force and paths.root.exists():
+            # Done here, not by the trainer's --force: the supervisor writes status.json and
+            # training.log in this folder before the trainer starts, and must keep them.
+            shutil.rmtree(paths.root)
+        if not config and paths.config.is_file():
+            config = str(paths.config)  # made by `exp create`: train what was created
+        paths.root.mkdir(parents=True, exist_ok=True)
+        if not paths.config.is_file():
+            # The trainer accepts a folder holding only config.yaml as a new ("fresh") experiment;
+            # it rewrites the file with the fully resolved config when it starts.
+            atomic_write_bytes(paths.config, Path(config).read_bytes() if config else b"{}\n")
     run_id = launcher.new_run_id()
-    argv = launcher.train_argv(a.experiment, run_id=run_id, config=a.config, model=a.model,
+    argv = launcher.train_argv(a.experiment, run_id=run_id, config=config, model=a.model,
                                dataset=a.dataset, data_path=a.data_path, overrides=a.set or [],
                                resume=a.resume, force=a.force)
     return launcher.start_run(paths, argv, run_id=run_id, queue=a.queue)
@@ -171,7 +187,8 @@ def cmd_host_status(a: argparse.Namespace) -> dict:
     except OSError:
         load = None
     return {"host": socket.gethostname(), "platform": platform.platform(terse=True),
-            "python": sys.version.split()[0], "mlconnect": __version__, "root": str(Path.cwd()),
+            "python": sys.version.split()[0], "mlconnect": __version__, "mlconnect_version": __version__,
+            "root": str(Path.cwd()),
             "gpu": gpu_summary(), "disk": _disk("."), "load": load, "cpus": os.cpu_count(),
             "memory": _memory(),
             "runs": [r for r in rows if r["state"] in launcher.ACTIVE],
@@ -191,7 +208,7 @@ def cmd_exp_create(a: argparse.Namespace) -> dict:
                               "sync the project first, or give a path inside the project")
     try:
         from mlconnect.engine.config import load_config  # validated and resolved by the engine
-        from mlconnect.engine.trainer import create_experiment
+        from mlconnect.engine.experiment import create_experiment
     except ImportError:
         create_experiment = None
     if create_experiment is not None:
@@ -199,7 +216,6 @@ def cmd_exp_create(a: argparse.Namespace) -> dict:
         create_experiment(cfg, paths.root, force=a.force)
         how = "engine"
     else:  # engine not importable on this host: keep the file as given
-        from mlconnect.fileio import atomic_write_bytes
         atomic_write_bytes(paths.config, cfg_path.read_bytes())
         how = "copied"
     return {"experiment": a.experiment, "path": str(paths.root.resolve()),
@@ -207,7 +223,7 @@ def cmd_exp_create(a: argparse.Namespace) -> dict:
 
 
 def cmd_version(a: argparse.Namespace) -> dict:
-    return {"mlconnect": __version__, "python": sys.version.split()[0], "executable": sys.executable,
+    return {"mlconnect_version": __version__, "python": sys.version.split()[0], "executable": sys.executable,
             "host": socket.gethostname(), "root": str(Path.cwd())}
 
 
@@ -254,9 +270,11 @@ def main(argv: list[str] | None = None) -> int:
         out: Any = args.fn(args)
         code = 0
     except MlconnectError as exc:
-        out = {"error": {"type": type(exc).__name__, "message": exc.message, "hint": exc.hint}}
+        # The shape Target.agent turns into one error line; exit 3 tells the laptop "the agent
+        # refused" apart from a connection or installation failure (worth retrying).
+        out = {"error": exc.message, "hint": exc.hint, "type": type(exc).__name__}
         print(f"error: {exc}", file=sys.stderr)
-        code = 1
+        code = ERROR_EXIT
     sys.stdout.write(json.dumps(out, default=str) + "\n")
     sys.stdout.flush()
     return code

@@ -369,8 +369,9 @@ def stop_run(paths: ExperimentPaths, grace_s: float = 30.0) -> dict:
         raise ExperimentError(f"experiment {paths.name} has no run on this host",
                               "see `mlconnect ps` for the runs there are")
     if st.get("state") not in ACTIVE:
-        raise ExperimentError(f"experiment {paths.name} is not running (state: {st.get('state')})",
-                              f"`mlconnect resume {paths.name}` starts it again")
+        hint = (f"`mlconnect resume {paths.name}` starts it again" if st.get("state") in RESUMABLE
+                else f"it has finished: `mlconnect pull {paths.name}` fetches its results")
+        raise ExperimentError(f"experiment {paths.name} is not running (state: {st.get('state')})", hint)
     run_id = st["run_id"]
     update_status(paths, stop_requested=True, stop_requested_at=now_iso())
     sup = st.get("supervisor_pid")
