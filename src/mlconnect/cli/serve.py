@@ -109,9 +109,15 @@ def serve_local(name: str, *, bind: str, port: int, device: str, api_key: str | 
     check_device(device)
     sock = bind_socket(bind, port)
 
+    import torch
     import uvicorn
 
     from mlconnect.serving.app import create_app
+
+    if device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # Leave a core to the event loop that parses HTTP: on the 2-core benchmark box one intra-op
+        # thread gives a lower p50 and more req/s than two (benchmarks/serve_bench.py --threads).
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
 
     load_error: list[str] = []
     server: uvicorn.Server | None = None
