@@ -345,10 +345,19 @@ def create_app(experiment_dir: str | Path, *, device: str = "cpu", api_key: str 
         return _json(422, {"detail": errors})
 
     async def rank(histories: list[list[str]], reqs: list[RecommendRequest]) -> list[list[tuple[str, float]]]:
-        """One job per request (each keeps its own k); the batcher runs them in one forward."""
+        """One batcher job per exclude_seen value (so a batch is one forward, not a race for the
+        worker); it ranks to the largest k asked for and each request keeps its own prefix."""
         assert served.batcher is not None
-        jobs = [served.batcher.submit([h], r.k, r.exclude_seen) for h, r in zip(histories, reqs)]
-        return [r[0] for r in await asyncio.gather(*jobs)]
+        out: list[list[tuple[str, float]]] = [[] for _ in reqs]
+        groups = {flag: [n for n, r in enumerate(reqs) if r.exclude_seen is flag] for flag in (True, False)}
+        groups = {flag: idx for flag, idx in groups.items() if idx}
+        ranked = await asyncio.gather(*[
+            served.batcher.submit([histories[n] for n in idx], max(reqs[n].k for n in idx), flag)
+            for flag, idx in groups.items()])
+        for idx, part in zip(groups.values(), ranked):
+            for n, r in zip(idx, part):
+                out[n] = r[: reqs[n].k]
+        return out
 
     @app.post("/recommend", response_model=RecommendResponse,
               responses={422: {"description": "invalid request, unknown ids"}, 503: {"description": "not ready"}})
