@@ -404,3 +404,35 @@ def test_cli_serves_then_shuts_down_gracefully(experiment: Path, rec: Recommende
     assert "Application shutdown complete" in out and "Finished server process" in out, out
     assert "Traceback" not in out, out
     assert proc.returncode in (0, -sig, 128 + sig, 130), out  # uvicorn re-raises the signal once done
+
+
+def test_host_side_of_remote_serving_takes_key_on_stdin_and_stops_at_eof(experiment: Path) -> None:
+    """What `serve --host H` starts on the box: the key arrives on stdin (never argv), and closing
+    stdin (the laptop's ssh went away) shuts the server down gracefully."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mlconnect", "serve", str(experiment), "--host", "local",
+                             "--port", str(port), "--stdin-control"], env=ENV, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(KEY + "\n")
+        proc.stdin.flush()
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(url + "/health", headers={"X-API-Key": KEY}).status_code == 200:
+                    break
+            time.sleep(0.1)
+        assert httpx.get(url + "/model").status_code == 401
+        assert httpx.post(url + "/recommend", json={"user_id": "3"}, headers={"X-API-Key": KEY}).status_code == 200
+        proc.stdin.close()
+        proc.stdin = None  # communicate() must not touch the pipe we just closed
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out
+    assert "Application shutdown complete" in out and KEY not in out, out
