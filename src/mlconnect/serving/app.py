@@ -54,8 +54,9 @@ class RecommendRequest(BaseModel):
     user_id: ItemId | None = Field(None, description="A user of the training data (raw id).")
     items: list[ItemId] | None = Field(None, min_length=1,
                                        description="Raw item ids in time order, oldest first.")
-    k: int = Field(10, ge=1, le=MAX_K, description="How many items to return.")
-    exclude_seen: bool = Field(True, description="Leave out items already in the sequence.")
+    # Strict: `"k": true` or `"exclude_seen": "yes"` are mistakes to report, not to coerce.
+    k: int = Field(10, ge=1, le=MAX_K, strict=True, description="How many items to return.")
+    exclude_seen: bool = Field(True, strict=True, description="Leave out items already in the sequence.")
 
     @model_validator(mode="after")
     def _one_source(self) -> RecommendRequest:
