@@ -124,13 +124,13 @@ def _relative_config(config: str | None, target: Any) -> str | None:
         return None
     p = Path(config)
     if not p.is_file():
-        raise UsageError(f"config file {config} not found", "check the path")
+        raise MlconnectError(f"config file {config} not found", "check the path")
     if getattr(target, "is_local", False):
         return str(p)
     try:
         return p.resolve().relative_to(_project_root().resolve()).as_posix()
     except ValueError as exc:
-        raise UsageError(f"config {config} is outside the project, so sync cannot carry it to "
+        raise MlconnectError(f"config {config} is outside the project, so sync cannot carry it to "
                          f"{target.name}", "copy it into the project (e.g. configs/)") from exc
 
 
