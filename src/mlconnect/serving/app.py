@@ -227,7 +227,7 @@ class _Served:
                  wait_ms: float) -> None:
         self.experiment_dir, self.device = experiment_dir, device
         self.max_batch, self.max_items, self.wait_ms = max_batch, max_items, wait_ms
-        self.name = experiment_dir.name
+        self.name = experiment_dir.resolve().name  # "experiments/exp_001/" and "." name it too
         self.rec: Any = None
         self.batcher: Batcher | None = None
         self.error: str | None = None
@@ -246,6 +246,8 @@ class _Served:
             with torch.inference_mode():
                 return rec.recommend(histories, k=k, exclude_seen=exclude_seen)
 
+        if not rec.known_items:
+            raise ValueError(f"{self.experiment_dir} has an empty item vocabulary")
         any_item = next(iter(rec.known_items))
         for _ in range(3):  # the first forwards allocate and pick kernels: do that before "ready"
             run([[any_item]], MAX_K, True)
