@@ -153,12 +153,34 @@ def sync_project(target: Any) -> None:
     """Bring the host's copy of the project up to date (the transport's sync); nothing for local."""
     if getattr(target, "is_local", False):
         return
-    from mlconnect.remote import sync as rsync_mod
-
-    fn = getattr(rsync_mod, "sync_project", None) or getattr(rsync_mod, "sync", None)
+    try:
+        from mlconnect.remote import sync as sync_mod
+    except ImportError:
+        sync_mod = None
+    fn = None
+    for attr in ("sync_project", "sync"):
+        fn = fn or getattr(sync_mod, attr, None)
     if fn is None:
-        raise MlconnectError("mlconnect.remote.sync has no sync_project()", "report this bug")
+        _rsync_project(target)
+        return
     fn(target, _project_root()) if _takes_two(fn) else fn(target)
+
+
+def _rsync_project(target: Any) -> None:
+    """Plain rsync of the project, used only when the transport's sync module is not installed.
+
+    Same safety rules: experiments/, .git, data and checkpoints are never sent, nothing on the
+    host outside the synced tree is touched, nothing is deleted.
+    """
+    target.run(["mkdir", "-p", target.remote_root], cwd="~")
+    argv = ["rsync", "-rlt", "--exclude=/experiments/", "--exclude=.git/", "--exclude=/data/",
+            "--exclude=*.pt", "--exclude=__pycache__/", "--exclude=.venv/", "-e", target.rsync_rsh(),
+            f"{_project_root()}/", target.rsync_path(target.remote_root) + "/"]
+    proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600)
+    if proc.returncode != 0:
+        raise RemoteError(f"syncing the project to {target.name} failed (rsync exit {proc.returncode})",
+                          "check the connection with `mlconnect status`, then try again",
+                          command=argv, returncode=proc.returncode, stderr=proc.stderr)
 
 
 def _takes_two(fn: Any) -> bool:

@@ -1,0 +1,163 @@
+"""Runs over a real OpenSSH server on 127.0.0.1: sync, detached train, ps, logs -f, pull, stop/resume.
+
+The "host" is this machine reached through sshd with throwaway keys; it runs the same venv, with
+``remote_root`` a temp folder. Disconnects are real: the client's ssh processes (the multiplexing
+master included) are SIGKILLed mid-run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from runs_sshd import start_sshd, stop_sshd
+from runs_support import cli_env, mlc, ps_json, read_json, wait_for, write_project, write_tiny_dataset
+
+from conftest import require_tool
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory):
+    require_tool("sshd", "ssh", "rsync", "ssh-keygen")
+    tmp = tmp_path_factory.mktemp("runs_remote")
+    sshd = start_sshd(tmp / "sshd")
+    data = write_tiny_dataset(tmp / "hostdata")
+    laptop = tmp / "laptop"
+    laptop.mkdir()
+    write_project(laptop, data)
+    remote = tmp / "remote_root"
+    (laptop / "mlconnect.toml").write_text(
+        f'[hosts.{sshd.alias}]\nremote_root = "{remote}"\npython = "{sys.executable}"\n')
+    env = cli_env(tmp)
+    # A short path of our own: unix socket paths are limited to ~104 bytes.
+    env["MLCONNECT_CONTROL_DIR"] = tempfile.mkdtemp(prefix="mlc-runs-", dir="/tmp")
+    host = ["--host", sshd.alias, "--ssh-config", str(sshd.ssh_config)]
+    yield {"sshd": sshd, "laptop": laptop, "remote": remote, "env": env, "host": host}
+    for pid in sshd.client_pids(laptop):  # the ControlPersist master outlives commands: end ours
+        os.kill(pid, signal.SIGTERM)
+    stop_sshd(sshd)
+    shutil.rmtree(env["MLCONNECT_CONTROL_DIR"], ignore_errors=True)
+
+
+def _kill_clients(box) -> int:
+    pids = box["sshd"].client_pids(box["laptop"])
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return len(pids)
+
+
+def _remote_state(box, name: str) -> str:
+    return ps_json(box["laptop"], box["env"], box["host"])[name]["state"]
+
+
+def test_full_cycle_sync_train_ps_logs_pull(box):
+    laptop, env, host = box["laptop"], box["env"], box["host"]
+    t0 = time.monotonic()
+    out = mlc(["train", *host, "--config", "configs/tiny.yaml", "--experiment", "r1"], laptop, env).stdout
+    took = time.monotonic() - t0
+    assert "r1: running on gpubox" in out and "mlconnect logs r1 -f --host gpubox" in out, out
+    assert took < 20
+    assert (box["remote"] / "configs" / "tiny.yaml").is_file()  # synced
+    rows = ps_json(laptop, env, host)
+    assert rows["r1"]["state"] in ("running", "succeeded")
+    follow = mlc(["logs", "r1", "-f", *host], laptop, env).stdout
+    remote_exp = box["remote"] / "experiments" / "r1"
+    assert follow == (remote_exp / "training.log").read_text()
+    assert "exited with code 0: succeeded" in follow
+    assert not (laptop / "experiments").exists()  # nothing local until pull
+    mlc(["pull", "r1", *host], laptop, env)
+    local = laptop / "experiments" / "r1"
+    metrics = read_json(local / "results" / "metrics.json")
+    assert metrics["experiment"] == "r1" and metrics["test"]["ndcg@10"] >= 0
+    for f in ("config.yaml", "training.log", "gpu_usage.csv", "progress.json", "status.json", "meta.json"):
+        assert (local / f).is_file(), f
+    assert "no GPU" in (local / "gpu_usage.csv").read_text()  # a state, recorded once
+    assert list((local / "logs").iterdir())  # TensorBoard events
+    assert (local / "checkpoints" / "best.pt").is_file() and not (local / "checkpoints" / "last.pt").exists()
+    mlc(["pull", "r1", "--checkpoints", "all", *host], laptop, env)
+    assert (local / "checkpoints" / "last.pt").is_file()
+    # The local ps now reads the pulled copy.
+    assert ps_json(laptop, env)["r1"]["state"] == "succeeded"
+    status = json.loads(mlc(["status", "--json", *host], laptop, env).stdout)
+    assert status["root"] == str(box["remote"]) and status["gpu"]["available"] is False
+
+
+def test_killing_the_clients_ssh_does_not_stop_the_run(box):
+    laptop, env, host = box["laptop"], box["env"], box["host"]
+    mlc(["train", *host, "--config", "configs/tiny.yaml", "--experiment", "r2", "--set", "epochs=20",
+         "--set", "stopping_step=100"], laptop, env)
+    assert _kill_clients(box) >= 1  # the multiplexing master, at least
+    st = read_json(box["remote"] / "experiments" / "r2" / "status.json")
+    assert st["state"] == "running"
+    # Reconnects on its own (a new master) and sees the run through to the end.
+    wait_for(lambda: _remote_state(box, "r2") == "succeeded", timeout=150, interval=2,
+             what="the run to finish after the disconnect")
+    assert read_json(box["remote"] / "experiments" / "r2" / "results" / "metrics.json")["epochs"] == 20
+
+
+def test_logs_follow_survives_forced_disconnects(box):
+    laptop, env, host = box["laptop"], box["env"], box["host"]
+    mlc(["train", *host, "--config", "configs/tiny.yaml", "--experiment", "r3", "--set", "epochs=25",
+         "--set", "stopping_step=100"], laptop, env)
+    follower = subprocess.Popen([sys.executable, "-m", "mlconnect", "logs", "r3", "-f", *host], cwd=laptop,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = box["remote"] / "experiments" / "r3" / "training.log"
+    killed = 0
+    for target_epoch in (3, 10):
+        wait_for(lambda e=target_epoch: f"epoch {e}/25" in (log.read_text() if log.exists() else ""),
+                 timeout=120, what=f"epoch {target_epoch}")
+        killed += _kill_clients(box)  # mid long-poll: the in-flight read dies with its ssh
+    out, err = follower.communicate(timeout=200)
+    assert follower.returncode == 0, err
+    assert killed >= 2
+    assert "connection lost" in err and "reconnected" in err
+    assert out == log.read_text()  # every line, exactly once
+    assert out.count("epoch 25/25") == 1 and "exited with code 0: succeeded" in out
+
+
+def test_stop_and_resume_over_ssh_and_reused_pid(box):
+    laptop, env, host = box["laptop"], box["env"], box["host"]
+    mlc(["train", *host, "--config", "configs/tiny.yaml", "--experiment", "r4", "--set", "epochs=25",
+         "--set", "stopping_step=100"], laptop, env)
+    exp = box["remote"] / "experiments" / "r4"
+    wait_for(lambda: (read_json(exp / "checkpoints" / "last.json") or {}).get("epoch", 0) >= 2,
+             what="a checkpoint")
+    st = json.loads(mlc(["stop", "r4", "--json", *host], laptop, env).stdout)
+    assert st["state"] == "stopped" and st["exit_code"] == 143
+    assert (exp / "checkpoints" / "last.pt").is_file()
+    at = read_json(exp / "checkpoints" / "last.json")["epoch"]
+    out = mlc(["resume", "r4", *host], laptop, env).stdout
+    assert "r4: running" in out
+    wait_for(lambda: _remote_state(box, "r4") == "succeeded", timeout=150, interval=2, what="resume to end")
+    log = (exp / "training.log").read_text()
+    assert f"epoch {at + 1}/25" in log.split("resuming SASRec", 1)[1].splitlines()[1]
+    # A status.json whose pid is alive but is not the run (a reused pid) is never "running".
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        fake = box["remote"] / "experiments" / "ghost"
+        fake.mkdir(parents=True)
+        (fake / "status.json").write_text(json.dumps({
+            "run_id": "0123456789abcdef0123456789abcdef", "pid": other.pid, "pgid": other.pid,
+            "supervisor_pid": other.pid, "state": "running", "boot_id": Path(
+                "/proc/sys/kernel/random/boot_id").read_text().strip(), "started": "2026-11-28T10:00:00+00:00"}))
+        assert _remote_state(box, "ghost") == "lost"
+        cp = mlc(["stop", "ghost", *host], laptop, env, check=False)
+        assert cp.returncode == 1 and "not running (state: lost)" in cp.stderr
+        assert other.poll() is None  # never signalled
+    finally:
+        other.kill()
+        other.wait()
+    cp = mlc(["logs", "nope", *host], laptop, env, check=False)
+    assert cp.returncode == 1 and cp.stderr.startswith("error: unknown experiment 'nope'") and "gpubox" in cp.stderr
