@@ -57,11 +57,21 @@ def test_windows_make_every_training_interaction_a_target_once() -> None:
     rng = np.random.default_rng(0)
     train = [np.empty(0, np.int64), np.array([5]), *[rng.integers(1, 100, size=n) for n in (2, 7, 50, 51, 130, 301)]]
     for stride in (None, 10, 25):
-        w = training_windows(train, 20, stride)
-        assert w.shape[1] == 21
-        assert int((w[:, 1:] > 0).sum()) == sum(max(len(t) - 1, 0) for t in train)
-    w = training_windows([np.arange(1, 8)], 20)
-    assert w[0, :7].tolist() == list(range(1, 8)) and not w[0, 7:].any()
+        x, y = training_windows(train, 20, stride)
+        assert x.shape == y.shape and x.shape[1] == 20
+        assert int((y > 0).sum()) == sum(max(len(t) - 1, 0) for t in train)
+    x, y = training_windows([np.arange(1, 8)], 20)
+    assert x[0, :6].tolist() == list(range(1, 7)) and y[0, :6].tolist() == list(range(2, 8)) and not x[0, 6:].any()
+
+
+def test_overlapping_windows_give_every_target_long_context() -> None:
+    seq = np.arange(1, 101)  # targets 2..100; with max_len 20, stride 5 each sees >= 16 earlier items
+    x, y = training_windows([seq], 20, 5)
+    for xr, yr in zip(x, y):
+        for j in np.flatnonzero(yr):
+            assert yr[j] == xr[j] + 1  # the target follows its input
+            if yr[j] > 21:
+                assert j + 1 >= 16
 
 
 def test_split_skips_users_without_enough_history(tmp_path: Path) -> None:

@@ -334,30 +334,35 @@ def split_leave_one_out(ds: Dataset, max_len: int) -> Split:
     return Split(train=train, valid_target=valid_t, test_target=test_t, max_len=max_len)
 
 
-def training_windows(train: list[np.ndarray], max_len: int, stride: int | None = None) -> np.ndarray:
-    """Cut each training sequence into windows of ``max_len + 1`` items, right-padded with 0.
+def training_windows(train: list[np.ndarray], max_len: int,
+                     stride: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Cut each training sequence into ``(inputs, targets)`` windows of ``max_len``, right-padded with 0.
 
-    Inputs are ``w[:, :-1]`` and targets ``w[:, 1:]``: the loss is taken at every position, so every
-    training interaction after a user's first is a target. Windows are laid from the end of each
-    sequence backwards every ``stride`` items (default ``max_len``: no overlap). With a smaller
-    stride, windows overlap to give early targets more context, and targets that a later window
-    already covers are zeroed, so each interaction is a target exactly once.
+    ``targets[r, j]`` is the item after ``inputs[r, j]``; the loss is taken at every position whose
+    target is not 0, and every training interaction after a user's first is a target exactly once.
+    Windows are laid from the end of each sequence backwards, ``stride`` targets apart (default
+    ``max_len``: no overlap). A smaller stride overlaps the windows so each target is predicted
+    from at least ``max_len - stride + 1`` earlier items (RecBole's one-row-per-prefix gives every
+    target the full ``max_len``, at ``max_len`` times the cost); targets another window already
+    covers are set to 0 there.
     """
     stride = min(stride or max_len, max_len)
-    rows: list[np.ndarray] = []
+    inputs: list[np.ndarray] = []
+    targets: list[np.ndarray] = []
     for seq in train:
-        n = len(seq)
-        end, prev_start = n, None
-        while n >= 2:
-            start = max(0, end - (max_len + 1))
-            w = np.zeros(max_len + 1, dtype=np.int64)
-            w[: end - start] = seq[start:end]
-            if prev_start is not None:  # targets after prev_start belong to the later window
-                w[prev_start - start + 1:] = 0
-            rows.append(w)
-            if start == 0:
-                break
-            prev_start, end = start, end - stride
-    if not rows:
-        return np.zeros((0, max_len + 1), dtype=np.int64)
-    return np.stack(rows)
+        end = len(seq)  # this window's targets are the positions [end - stride, end)
+        while end >= 2:
+            start = max(0, end - 1 - max_len)  # first input position
+            x = np.zeros(max_len, dtype=np.int64)
+            y = np.zeros(max_len, dtype=np.int64)
+            x[: end - 1 - start] = seq[start:end - 1]
+            y[: end - 1 - start] = seq[start + 1:end]
+            first_target = max(1, end - stride)
+            y[: first_target - start - 1] = 0  # earlier targets belong to the next window back
+            inputs.append(x)
+            targets.append(y)
+            end = first_target
+    if not inputs:
+        empty = np.zeros((0, max_len), dtype=np.int64)
+        return empty, empty.copy()
+    return np.stack(inputs), np.stack(targets)

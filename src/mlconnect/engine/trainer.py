@@ -133,15 +133,18 @@ class Trainer:
         t0 = time.perf_counter()
         self.ds = load_dataset(cfg)
         self.split = split_leave_one_out(self.ds, cfg.max_len)
-        windows = training_windows(self.split.train, cfg.max_len, cfg["window_stride"])
-        if not len(windows):
+        # BERT4Rec reads whole windows both ways, so its windows never overlap.
+        stride = cfg.max_len if cfg["model"] == "BERT4Rec" else cfg["window_stride"]
+        inputs, targets = training_windows(self.split.train, cfg.max_len, stride)
+        if not len(inputs):
             raise MlconnectError(f"dataset {self.ds.name} has no training interactions",
                                  "each user needs at least 4 interactions (train, valid and test targets)")
         self.data_s = time.perf_counter() - t0
-        self.windows = torch.from_numpy(windows).to(self.device)
-        self.window_tokens = (windows[:, 1:] > 0).sum(1)
+        self.inputs = torch.from_numpy(inputs).to(self.device)
+        self.targets = torch.from_numpy(targets).to(self.device)
+        self.window_tokens = (targets > 0).sum(1)
         self.per_batch = max(1, cfg["train_batch_size"] // cfg.max_len)
-        self.steps_per_epoch = math.ceil(len(windows) / self.per_batch)
+        self.steps_per_epoch = math.ceil(len(inputs) / self.per_batch)
         self.model = build_model(cfg, self.ds.n_items).to(self.device)
         self.forward_model = torch.compile(self.model) if cfg["compile"] else self.model
         self.optimizer = _make_optimizer(cfg, self.model.parameters())
@@ -250,7 +253,7 @@ class Trainer:
         cfg, model = self.cfg, self.forward_model
         self.model.train()
         gen = torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + self.epoch)
-        order = torch.randperm(len(self.windows), generator=gen)
+        order = torch.randperm(len(self.inputs), generator=gen)
         self.reporter.start_epoch(self.epoch + 1, self.steps_per_epoch, self.step_in_epoch)
         loss_sum = torch.zeros((), device=self.device)
         loss_n = 0
@@ -259,9 +262,10 @@ class Trainer:
         for step in range(self.step_in_epoch, self.steps_per_epoch):
             step_t0 = time.perf_counter()
             idx = order[step * self.per_batch:(step + 1) * self.per_batch]
-            batch = self.windows[idx.to(self.device)]
+            didx = idx.to(self.device)
             with torch.autocast(self.device.type, dtype=self.amp) if self.amp else nullcontext():
-                loss = model.training_loss(batch[:, :-1], batch[:, 1:], cfg["loss_type"], cfg["sampled_negatives"])
+                loss = model.training_loss(self.inputs[didx], self.targets[didx], cfg["loss_type"],
+                                           cfg["sampled_negatives"])
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clip:
