@@ -161,3 +161,20 @@ def test_stop_and_resume_over_ssh_and_reused_pid(box):
         other.wait()
     cp = mlc(["logs", "nope", *host], laptop, env, check=False)
     assert cp.returncode == 1 and cp.stderr.startswith("error: unknown experiment 'nope'") and "gpubox" in cp.stderr
+
+
+def test_host_without_mlconnect_gets_one_line(box, tmp_path):
+    # Same box, but the host's python is the system one, which has no mlconnect.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    box["remote"].mkdir(exist_ok=True)  # the project is there; only mlconnect is missing
+    (bare / "mlconnect.toml").write_text(
+        f'[hosts.{box["sshd"].alias}]\nremote_root = "{box["remote"]}"\npython = "/usr/bin/python3"\n')
+    need = subprocess.run(["/usr/bin/python3", "-c", "import mlconnect"], capture_output=True)
+    if need.returncode == 0:
+        pytest.skip("the system python has mlconnect installed")
+    for args in (["ps"], ["status"], ["logs", "r1"]):
+        cp = mlc([*args, *box["host"]], bare, box["env"], check=False)
+        lines = cp.stderr.strip().splitlines()
+        assert cp.returncode == 1 and len(lines) == 1, cp.stderr
+        assert "mlconnect is not installed" in lines[0] and "mlconnect bootstrap" in lines[0]

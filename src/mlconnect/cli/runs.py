@@ -207,6 +207,9 @@ def launch_train(*, host: str | None, ssh_config: str | None, config: str | None
     target = _target(host, ssh_config)
     rel_config = _relative_config(config, target)
     name = experiment or _default_name(config, model, dataset)
+    host_cfg = getattr(target, "host", None)
+    if data_path is None and host_cfg is not None and host_cfg.data_path:
+        data_path = host_cfg.data_path  # where this host keeps its datasets (mlconnect.toml)
     sync_project(target)
     args = ["--experiment", name]
     for flag, value in (("--config", rel_config), ("--model", model), ("--dataset", dataset),
