@@ -114,7 +114,7 @@ def main() -> None:
             t_ssh.append(time.perf_counter() - t0)
         rows["reference: `ssh host true` (warm master)"] = t_ssh
     finally:
-        for pid in sshd.client_pids(laptop):
+        for pid in sshd.client_pids(env["MLCONNECT_CONTROL_DIR"]):
             os.kill(pid, signal.SIGTERM)
         stop_sshd(sshd)
         shutil.rmtree(env["MLCONNECT_CONTROL_DIR"], ignore_errors=True)

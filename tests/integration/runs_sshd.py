@@ -29,21 +29,20 @@ class Sshd:
     proc: subprocess.Popen
     log: Path
 
-    def client_pids(self, cwd: Path) -> list[int]:
+    def client_pids(self, control_dir: str) -> list[int]:
         """Pids of our ssh clients: commands using our config file, and the multiplexing masters
-        (which retitle themselves ``ssh: <control path> [mux]``) started from ``cwd``."""
+        (which retitle themselves ``ssh: <control path> [mux]``) in our own ``control_dir``."""
         out = []
         for d in Path("/proc").iterdir():
             if not d.name.isdigit():
                 continue
             try:
                 cmd = (d / "cmdline").read_bytes().split(b"\0")
-                here = os.readlink(d / "cwd")
             except OSError:
                 continue
             first = cmd[0].decode(errors="replace") if cmd else ""
             ours = os.path.basename(first) == "ssh" and str(self.ssh_config).encode() in cmd
-            master = first.startswith("ssh: ") and first.endswith("[mux]") and here == str(cwd)
+            master = first.startswith(f"ssh: {control_dir.rstrip('/')}/") and first.endswith("[mux]")
             if ours or master:
                 out.append(int(d.name))
         return out

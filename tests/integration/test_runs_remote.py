@@ -44,14 +44,14 @@ def box(tmp_path_factory):
     env["MLCONNECT_CONTROL_DIR"] = tempfile.mkdtemp(prefix="mlc-runs-", dir="/tmp")
     host = ["--host", sshd.alias, "--ssh-config", str(sshd.ssh_config)]
     yield {"sshd": sshd, "laptop": laptop, "remote": remote, "env": env, "host": host}
-    for pid in sshd.client_pids(laptop):  # the ControlPersist master outlives commands: end ours
+    for pid in sshd.client_pids(env["MLCONNECT_CONTROL_DIR"]):  # the ControlPersist master outlives commands: end ours
         os.kill(pid, signal.SIGTERM)
     stop_sshd(sshd)
     shutil.rmtree(env["MLCONNECT_CONTROL_DIR"], ignore_errors=True)
 
 
 def _kill_clients(box) -> int:
-    pids = box["sshd"].client_pids(box["laptop"])
+    pids = box["sshd"].client_pids(box["env"]["MLCONNECT_CONTROL_DIR"])
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
