@@ -140,3 +140,24 @@ def test_status_reports_host_gpu_and_running_runs(project):
     cp = subprocess.run([sys.executable, "-m", "mlconnect", "status"], cwd=root, env=no_gpu_env,
                         capture_output=True, text=True, timeout=60)
     assert cp.returncode == 0 and "no GPU (nvidia-smi not found" in cp.stdout
+
+
+def test_queue_from_the_cli_and_force_restart(project):
+    root, env = project
+    mlc(["train", "--queue", "--config", "configs/tiny.yaml", "--experiment", "q1",
+         "--set", "epochs=8", "--set", "stopping_step=100"], root, env)
+    out = mlc(["train", "--queue", "--config", "configs/tiny.yaml", "--experiment", "q2"], root, env).stdout
+    assert "q2: queued" in out
+    assert ps_json(root, env)["q2"]["state"] == "queued"
+    mlc(["logs", "q2", "-f"], root, env)  # follows a queued run through to its end
+    s1 = read_json(root / "experiments" / "q1" / "status.json")
+    s2 = read_json(root / "experiments" / "q2" / "status.json")
+    assert s1["state"] == s2["state"] == "succeeded"
+    assert s2["started"] >= s1["ended"]  # one at a time, in order
+    # --force starts over; the launcher's own files survive the trainer's fresh start.
+    old_run = s2["run_id"]
+    mlc(["train", "--detach", "--force", "--config", "configs/tiny.yaml", "--experiment", "q2"], root, env)
+    log = mlc(["logs", "q2", "-f"], root, env).stdout
+    s2b = read_json(root / "experiments" / "q2" / "status.json")
+    assert s2b["run_id"] != old_run and s2b["state"] == "succeeded" and s2b["exit_code"] == 0
+    assert old_run not in log and log.count("training SASRec") == 1
