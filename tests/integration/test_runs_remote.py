@@ -178,3 +178,5 @@ def test_host_without_mlconnect_gets_one_line(box, tmp_path):
         lines = cp.stderr.strip().splitlines()
         assert cp.returncode == 1 and len(lines) == 1, cp.stderr
         assert "mlconnect is not installed" in lines[0] and "mlconnect bootstrap" in lines[0]
+    cp = mlc(["logs", "r1", "-f", *box["host"]], bare, box["env"], check=False, timeout=30)
+    assert cp.returncode == 1 and "mlconnect is not installed" in cp.stderr  # -f fails fast too

@@ -243,6 +243,7 @@ def follow_logs(target: Any, name: str, *, follow: bool, offset: int = 0,
     """
     out = out or sys.stdout
     failures = 0
+    seen_ok = False
     while True:
         try:
             res = call_agent(target, "logs-read", "--experiment", name, "--offset", str(offset),
@@ -250,7 +251,9 @@ def follow_logs(target: Any, name: str, *, follow: bool, offset: int = 0,
         except ExperimentError:
             raise
         except (MlconnectError, subprocess.SubprocessError, OSError, ValueError) as exc:
-            if not follow:
+            # Before the first answer, only connection trouble is worth waiting out: a host
+            # without mlconnect will not grow one. After it, anything is (the laptop slept).
+            if not follow or (not seen_ok and not _transient(exc)):
                 raise
             delay = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
             failures += 1
@@ -258,6 +261,7 @@ def follow_logs(target: Any, name: str, *, follow: bool, offset: int = 0,
                   f"{offset}", file=sys.stderr, flush=True)
             sleep(delay)
             continue
+        seen_ok = True
         if failures:
             print("[mlconnect] reconnected", file=sys.stderr, flush=True)
             failures = 0
@@ -269,6 +273,12 @@ def follow_logs(target: Any, name: str, *, follow: bool, offset: int = 0,
         offset = res["offset"]
         if res.get("done") or (not follow and offset >= res.get("size", 0)):
             return offset
+
+
+def _transient(exc: BaseException) -> bool:
+    """ssh's own failure (255), a timeout (None) or a killed client (negative): try again."""
+    rc = getattr(exc, "returncode", 0)
+    return rc is None or rc == 255 or (isinstance(rc, int) and rc < 0) or isinstance(exc, OSError)
 
 
 def _short(exc: BaseException) -> str:
