@@ -207,3 +207,10 @@ def test_ps_rows_format():
     assert rows[0] == {"name": "a", "state": "running", "epoch": "3/50", "best": "ndcg@10 0.0512",
                        "gpu": "37%", "age": "1h"}
     assert rows[1]["epoch"] == "-" and rows[1]["age"] == "5s"
+
+
+def test_pulled_status_from_another_host_is_left_alone(tmp_path):
+    paths = ExperimentPaths(tmp_path / "experiments" / "pulled")
+    _fake_status(paths, pid=999999, host="gpu-box-elsewhere", boot_id="their-boot")
+    assert launcher.reconcile(paths)["state"] == "running"
+    assert read_json(paths.status)["state"] == "running"  # never rewritten on the laptop

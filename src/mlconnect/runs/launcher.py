@@ -124,6 +124,8 @@ def reconcile(paths: ExperimentPaths, status: dict | None = None) -> dict | None
     st = status if status is not None else read_status(paths)
     if not st or st.get("state") not in ACTIVE:
         return st
+    if st.get("host") not in (None, socket.gethostname()):
+        return st  # a copy pulled from the box: its processes cannot be checked from here
     run_id = st.get("run_id")
     same_boot = st.get("boot_id") in (None, boot_id())
     if same_boot and (process_matches(st.get("pid"), run_id)
