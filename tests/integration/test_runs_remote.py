@@ -90,6 +90,10 @@ def test_full_cycle_sync_train_ps_logs_pull(box):
     assert (local / "checkpoints" / "last.pt").is_file()
     # The local ps now reads the pulled copy.
     assert ps_json(laptop, env)["r1"]["state"] == "succeeded"
+    out = mlc(["exp", "create", "r0", "--config", "configs/tiny.yaml", *host], laptop, env).stdout
+    assert "created r0" in out and "--host gpubox" in out
+    assert "hidden_size: 16" in (box["remote"] / "experiments" / "r0" / "config.yaml").read_text()
+    assert ps_json(laptop, env, host)["r0"]["state"] == "created"
     status = json.loads(mlc(["status", "--json", *host], laptop, env).stdout)
     assert status["root"] == str(box["remote"]) and status["gpu"]["available"] is False
 
