@@ -214,3 +214,21 @@ def test_pulled_status_from_another_host_is_left_alone(tmp_path):
     _fake_status(paths, pid=999999, host="gpu-box-elsewhere", boot_id="their-boot")
     assert launcher.reconcile(paths)["state"] == "running"
     assert read_json(paths.status)["state"] == "running"  # never rewritten on the laptop
+
+
+def test_pull_argv_filters_checkpoints(tmp_path):
+    from mlconnect.cli.runs import pull_argv
+    from mlconnect.remote.ssh import Target
+
+    t = Target(name="gpubox", is_local=False, remote_root="~/proj", python="python3",
+               ssh_config=str(tmp_path / "cfg"))
+    best = pull_argv(t, "exp_1", tmp_path / "experiments" / "exp_1", "best")
+    assert best[0] == "rsync" and best[-2] == "gpubox:proj/experiments/exp_1/"
+    assert best[-1] == f"{tmp_path}/experiments/exp_1/"
+    assert "--include=/checkpoints/best.*" in best and best.index("--include=/checkpoints/best.*") < \
+        best.index("--exclude=/checkpoints/*")
+    assert "--delete" not in " ".join(best)  # pull never deletes local files
+    rsh = best[best.index("-e") + 1]
+    assert rsh.startswith("ssh -F ") and "ControlMaster=auto" in rsh
+    assert "--exclude=/checkpoints/" in pull_argv(t, "exp_1", tmp_path, "none")
+    assert not any("checkpoints" in a for a in pull_argv(t, "exp_1", tmp_path, "all"))
