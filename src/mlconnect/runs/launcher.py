@@ -127,6 +127,8 @@ def reconcile(paths: ExperimentPaths, status: dict | None = None) -> dict | None
     if st.get("host") not in (None, socket.gethostname()):
         return st  # a copy pulled from the box: its processes cannot be checked from here
     run_id = st.get("run_id")
+    if not st.get("supervisor_pid") and _age_s(st.get("created")) < 30:
+        return st  # being launched right now: the supervisor's pid is a moment away
     same_boot = st.get("boot_id") in (None, boot_id())
     if same_boot and (process_matches(st.get("pid"), run_id)
                       or process_matches(st.get("supervisor_pid"), run_id)):
@@ -139,6 +141,13 @@ def reconcile(paths: ExperimentPaths, status: dict | None = None) -> dict | None
         fresh.update(state="lost", lost_reason=reason, ended=fresh.get("ended") or now_iso())
         atomic_write_json(paths.status, fresh)
         return fresh
+
+
+def _age_s(iso: str | None) -> float:
+    try:
+        return (datetime.now(timezone.utc) - datetime.fromisoformat(iso)).total_seconds()  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return float("inf")
 
 
 def is_active(paths: ExperimentPaths) -> bool:
