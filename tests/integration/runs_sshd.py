@@ -40,7 +40,7 @@ class Sshd:
                 cmd = (d / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            first = cmd[0].decode(errors="replace") if cmd else ""
+            first = cmd[0].decode(errors="replace").strip() if cmd else ""  # titles are padded
             ours = os.path.basename(first) == "ssh" and str(self.ssh_config).encode() in cmd
             master = first.startswith(f"ssh: {control_dir.rstrip('/')}/") and first.endswith("[mux]")
             if ours or master:
