@@ -216,7 +216,8 @@ def render_template(*, host: str = "gpu-box", hostname: str | None = None, port:
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
     conn = []
-    conn.append(f"hostname = {q(hostname)}" if hostname else f'# hostname = "192.168.1.50"   # else the ssh alias {host!r}')
+    conn.append(f"hostname = {q(hostname)}" if hostname
+                else f'# hostname = "192.168.1.50"   # else the ssh alias {host!r}')
     conn.append(f"port = {int(port)}" if port else "# port = 2222")
     conn.append(f"user = {q(user)}" if user else '# user = "ana"')
     conn.append(f"identity_file = {q(identity_file)}" if identity_file else '# identity_file = "~/.ssh/id_ed25519"')

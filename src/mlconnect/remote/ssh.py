@@ -17,6 +17,7 @@ Design (see docs/ARCHITECTURE.md):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -346,10 +347,8 @@ class Target:
         if state != "wedged":
             return False
         if pid and _is_our_ssh(pid):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)  # a stopped process still receives SIGKILL
-            except ProcessLookupError:
-                pass
         _unlink(path)
         return True
 
@@ -384,10 +383,8 @@ def _parse_json(stdout: str) -> Any:
 
 
 def _unlink(path: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def probe_master(path: str, timeout: float = MASTER_PROBE_S) -> tuple[str, int | None]:
@@ -401,12 +398,12 @@ def probe_master(path: str, timeout: float = MASTER_PROBE_S) -> tuple[str, int |
             s.connect(path)
         except (ConnectionRefusedError, FileNotFoundError):
             return "stale", None
-        except (socket.timeout, OSError):
+        except (TimeoutError, OSError):
             return "wedged", None
         pid = _peer_pid(s)
         try:
             data = s.recv(8)
-        except socket.timeout:
+        except TimeoutError:
             return "wedged", pid
         except OSError:
             return "stale", pid
