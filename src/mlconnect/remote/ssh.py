@@ -346,6 +346,9 @@ class Target:
             return False
         if state != "wedged":
             return False
+        # ControlPersist forks after listen(): the kernel's peer pid is the parent that went on to be
+        # the first mux client, not the master. Find the process holding the socket's inode instead.
+        pid = _socket_holder(path)
         if pid and _is_our_ssh(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)  # a stopped process still receives SIGKILL
@@ -426,6 +429,37 @@ def _peer_pid(s: socket.socket) -> int | None:
     except OSError:
         return None
     return None
+
+
+def _socket_holder(path: str) -> int | None:
+    """The pid of the process holding the listening unix socket at ``path`` (by inode, not by name)."""
+    try:
+        if Path("/proc/net/unix").exists():
+            inode = None
+            for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+                parts = line.split()
+                if len(parts) >= 8 and (parts[7] == path or parts[7].startswith(path + ".")):  # bound as tmp, renamed
+                    inode = parts[6]
+            if inode is None:
+                return None
+            target = f"socket:[{inode}]"
+            for d in Path("/proc").iterdir():
+                if not d.name.isdigit():
+                    continue
+                try:
+                    if d.stat().st_uid != os.getuid():
+                        continue
+                    for fd in (d / "fd").iterdir():
+                        if os.readlink(fd) == target:
+                            return int(d.name)
+                except OSError:
+                    continue
+            return None
+        cp = subprocess.run(["lsof", "-t", path], capture_output=True, text=True, timeout=5)
+        pids = [int(x) for x in cp.stdout.split() if x.isdigit()]
+        return pids[0] if pids else None
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
 
 
 def _is_our_ssh(pid: int) -> bool:
