@@ -169,7 +169,8 @@ class Target:
             cfg = str(default) if default.is_file() else None
         if cfg:
             argv += ["-F", cfg]
-        for opt in ssh_options() + list(extra_options or []):
+        # ssh keeps the FIRST value of each option: callers' extra options go first so they win.
+        for opt in list(extra_options or []) + ssh_options():
             argv += ["-o", opt]
         h = self.host
         if h is not None:

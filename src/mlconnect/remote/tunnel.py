@@ -1,0 +1,100 @@
+"""SSH local forwards: ``-L 127.0.0.1:<local>:127.0.0.1:<remote>``, next free port when busy.
+
+A tunnel gets its own connection (ControlMaster=no) so that its lifetime is our foreground process:
+Ctrl-C closes exactly this forward, never the shared master or the service on the host.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+
+from mlconnect.errors import RemoteError
+from mlconnect.remote.ssh import Target, classify_ssh_failure
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def next_free_port(start: int, tries: int = 50) -> int:
+    for p in range(start, start + tries):
+        if port_free(p):
+            return p
+    raise RemoteError(f"no free local port in {start}-{start + tries - 1}", "close what uses them or pass --port")
+
+
+def forward_argv(target: Target, pairs: list[tuple[int, int]]) -> list[str]:
+    """The ssh argv for local forwards (pure)."""
+    extra = ["ControlMaster=no", "ControlPath=none", "ExitOnForwardFailure=yes"]
+    argv = target.ssh_argv(extra)
+    fw: list[str] = []
+    for local, remote in pairs:
+        fw += ["-L", f"127.0.0.1:{local}:127.0.0.1:{remote}"]
+    return [argv[0], "-N", *fw, *argv[1:]]
+
+
+@dataclass
+class Tunnel:
+    proc: subprocess.Popen
+    pairs: list[tuple[int, int]]  # (local, remote)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def open_tunnel(target: Target, remote_ports: list[int], local_ports: list[int] | None = None,
+                timeout: float = 15) -> Tunnel:
+    """Forward each remote port (on the host's 127.0.0.1) to a local port: the wanted one or the next free."""
+    wanted = local_ports or remote_ports
+    for _attempt in range(5):  # a port can be taken between our check and ssh's bind: pick again
+        pairs, used = [], set()
+        for want, remote in zip(wanted, remote_ports):
+            p = next_free_port(want)
+            while p in used:
+                p = next_free_port(p + 1)
+            used.add(p)
+            pairs.append((p, remote))
+        argv = forward_argv(target, pairs)
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            if all(_listening(lp) for lp, _ in pairs):
+                return Tunnel(proc, pairs)
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.kill()
+            raise RemoteError(f"the tunnel to {target.name} did not come up within {timeout:g} s",
+                              f"check the connection with `ssh {target.name} true`")
+        err = proc.stderr.read() if proc.stderr else ""
+        if "Address already in use" in err or "cannot listen" in err:
+            continue
+        e = classify_ssh_failure(target, argv, proc.returncode, err)
+        raise e or RemoteError(f"the tunnel to {target.name} failed: {err.strip()[-200:]}",
+                               "check that AllowTcpForwarding is enabled in the host's sshd_config",
+                               command=argv, returncode=proc.returncode, stderr=err)
+    raise RemoteError("could not bind a local port for the tunnel", "close other tunnels or pass --port")
