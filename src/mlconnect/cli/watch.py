@@ -1,0 +1,121 @@
+"""``mlconnect monitor`` (live dashboard) and ``mlconnect ls`` (local experiments).
+
+No torch / matplotlib / mlflow at module level: these commands must start fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import time
+from pathlib import Path
+
+import typer
+
+from mlconnect.cli.common import HostOpt, JsonOpt, SshConfigOpt, print_json, print_table, target_from
+from mlconnect.errors import ExperimentError, MlconnectError, RemoteError
+from mlconnect.layout import EXPERIMENTS_DIR
+
+
+def _check_name(name: str) -> None:
+    if not name or name.startswith(".") or "/" in name or "\\" in name:
+        raise ExperimentError(f"invalid experiment name {name!r}", "use a plain folder name such as exp_001")
+
+
+def read_snapshot(target, name: str, log_lines: int = 12) -> dict:
+    """One snapshot of ``experiments/<name>`` on the target: a direct call locally, one
+    ``python3 -c <snapshot.py source>`` round trip over ssh (no mlconnect needed on the host)."""
+    from mlconnect.watch import snapshot as snap_mod
+
+    if target.is_local:
+        return snap_mod.snapshot(str(Path(target.remote_root) / EXPERIMENTS_DIR / name), log_lines)
+    src = inspect.getsource(snap_mod)
+    cp = target.run([target.python, "-c", src, f"{EXPERIMENTS_DIR}/{name}", str(log_lines)], timeout=20)
+    try:
+        return json.loads(cp.stdout)
+    except ValueError:
+        raise RemoteError(f"monitor on {target.name} printed something that is not JSON",
+                          "a shell startup file on the host may print to stdout", stderr=cp.stdout) from None
+
+
+def _first_snapshot_errors(snap: dict, name: str, where: str) -> None:
+    if not snap.get("exists"):
+        raise ExperimentError(f"unknown experiment {name!r}{where}",
+                              "see `mlconnect ls` (local) or `mlconnect ps` (host)")
+    bad = [p for p in snap.get("problems", []) if p.startswith(("progress.json", "status.json"))]
+    if bad:
+        raise ExperimentError(f"experiment {name}{where}: {bad[0]}",
+                              "wait for the next write, or pull the experiment again")
+    if not any(snap.get(k) for k in ("progress", "status", "results")):
+        raise ExperimentError(f"experiment {name}{where} has not started (no progress.json, status.json "
+                              "or results)", f"start it with `mlconnect train --experiment {name}`")
+
+
+def monitor(name: str = typer.Argument(..., help="Experiment name."),
+            host: str | None = HostOpt, ssh_config: str | None = SshConfigOpt,
+            interval: float = typer.Option(2.0, "--interval", help="Seconds between refreshes."),
+            once: bool = typer.Option(False, "--once", help="Print one frame and exit."),
+            as_json: bool = JsonOpt) -> None:
+    """Live dashboard of a run until it ends, then a summary."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from mlconnect.watch.render import TERMINAL, render_frame, render_summary, view
+
+    _check_name(name)
+    target = target_from(host, ssh_config)
+    where = "" if target.is_local else f" on {target.name}"
+    snap = read_snapshot(target, name)
+    _first_snapshot_errors(snap, name, where)
+    console = Console(highlight=False)
+    if once or as_json:
+        v = view(snap)
+        if as_json:
+            print_json(v)
+        else:
+            console.print(render_frame(v))
+        return
+    last_good = snap
+    reconnecting = None
+    with Live(render_frame(view(snap)), console=console, refresh_per_second=4, transient=False) as live:
+        while view(last_good)["state"] not in TERMINAL:
+            time.sleep(interval)
+            try:
+                snap = read_snapshot(target, name)
+                reconnecting = None
+            except MlconnectError as exc:  # dropped connection: keep the last frame, try again
+                reconnecting = exc.message
+                live.update(render_frame(view(last_good), reconnecting=reconnecting))
+                continue
+            if snap.get("progress") is None and last_good.get("progress") is not None:
+                snap = {**snap, "progress": last_good["progress"]}  # a transient bad read
+            last_good = snap
+            live.update(render_frame(view(snap)))
+    console.print(render_summary(view(last_good)))
+
+
+def ls(as_json: bool = JsonOpt) -> None:
+    """Local experiments: name, model, dataset, state, best metric, date."""
+    from mlconnect.settings import load_settings
+    from mlconnect.watch.render import view
+    from mlconnect.watch.snapshot import snapshot
+
+    base = load_settings().root / EXPERIMENTS_DIR
+    rows = []
+    for d in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+            if base.is_dir() else []:
+        v = view(snapshot(str(d), 0))
+        meta = {}
+        with contextlib.suppress(OSError, ValueError):
+            meta = json.loads((d / "meta.json").read_text())
+        date = meta.get("started") or time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(d.stat().st_mtime))
+        rows.append({"name": d.name, "model": v["model"], "dataset": v["dataset"], "state": v["state"],
+                     "best_metric": v["valid_metric"], "best_value": v["best_valid"], "date": date})
+    print_table(rows, ["name", "model", "dataset", "state", "best_metric", "best_value", "date"],
+                as_json=as_json, title=None if as_json else f"experiments in {base}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("monitor")(monitor)
+    app.command("ls")(ls)
