@@ -116,6 +116,42 @@ def ls(as_json: bool = JsonOpt) -> None:
                 as_json=as_json, title=None if as_json else f"experiments in {base}")
 
 
+def compare(names: list[str] = typer.Argument(..., help="Two or more experiment names."),
+            plot: Path | None = typer.Option(None, "--plot", help="Write a PNG of the curves."),
+            metric: str | None = typer.Option(None, "--metric", help="Valid metric to plot."),
+            as_json: bool = JsonOpt) -> None:
+    """One row per experiment; the best value in each metric column is marked with *."""
+    from mlconnect import compare as cmp
+    from mlconnect.errors import UsageError
+    from mlconnect.settings import load_settings
+
+    if len(names) < 2:
+        raise UsageError("compare needs at least two experiments", "mlconnect compare A B [C ...]")
+    root = load_settings().root
+    runs = [cmp.load_run(n, root) for n in names]
+    rows, best = cmp.compare_rows(runs)
+    if plot is not None:
+        cmp.plot(runs, plot, metric)
+    if as_json:
+        print_json({"rows": rows, "best": best, "plot": str(plot) if plot else None})
+        return
+    cols = ["name", "model", "dataset", "config", "best_valid", "epochs", "wall_time_s",
+            "throughput_tokens_per_s", "peak_gpu_mem_mb"]
+    cols += sorted({k for r in rows for k in r if k.startswith("test/")})
+    shown = []
+    for r in rows:
+        s = {c: r.get(c) for c in cols}
+        s["config"] = " ".join(f"{k}={v}" for k, v in r["config"].items()) or "-"
+        for c, who in best.items():
+            if who == r["name"]:
+                s[c] = f"{r[c]:.4g}*"
+        shown.append(s)
+    print_table(shown, cols, as_json=False, title="* best in column")
+    if plot is not None:
+        typer.echo(f"plot written to {plot}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("monitor")(monitor)
+    app.command("compare")(compare)
     app.command("ls")(ls)

@@ -1,0 +1,122 @@
+"""``mlconnect compare``: one row per experiment, differing config keys, best values, a PNG of curves.
+
+Reads only files (config.yaml, results/metrics.json, TensorBoard events), so local and pulled
+experiments compare the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from mlconnect.errors import ExperimentError
+from mlconnect.layout import EXPERIMENTS_DIR, ExperimentPaths, experiment_paths
+
+# Metric columns and whether bigger is better (valid/test ranking metrics are all bigger-better).
+LOWER_BETTER = {"wall_time_s", "peak_gpu_mem_mb"}
+
+
+def load_run(name: str, root: Path) -> dict:
+    """Config + results of one experiment; one-line errors for missing or corrupt files."""
+    paths: ExperimentPaths = experiment_paths(name, base=root / EXPERIMENTS_DIR)
+    if not paths.root.is_dir():
+        raise ExperimentError(f"unknown experiment {name!r} in {paths.root.parent}",
+                              "see `mlconnect ls`, or `mlconnect pull` it first")
+    try:
+        results = json.loads(paths.results.read_text())
+    except FileNotFoundError:
+        raise ExperimentError(f"experiment {name} has no results/metrics.json (not finished?)",
+                              "compare finished runs, or wait for this one to end") from None
+    except ValueError as exc:
+        raise ExperimentError(f"{paths.results}: not valid JSON ({exc})", "pull the experiment again") from None
+    try:
+        cfg = yaml.safe_load(paths.config.read_text()) or {}
+    except FileNotFoundError:
+        cfg = {}
+    except yaml.YAMLError as exc:
+        raise ExperimentError(f"{paths.config}: not valid YAML ({exc})", "pull the experiment again") from None
+    return {"name": paths.name, "paths": paths, "config": cfg, "results": results}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def differing_keys(configs: list[dict]) -> list[str]:
+    """Config keys (nested ones as ``a.b``) whose value is not the same in every run."""
+    flat = [_flatten(c) for c in configs]
+    keys = sorted(set().union(*flat)) if flat else []
+    return [k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat}) > 1]
+
+
+def compare_rows(runs: list[dict]) -> tuple[list[dict], dict[str, str]]:
+    """Rows (raw numbers) and ``{column: name of the best run}`` for every metric column."""
+    diff = differing_keys([r["config"] for r in runs])
+    rows = []
+    for r in runs:
+        res, flat = r["results"], _flatten(r["config"])
+        metric = res.get("valid_metric")
+        row = {"name": r["name"], "model": res.get("model"), "dataset": res.get("dataset"),
+               "config": {k: flat.get(k) for k in diff}, "valid_metric": metric,
+               "best_valid": (res.get("best_valid") or {}).get(metric),
+               "epochs": res.get("epochs"), "best_epoch": res.get("best_epoch"),
+               "wall_time_s": res.get("wall_time_s"),
+               "throughput_tokens_per_s": res.get("throughput_tokens_per_s"),
+               "peak_gpu_mem_mb": res.get("peak_gpu_mem_mb")}
+        for k, v in (res.get("test") or {}).items():
+            row[f"test/{k}"] = v
+        rows.append(row)
+    cols = ["best_valid", "wall_time_s", "throughput_tokens_per_s", "peak_gpu_mem_mb"]
+    cols += sorted({k for row in rows for k in row if k.startswith("test/")})
+    best = {}
+    for c in cols:
+        vals = [(row[c], row["name"]) for row in rows if isinstance(row.get(c), (int, float))]
+        if len(vals) >= 2:
+            best[c] = (min(vals) if c in LOWER_BETTER else max(vals))[1]
+    return rows, best
+
+
+def plot(runs: list[dict], out: Path, metric: str | None = None) -> Path:
+    """PNG of the valid metric (per epoch) and the training loss of every run on shared axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    metric = metric or runs[0]["results"].get("valid_metric")
+    fig, (ax_v, ax_l) = plt.subplots(1, 2, figsize=(12, 4.5))
+    drawn = 0
+    for r in runs:
+        acc = EventAccumulator(str(r["paths"].tensorboard), size_guidance={"scalars": 0})
+        acc.Reload()
+        tags = acc.Tags().get("scalars", [])
+        vtag = next((t for t in tags if t.lower() == f"valid/{metric}".lower()), None)
+        if vtag:
+            ev = acc.Scalars(vtag)
+            ax_v.plot([e.step for e in ev], [e.value for e in ev], marker="o", label=r["name"])
+            drawn += 1
+        if "train/loss" in tags:
+            ev = acc.Scalars("train/loss")
+            ax_l.plot([e.step for e in ev], [e.value for e in ev], label=r["name"])
+    if not drawn:
+        raise ExperimentError(f"no valid/{metric} TensorBoard events in any of the experiments' logs/",
+                              "pull the experiments with their logs, or pick another --metric")
+    ax_v.set(title=f"valid {metric}", xlabel="epoch")
+    ax_l.set(title="train loss", xlabel="step")
+    for ax in (ax_v, ax_l):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
