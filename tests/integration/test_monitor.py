@@ -1,6 +1,6 @@
 """`mlconnect monitor --once` / `ls` through the real CLI on experiment folders in the documented format.
 
-TODO (not done before the deadline): the same on a real training running in a subprocess.
+Plus real trainings: a finished one, and one still running in a subprocess.
 """
 
 from __future__ import annotations
@@ -42,3 +42,48 @@ def test_unknown_and_corrupt_are_one_line_errors(tmp_path):
         cp = _cli(tmp_path, "monitor", name, "--once")
         assert cp.returncode == 1 and words in cp.stderr and cp.stderr.startswith("error:")
         assert len(cp.stderr.strip().splitlines()) == 1
+
+
+def _train_argv(tmp_path, name, epochs):
+    return [sys.executable, "-m", "mlconnect", "train", "--data-path", str(tmp_path / "data"),
+            "--dataset", "tiny", "--experiment", name, "--set", f"epochs={epochs}",
+            "--set", "train_batch_size=100", "--set", "hidden_size=16", "--set", "inner_size=32",
+            "--set", "num_threads=1", "--set", "progress_interval_s=0", "--set", "stopping_step=1000"]
+
+
+def test_once_on_real_finished_and_running_runs(tmp_path):
+    import time
+
+    from mlconnect.engine.synth import generate
+
+    generate(tmp_path / "data", "tiny", n_users=120, n_items=80, n_interactions=4000, seed=3)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MLCONNECT_HOST="")
+    subprocess.run(_train_argv(tmp_path, "done", 2), cwd=tmp_path, env=env, check=True,
+                   capture_output=True, timeout=300)
+    v = json.loads(_cli(tmp_path, "monitor", "done", "--json").stdout)
+    assert v["state"] == "finished" and v["epoch"] == 2 and v["epochs"] == 2
+    out = _cli(tmp_path, "monitor", "done", "--once").stdout
+    assert "finished" in out and "2/2" in out
+
+    proc = subprocess.Popen(_train_argv(tmp_path, "live", 200), cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        progress = tmp_path / "experiments" / "live" / "progress.json"
+        deadline = time.monotonic() + 120
+        seen = None
+        while time.monotonic() < deadline:
+            try:
+                seen = json.loads(progress.read_text())
+            except (OSError, ValueError):
+                seen = None
+            if seen and seen.get("epoch", 0) >= 1:
+                break
+            time.sleep(0.2)
+        assert seen and seen["epoch"] >= 1, "the training never finished an epoch"
+        v = json.loads(_cli(tmp_path, "monitor", "live", "--json").stdout)
+        assert v["state"] == "running" and seen["epoch"] <= v["epoch"] < 200 and v["epochs"] == 200
+        out = _cli(tmp_path, "monitor", "live", "--once").stdout
+        assert "running" in out and "/200" in out
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
