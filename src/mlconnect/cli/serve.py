@@ -186,8 +186,6 @@ def serve_remote(name: str, *, host: str, ssh_config: str | None, port: int, rem
     from mlconnect.remote.ssh import resolve_target
 
     target = resolve_target(host, ssh_config=ssh_config)
-    local = bind_socket("127.0.0.1", port)  # fail fast (and clearly) if our side is taken
-    local.close()
     argv = [target.python, "-m", "mlconnect", "serve", name, "--host", "local", "--bind", "127.0.0.1",
             "--port", str(remote_port), "--device", device, "--stdin-control", *extra]
     proc = target.popen(argv, stdin=subprocess.PIPE)
@@ -197,6 +195,7 @@ def serve_remote(name: str, *, host: str, ssh_config: str | None, port: int, rem
     tunnel = None
     try:
         tunnel = open_tunnel(target, port, remote_port)
+        port = tunnel.pairs[0][0]  # the transport moves to the next free port if ours is taken
         _wait_healthy(f"http://127.0.0.1:{port}/health", proc, api_key, timeout=180)
         typer.echo(f"serving {name} from {target.name} on http://127.0.0.1:{port}; Ctrl-C to stop", err=True)
         proc.wait()
@@ -223,7 +222,7 @@ def open_tunnel(target: Any, port: int, remote_port: int) -> Any:
     except ModuleNotFoundError:
         raise MlconnectError("port forwarding (mlconnect.remote.tunnel) is not available in this build",
                              f"run `ssh -N -L {port}:127.0.0.1:{remote_port} <host>` yourself") from None
-    return tunnel_mod.open_tunnel(target, local_port=port, remote_port=remote_port)
+    return tunnel_mod.open_tunnel(target, [remote_port], [port])
 
 
 def close_tunnel(tunnel: Any) -> None:
