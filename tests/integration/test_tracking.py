@@ -53,3 +53,32 @@ def test_env_without_variable_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(MlconnectError, match="MLFLOW_TRACKING_URI is not set"):
         make_tracker({"mlflow_tracking_uri": "env"}, tmp_path)
+
+
+def test_real_training_logs_to_file_store(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    from mlconnect.engine.synth import generate
+
+    try:
+        from mlflow.tracking import MlflowClient
+    except ImportError:
+        need_or_skip(False, "mlflow not installed (pip install 'mlconnect[mlflow]')")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    generate(tmp_path / "data", "tiny", n_users=120, n_items=80, n_interactions=4000, seed=3)
+    store = tmp_path / "mlruns"
+    subprocess.run([sys.executable, "-m", "mlconnect", "train", "--data-path", str(tmp_path / "data"),
+                    "--dataset", "tiny", "--experiment", "run1", "--set", "epochs=2",
+                    "--set", "train_batch_size=100", "--set", "hidden_size=16", "--set", "inner_size=32",
+                    "--set", "num_threads=1", "--set", f"mlflow_tracking_uri={store}"],
+                   cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"), check=True,
+                   capture_output=True, timeout=300)
+    client = MlflowClient(tracking_uri=store.resolve().as_uri())
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    run = runs[0]
+    assert run.data.params["hidden_size"] == "16"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2]
+    assert "metrics.json" in [a.path for a in client.list_artifacts(run.info.run_id)]
