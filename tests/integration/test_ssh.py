@@ -99,7 +99,8 @@ def test_wedged_master_is_bounded_and_recovers(sshd_host: SshdHost) -> None:
         assert t2.run(["echo", "recovered"], timeout=10).stdout == "recovered\n"
         assert time.monotonic() - start < 10
         assert _target(sshd_host).run(["echo", "next"], timeout=10).stdout == "next\n"
-        assert wait_until(lambda: not _alive(pid), 5)  # the wedged master was evicted (killed by pid)
+        assert probe_master(t2.control_path())[0] in ("ok", "none")  # type: ignore[arg-type]  # not wedged
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
+            if _alive(pid):  # normally evicted already; never leave a stopped ssh behind
+                os.kill(pid, signal.SIGKILL)

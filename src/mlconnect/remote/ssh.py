@@ -349,10 +349,10 @@ class Target:
             return False
         # ControlPersist forks after listen(): the kernel's peer pid is the parent that went on to be
         # the first mux client, not the master. Find the process holding the socket's inode instead.
-        pid = _socket_holder(path)
-        if pid and _is_our_ssh(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)  # a stopped process still receives SIGKILL
+        for pid in _socket_holders(path):
+            if _is_our_ssh(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)  # a stopped process still receives SIGKILL
         _unlink(path)
         return True
 
@@ -432,35 +432,46 @@ def _peer_pid(s: socket.socket) -> int | None:
     return None
 
 
-def _socket_holder(path: str) -> int | None:
-    """The pid of the process holding the listening unix socket at ``path`` (by inode, not by name)."""
+def _socket_holders(path: str) -> list[int]:
+    """Pids of our processes holding the listening unix socket at ``path`` (by inode, not by name)."""
     try:
         if Path("/proc/net/unix").exists():
             inode = None
             for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
                 parts = line.split()
-                if len(parts) >= 8 and (parts[7] == path or parts[7].startswith(path + ".")):  # bound as tmp, renamed
+                if len(parts) >= 8 and (parts[7] == path or parts[7].startswith(path + ".")):  # bound as tmp
                     inode = parts[6]
             if inode is None:
-                return None
-            target = f"socket:[{inode}]"
+                return []
+            target, found = f"socket:[{inode}]", []
             for d in Path("/proc").iterdir():
                 if not d.name.isdigit():
                     continue
                 try:
                     if d.stat().st_uid != os.getuid():
                         continue
-                    for fd in (d / "fd").iterdir():
-                        if os.readlink(fd) == target:
-                            return int(d.name)
+                    if any(os.readlink(fd) == target for fd in (d / "fd").iterdir()):
+                        found.append(int(d.name))
                 except OSError:
                     continue
-            return None
+            return found
         cp = subprocess.run(["lsof", "-t", path], capture_output=True, text=True, timeout=5)
-        pids = [int(x) for x in cp.stdout.split() if x.isdigit()]
-        return pids[0] if pids else None
+        return [int(x) for x in cp.stdout.split() if x.isdigit()]
     except (OSError, ValueError, subprocess.TimeoutExpired):
-        return None
+        return []
+
+
+def _socket_holder(path: str) -> int | None:
+    """The master among the holders: the one whose parent is not itself an ssh (it was daemonized)."""
+    holders = _socket_holders(path)
+    for pid in holders:
+        try:
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return pid
+        if ppid not in holders:
+            return pid
+    return holders[0] if holders else None
 
 
 def _is_our_ssh(pid: int) -> bool:
