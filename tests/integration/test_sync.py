@@ -29,7 +29,7 @@ def _mlc(proj: Path, h: SshdHost, *args: str, **kw) -> subprocess.CompletedProce
 
 
 def test_sync_excludes_dry_run_and_protects_experiments(sshd_host: SshdHost, tmp_path: Path) -> None:
-    remote = tmp_path / "remote"
+    remote = tmp_path / "deep" / "remote"  # parents missing: created with mkdir -p, not --mkpath
     proj = _project(tmp_path, remote)
     (proj / "mlconnect.toml").write_text(f'[hosts.{sshd_host.alias}]\nremote_root = "{remote}"\n')
     dry = _mlc(proj, sshd_host, "sync", "--dry-run", "--json")

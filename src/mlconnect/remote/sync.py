@@ -68,8 +68,7 @@ def sync_project(target: Target, src: Path, *, dry_run: bool = False, checksum: 
                  delete: bool = False, retries: int = 3) -> SyncResult:
     """Sync ``src`` to ``target.remote_root``; the remote root is created first (no --mkpath)."""
     start = time.monotonic()
-    if not target.is_local and not dry_run:
-        target.run(["mkdir", "-p", target.remote_root], cwd="~")
+    made_root = False  # rsync creates remote_root itself when its parent exists; mkdir -p only on demand
     argv = rsync_argv(target, src, dry_run=dry_run, checksum=checksum, delete=delete)
     delay = 1.0
     for attempt in range(retries + 1):
@@ -85,6 +84,11 @@ def sync_project(target: Target, src: Path, *, dry_run: bool = False, checksum: 
             raise RemoteError(f"rsync is not installed on {target.name}",
                               "install it there: `sudo apt-get install -y rsync`",
                               command=argv, returncode=cp.returncode, stderr=cp.stderr)
+        if (not made_root and not dry_run and not target.is_local
+                and "No such file or directory" in cp.stderr and cp.returncode in (3, 11, 12)):
+            target.run(["mkdir", "-p", target.remote_root], cwd="~")  # no --mkpath on macOS rsync
+            made_root = True
+            continue
         if cp.returncode in RETRY_RC and attempt < retries:
             time.sleep(delay)
             delay *= 2
