@@ -21,8 +21,7 @@ from pathlib import Path
 import pytest
 from runs_sshd import start_sshd, stop_sshd
 from runs_support import cli_env, mlc, ps_json, read_json, wait_for, write_project, write_tiny_dataset
-
-from conftest import require_tool
+from tests.conftest import require_tool
 
 pytestmark = pytest.mark.timeout(300)
 
