@@ -135,4 +135,6 @@ def doctor(
         console.print(table)
         console.print(report.summary(), markup=False)
     if report.failed:
-        raise typer.Exit(1)
+        # Not typer.Exit: main() runs click with standalone_mode=False, which returns Exit's code
+        # instead of exiting with it.
+        raise SystemExit(1)
