@@ -351,7 +351,9 @@ def setup_server(*, port: int = 2222, authorized_key: str | None = None, user: s
         if cp.returncode != 0:
             raise MlconnectError(
                 f"the new sshd config fails `sshd -t`: {_unstage(_last(cp.stderr), stage, etc_ssh)}",
-                f"nothing was installed and the current config stays; fix the line named in {etc_ssh}, then rerun")
+                "nothing was installed and the current config stays; "
+                + (f"fix the line named in {etc_ssh}, then rerun" if os.geteuid() == 0 or str(root) != "/"
+                   else 'sshd needs root to read the host keys: rerun with sudo "$(command -v mlconnect)"'))
         rc, values, err = sshd_effective(sshd, staged_main, user)
         if rc != 0:
             raise MlconnectError(f"`sshd -T` failed on the new config: {_unstage(_last(err), stage, etc_ssh)}",
