@@ -104,6 +104,9 @@ def _bootstrap(target: Target) -> str:
 
 def check_ssh(target: Target) -> Check:
     t0 = time.monotonic()
+    if shutil.which("ssh") is None:
+        raise _Result(FAIL, "the OpenSSH client (ssh) is not installed on this machine",
+                      "install it (macOS and Windows 10+ ship it; Ubuntu: `sudo apt-get install -y openssh-client`)")
     argv = target.ssh_argv()
     dest = target.name
     try:
