@@ -82,7 +82,9 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path: Path, extra: list
     whole = tmp_path / "whole"
     subprocess.run(train_cmd(data, whole, *extra), check=True, env=ENV, capture_output=True, timeout=300)
     cut = tmp_path / "cut"
-    proc = subprocess.Popen(train_cmd(data, cut, *extra), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        train_cmd(data, cut, *extra), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait until it is inside the second epoch
         try:
