@@ -12,7 +12,6 @@ import os
 import sys
 import traceback
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -65,16 +64,32 @@ def report_error(exc: MlconnectError) -> None:
     _err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, emoji=False)
 
 
+def _click_exceptions() -> list:
+    """The click exception modules in use: typer >= 0.2x vendors click as ``typer._click`` (and no
+    longer depends on click), older typer uses click itself; a base install may have only one."""
+    found = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            found.append(importlib.import_module(name))
+        except ImportError:
+            continue
+    return found
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: maps errors to one line and an exit code."""
+    mods = _click_exceptions()
+    exits = (typer.Exit, *(m.Exit for m in mods if hasattr(m, "Exit")))
+    aborts = (typer.Abort, *(m.Abort for m in mods if hasattr(m, "Abort")))
+    click_errors = tuple(m.ClickException for m in mods)
     try:
-        app(args=argv, standalone_mode=False)
-    except click.exceptions.Exit as exc:
+        rv = app(args=argv, standalone_mode=False)
+    except exits as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except aborts:
         _err.print("aborted")
         sys.exit(130)
-    except click.ClickException as exc:
+    except click_errors as exc:  # usage errors: click prints the usage line and the message, exit 2
         exc.show()
         sys.exit(exc.exit_code)
     except MlconnectError as exc:
@@ -83,3 +98,6 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         _err.print("interrupted")
         sys.exit(130)
+    # Without standalone mode, click returns a raised typer.Exit's code instead of exiting.
+    if isinstance(rv, int) and not isinstance(rv, bool):
+        sys.exit(rv)
