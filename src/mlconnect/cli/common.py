@@ -18,7 +18,7 @@ from mlconnect.remote.ssh import Target, resolve_target
 
 HostOpt = typer.Option(
     None, "--host", "-H", envvar="MLCONNECT_HOST",
-    help="An ~/.ssh/config alias or a [hosts.NAME] in mlconnect.toml; default: the project's "
+    help="An ~/.ssh/config alias or a \\[hosts.NAME] entry in mlconnect.toml; default: the project's "
          "default_host, else this machine ('local' forces this machine).",
 )
 SshConfigOpt = typer.Option(

@@ -45,8 +45,9 @@ def _load(config: Path | None, experiment: str | None, resume: bool, model: str 
     for key, value in (("model", model), ("dataset", dataset), ("data_path", data_path), ("device", device)):
         if value is not None:
             overrides[key] = value
-    if config is None and experiment and resume:
-        saved = experiment_paths(experiment).config  # resume reuses the experiment's own config
+    if config is None and experiment:
+        # --resume, and a run of an experiment made by `exp create`, use the experiment's own config
+        saved = experiment_paths(experiment).config
         if saved.is_file():
             config = saved
     if config is None and "data_path" not in overrides and os.environ.get("MLCONNECT_DATA_PATH"):
@@ -85,7 +86,7 @@ def run_foreground(config: Path | None, experiment: str | None, model: str | Non
         typer.echo(json.dumps(results, indent=2))
     else:
         print_results(results)
-        _out.print(f"TensorBoard: mlconnect tensorboard --experiment {name}   (logs in "
+        _out.print(f"TensorBoard: mlconnect tensorboard {name}   (logs in "
                    f"{experiment_paths(name).tensorboard})")
     return results
 
