@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from mlconnect.errors import ExperimentError
+from mlconnect.errors import ExperimentError, UsageError
 from mlconnect.layout import EXPERIMENTS_DIR, ExperimentPaths, experiment_paths
 
 # Metric columns and whether bigger is better (valid/test ranking metrics are all bigger-better).
@@ -86,7 +86,11 @@ def compare_rows(runs: list[dict]) -> tuple[list[dict], dict[str, str]]:
 
 def plot(runs: list[dict], out: Path, metric: str | None = None) -> Path:
     """PNG of the valid metric (per epoch) and the training loss of every run on shared axes."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise UsageError("--plot needs matplotlib, which is not installed",
+                         "pip install 'mlconnect[plot]' (or pip install matplotlib)") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
