@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from mlconnect.errors import ExperimentError, UsageError
+from mlconnect.errors import ExperimentError, MlconnectError
 from mlconnect.layout import EXPERIMENTS_DIR, ExperimentPaths, experiment_paths
 
 # Metric columns and whether bigger is better (valid/test ranking metrics are all bigger-better).
@@ -89,7 +89,7 @@ def plot(runs: list[dict], out: Path, metric: str | None = None) -> Path:
     try:
         import matplotlib
     except ImportError:
-        raise UsageError("--plot needs matplotlib, which is not installed",
+        raise MlconnectError("--plot needs matplotlib, which is not installed",
                          "pip install 'mlconnect[plot]' (or pip install matplotlib)") from None
 
     matplotlib.use("Agg")
