@@ -4,7 +4,8 @@
 
 Rows: `ssh host true` cold (no master) vs multiplexed (Target.run on a warm master); `mlconnect status`
 when the runs layer provides it; rsync of a 10,000-file tree (first sync, no-change resync, one-file
-change) through `sync_project` vs raw rsync with the same flags.
+change) through `sync_project` vs raw rsync with the same flags. `mlconnect train --host` until the
+run is started, and the other run commands, are timed by benchmarks/runs_bench.py.
 """
 
 from __future__ import annotations
@@ -34,11 +35,6 @@ def timed(fn, repeat: int = 1) -> float:
     return statistics.median(times) * 1000
 
 
-def bench_train_until_running(host, env: dict) -> str:
-    """RUNS ENGINEER: extend me — time `mlconnect train --host ...` until the process runs (ms)."""
-    return "not measured (runs layer to extend bench_train_until_running)"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=20)
@@ -65,7 +61,6 @@ def main() -> None:
             rows.append(("mlconnect status (warm)", f"{st:.0f} ms", "includes Python start-up"))
         else:
             rows.append(("mlconnect status", "n/a", "command not available"))
-        rows.append(("mlconnect train until running", bench_train_until_running(h, env), ""))
         src = tmp / "proj"
         for i in range(a.files):
             d = src / f"d{i // 100}"
