@@ -164,20 +164,10 @@ def _memory() -> dict | None:
 
 
 def _services() -> list[dict]:
-    """TensorBoard / Jupyter the tunnel commands started (their pid files), when that part exists."""
-    try:
-        from mlconnect.runs import services  # written by the tunnels part; optional here
-    except ImportError:
-        return []
-    for fn in ("list_services", "running_services", "list_running"):
-        if hasattr(services, fn):
-            try:
-                found = getattr(services, fn)(Path.cwd()) if fn != "running_services" \
-                    else getattr(services, fn)()
-            except TypeError:
-                found = getattr(services, fn)()
-            return [dict(s) if not isinstance(s, dict) else s for s in found]
-    return []
+    """TensorBoard / Jupyter started by `mlconnect tensorboard` / `jupyter` and still ours."""
+    from mlconnect.runs import services
+
+    return services.list_services(Path.cwd())
 
 
 def cmd_host_status(a: argparse.Namespace) -> dict:
@@ -222,6 +212,19 @@ def cmd_exp_create(a: argparse.Namespace) -> dict:
             "config": str(paths.config.resolve()), "created_by": how}
 
 
+def cmd_service_start(a: argparse.Namespace) -> dict:
+    from mlconnect.runs import services
+
+    return services.start_service(Path.cwd(), a.service, experiment=a.experiment, logdir=a.logdir,
+                                  port=a.port)
+
+
+def cmd_service_stop(a: argparse.Namespace) -> dict:
+    from mlconnect.runs import services
+
+    return services.stop_service(Path.cwd(), a.service)
+
+
 def cmd_version(a: argparse.Namespace) -> dict:
     return {"mlconnect_version": __version__, "python": sys.version.split()[0], "executable": sys.executable,
             "host": socket.gethostname(), "root": str(Path.cwd())}
@@ -261,6 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
     ec.add_argument("--config", required=True)
     ec.add_argument("--force", action="store_true")
     verb("version", cmd_version, exp=False)
+    ss = verb("service-start", cmd_service_start, exp=False)
+    ss.add_argument("--service", required=True, choices=("tensorboard", "jupyter"))
+    ss.add_argument("--experiment")
+    ss.add_argument("--logdir")
+    ss.add_argument("--port", type=int, help="first port to try on this machine")
+    verb("service-stop", cmd_service_stop, exp=False).add_argument(
+        "--service", required=True, choices=("tensorboard", "jupyter"))
     return p
 
 
