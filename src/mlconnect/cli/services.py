@@ -1,0 +1,144 @@
+"""`mlconnect tensorboard` / `mlconnect jupyter`: a service on the host's 127.0.0.1, tunnelled here.
+
+With a host: the agent starts the service on the box (or reuses the running one), then an SSH local
+forward (``ExitOnForwardFailure``; the wanted local port or the next free one) stays in the
+foreground until Ctrl-C. The service keeps running on the box after Ctrl-C, so the next call
+attaches in a second; ``--stop`` ends it. With no host: the service starts here and the command
+returns at once.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import typer
+
+from mlconnect.cli.common import HostOpt, JsonOpt, SshConfigOpt, info, print_json, target_from
+
+START_TIMEOUT_S = 120  # the agent waits up to 60 s for the service to answer; ssh on top of that
+
+
+def register(app: typer.Typer) -> None:
+    app.command("tensorboard")(tensorboard)
+    app.command("jupyter")(jupyter)
+
+
+def tensorboard(
+    name: str | None = typer.Argument(None, help="One experiment; default: every run in experiments/."),
+    host: str | None = HostOpt,
+    ssh_config: str | None = SshConfigOpt,
+    port: int = typer.Option(6006, "--port", "-p", help="Local port (the next free one when busy)."),
+    stop: bool = typer.Option(False, "--stop", help="End the TensorBoard this command started."),
+    no_tunnel: bool = typer.Option(False, "--no-tunnel", help="Start it on the host, open no tunnel."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """TensorBoard over the experiments on the host, at http://localhost:6006 through an SSH tunnel."""
+    run_service("tensorboard", name, host=host, ssh_config=ssh_config, port=port, stop=stop,
+                no_tunnel=no_tunnel, as_json=as_json)
+
+
+def jupyter(
+    host: str | None = HostOpt,
+    ssh_config: str | None = SshConfigOpt,
+    port: int = typer.Option(8888, "--port", "-p", help="Local port (the next free one when busy)."),
+    stop: bool = typer.Option(False, "--stop", help="End the Jupyter Lab this command started."),
+    no_tunnel: bool = typer.Option(False, "--no-tunnel", help="Start it on the host, open no tunnel."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Jupyter Lab in the project on the host (token auth), at http://localhost:8888 through an SSH tunnel."""
+    run_service("jupyter", None, host=host, ssh_config=ssh_config, port=port, stop=stop,
+                no_tunnel=no_tunnel, as_json=as_json)
+
+
+def run_service(service: str, experiment: str | None, *, host: str | None, ssh_config: str | None, port: int,
+                stop: bool, no_tunnel: bool, as_json: bool) -> None:
+    target = target_from(host, ssh_config)
+    where = "this machine" if target.is_local else target.name
+    if stop:
+        res = _call(target, "service-stop", service)
+        if as_json:
+            print_json(res)
+        elif res.get("stopped"):
+            info(f"stopped {service} (pid {res['pid']}) on {where}")
+        else:
+            info(f"no {service} was running on {where}")
+        return
+    if target.is_local:
+        # The service itself is here: --port is where it listens (the next free port when busy).
+        res = _call(target, "service-start", service, experiment=experiment, port=port)
+        moved = not res["reused"] and res["port"] != port
+        _announce(service, res, local_port=res["port"], moved_from=port if moved else None, where=where,
+                  as_json=as_json)
+        return
+    res = _call(target, "service-start", service, experiment=experiment)
+    if no_tunnel:
+        _announce(service, res, local_port=None, moved_from=None, where=where, as_json=as_json)
+        info(f"forward it with `mlconnect tunnel --port {res['port']} --host {target.name}`")
+        return
+    from mlconnect.remote.tunnel import open_tunnel
+
+    tun = open_tunnel(target, [int(res["port"])], [port])
+    local = tun.pairs[0][0]
+    try:
+        _announce(service, res, local_port=local, moved_from=port if local != port else None, where=where,
+                  as_json=as_json)
+        info(f"Ctrl-C closes the tunnel; {service} keeps running on {target.name} "
+             f"(`mlconnect {service} --stop --host {target.name}` ends it)")
+        while tun.proc.poll() is None:
+            time.sleep(0.5)
+        info("the tunnel closed (connection lost); run the command again to reattach")
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        tun.close()
+
+
+def _call(target: Any, verb: str, service: str, *, experiment: str | None = None,
+          port: int | None = None) -> dict:
+    """The agent verb on the host, or the same library call in-process when there is no host."""
+    from mlconnect.runs import services
+
+    if target.is_local:
+        from pathlib import Path
+
+        root = Path(target.remote_root)
+        if verb == "service-stop":
+            return services.stop_service(root, service)
+        return services.start_service(root, service, experiment=experiment, port=port)
+    from mlconnect.errors import RemoteError
+    from mlconnect.runs.agent import ERROR_EXIT
+
+    args = ["--service", service]
+    if experiment:
+        args += ["--experiment", experiment]
+    if port is not None:
+        args += ["--port", str(port)]
+    try:
+        return target.agent(verb, *args, timeout=START_TIMEOUT_S)
+    except RemoteError as exc:
+        if exc.returncode != ERROR_EXIT:
+            raise
+        # The agent refused on purpose (jupyterlab missing, unknown experiment): its own words.
+        raise services.ServiceError(f"{exc.message} (on {target.name})", exc.hint) from None
+
+
+def _announce(service: str, res: dict, *, local_port: int | None, moved_from: int | None, where: str,
+              as_json: bool) -> None:
+    """The URL on stdout (for people and scripts alike); how it got there on stderr."""
+    path = res.get("url_path") or "/"
+    url = f"http://localhost:{local_port}{path}" if local_port else None
+    if as_json:
+        print_json({"service": service, "url": url, "local_port": local_port, "remote_port": res["port"],
+                    "pid": res["pid"], "reused": res["reused"], "logdir": res.get("logdir"),
+                    "host": where, "token": res.get("token")})
+    how = "already running" if res["reused"] else "started"
+    info(f"{service} {how} on {where} (pid {res['pid']}, 127.0.0.1:{res['port']}"
+         + (f", logdir {res['logdir']})" if service == "tensorboard" else ")"))
+    if moved_from is not None:
+        info(f"port {moved_from} is busy here; using {local_port}")
+    if url and not as_json:
+        typer.echo(url)
+    sys.stdout.flush()  # a script reading our pipe gets the URL now, not when the tunnel closes
