@@ -350,3 +350,36 @@ def test_jupyter_argv_binds_loopback_and_keeps_the_token_off_the_command_line() 
     assert not any("token" in a.lower() for a in argv)
     tb = services.tensorboard_argv("py", "mlconnect-service=y", "/l", 6007)
     assert tb[tb.index("--host") + 1] == "127.0.0.1" and "--bind_all" not in tb
+
+
+def test_a_service_that_fails_to_start_is_one_error_with_its_log_tail(tmp_path: Path) -> None:
+    # The interpreter is the one argv input we vary: a stand-in that dies, then one that never answers.
+    dies = tmp_path / "dies"
+    dies.write_text("#!/bin/sh\necho 'starting'\necho 'ImportError: no tensorboard here' >&2\nexit 3\n")
+    hangs = tmp_path / "hangs"
+    hangs.write_text("#!/bin/sh\necho 'thinking'\nsleep 60\n")
+    for p in (dies, hangs):
+        p.chmod(0o755)
+    with pytest.raises(services.ServiceError) as err:
+        services.start_service(tmp_path, "tensorboard", python=str(dies), port=free_port())
+    assert "tensorboard exited at once" in str(err.value)
+    assert "ImportError: no tensorboard here" in str(err.value)
+    assert f"see {services.log_path(tmp_path, 'tensorboard')}" in str(err.value)
+    assert not services.record_path(tmp_path, "tensorboard").exists()
+
+    t0 = time.monotonic()
+    with pytest.raises(services.ServiceError) as err:
+        services.start_service(tmp_path, "tensorboard", python=str(hangs), port=free_port(), wait_s=2)
+    assert time.monotonic() - t0 < 15
+    assert "did not answer within 2 s" in str(err.value) and "thinking" in str(err.value)
+    assert not services.record_path(tmp_path, "tensorboard").exists()
+    assert pids_running(str(hangs)) == []  # the hung one was ended, with its group
+
+
+def pids_running(needle: str) -> list[int]:
+    found = []
+    for d in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if d.name.isdigit() and needle.encode() in (d / "cmdline").read_bytes() and not gone(int(d.name)):
+                found.append(int(d.name))
+    return found
