@@ -121,6 +121,9 @@ def unrelated_process():
 
 def test_process_matches_checks_the_command_line(unrelated_process):
     pid = unrelated_process.pid
+    deadline = time.monotonic() + 5  # /proc/<pid>/cmdline can read empty for a moment after exec
+    while not launcher.process_cmdline(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert launcher.process_cmdline(pid) and "time.sleep(60)" in launcher.process_cmdline(pid)
     assert launcher.process_matches(pid, "time.sleep")  # substring of its real cmdline
     assert not launcher.process_matches(pid, "0123456789abcdef")  # alive, but not our run
