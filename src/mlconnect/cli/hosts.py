@@ -1,4 +1,4 @@
-"""`mlconnect init` and `mlconnect sync`: the project's settings file and its copy on the host."""
+"""`mlconnect init`, `sync` and `bootstrap`: the project's settings file, its copy and its venv on the host."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from mlconnect.cli.common import HostOpt, JsonOpt, SshConfigOpt, info, print_jso
 def register(app: typer.Typer) -> None:
     app.command("init")(init)
     app.command("sync")(sync)
+    app.command("bootstrap")(bootstrap)
 
 
 def init(
@@ -77,3 +78,51 @@ def sync(
                 once()
         except KeyboardInterrupt:
             pass
+
+
+def bootstrap(
+    host: str = HostOpt,
+    ssh_config: str = SshConfigOpt,
+    venv: str = typer.Option(None, "--venv", help="The venv on the host; default: the one the host's "
+                             "`python` in mlconnect.toml lives in, else ~/.mlconnect/venv."),
+    python: str = typer.Option(None, "--python", help="Base interpreter on the host that creates the venv "
+                               "(default python3)."),
+    torch_spec: str = typer.Option(None, "--torch-spec", help="pip install this first, e.g. 'torch==2.4.1' or "
+                                   "'torch --index-url https://download.pytorch.org/whl/cu121'."),
+    system_site_packages: bool = typer.Option(False, "--system-site-packages",
+                                              help="Let a new venv see the host's packages (reuse a CUDA torch)."),
+    write_config: bool = typer.Option(False, "--write-config", help="Set the host's python to the venv's in "
+                                      "mlconnect.toml (the user config file outside a project)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Install this exact mlconnect (a wheel built here) in a venv on the host, plus the project's requirements.txt.
+
+    Creates the venv if missing, copies the wheel over and pip-installs it; when this project has a
+    requirements.txt it is synced and installed too. A repeat only does what changed ("already up to
+    date" when nothing did). With no host there is nothing to install: this machine already runs this
+    mlconnect, and the command says so and exits 0.
+    """
+    from mlconnect.remote.bootstrap import bootstrap as run_bootstrap
+    from mlconnect.remote.bootstrap import set_host_python
+    from mlconnect.settings import PROJECT_FILE, load_settings, user_config_path
+
+    settings = load_settings(overrides={"ssh_config": ssh_config})
+    target = target_from(host, ssh_config)
+    if target.is_local:
+        info("no host: this machine already runs this mlconnect; `mlconnect bootstrap --host NAME` sets up a host")
+        return
+    result = run_bootstrap(target, project_root=settings.root, venv=venv, base_python=python,
+                           torch_spec=torch_spec, system_site_packages=system_site_packages, log=info)
+    if write_config and not result.python_configured:
+        path = settings.project_root / PROJECT_FILE if settings.project_root else user_config_path()
+        set_host_python(path, target.name, result.python)
+        result.config_written = str(path)
+        result.python_configured = True
+        info(f"set python = \"{result.python}\" for {target.name} in {path}")
+    if as_json:
+        print_json(result.as_dict())
+        return
+    info(f"python on {target.name}: {result.python}")
+    if not result.python_configured:
+        info(f'next: set python = "{result.python}" under [hosts.{target.name}] in mlconnect.toml '
+             "(or rerun with --write-config)")

@@ -1,0 +1,533 @@
+"""`mlconnect bootstrap`: this machine's exact mlconnect in a venv on the host, plus the project's requirements.
+
+The wheel is built here from the source tree this mlconnect runs from (an editable install), so a host
+gets the laptop's code before it is on any package index. A build id, a hash of the files that go into
+the wheel, identifies that code: it is baked into the wheel as ``mlconnect/_build.py`` (the agent reports
+it, so equal version strings with different code are still told apart) and names the wheel cache.
+``<venv>/mlconnect-build.json`` records what the last bootstrap installed, so a repeat does only what
+changed, and nothing when the host is current.
+
+Everything this writes on the host lives inside the venv (the venv, the marker, the staged wheel),
+except ``pip install -r requirements.txt``, which runs in the synced project.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import mlconnect
+from mlconnect import __version__
+from mlconnect.errors import MlconnectError, RemoteError
+from mlconnect.fileio import atomic_write_text
+from mlconnect.remote.ssh import Target, classify_command_failure, classify_ssh_failure
+from mlconnect.settings import tomllib
+
+DEFAULT_VENV = "~/.mlconnect/venv"
+MARKER = "mlconnect-build.json"
+BUILD_MODULE = "_build.py"  # exists only in wheels built here; never in the source tree
+WHEEL_TIMEOUT_S = 300
+PROBE_TIMEOUT_S = 60
+VENV_TIMEOUT_S = 300  # ensurepip on a slow disk
+PIP_TIMEOUT_S = 1800  # a CUDA torch is several GB
+TOP_FILES = ("pyproject.toml", "setup.cfg", "setup.py", "MANIFEST.in")
+TOP_GLOBS = ("README*", "LICEN[CS]E*", "COPYING*")  # metadata and license files the backend reads
+
+Log = Callable[[str], None]
+
+
+# ---- here: the source tree, its build id, the wheel ------------------------------------------------
+
+def find_source_root() -> Path | None:
+    """The checkout this mlconnect runs from (``<root>/src/mlconnect``), None when installed from a wheel."""
+    pkg = Path(mlconnect.__file__).resolve().parent
+    root = pkg.parent.parent
+    if pkg.parent.name == "src" and (root / "pyproject.toml").is_file():
+        return root
+    return None
+
+
+def source_files(root: Path) -> list[Path]:
+    """What goes into the wheel, sorted: the build files and every file of src/mlconnect but caches."""
+    files = [root / n for n in TOP_FILES if (root / n).is_file()]
+    files += sorted(p for g in TOP_GLOBS for p in root.glob(g) if p.is_file())
+    pkg = root / "src" / "mlconnect"
+    files += sorted(p for p in pkg.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                    and p.suffix not in (".pyc", ".pyo") and p.relative_to(pkg).as_posix() != BUILD_MODULE)
+    return files
+
+
+def source_hash(root: Path) -> str:
+    """The build id: 16 hex digits of sha256 over the relative paths and contents of ``source_files``."""
+    h = hashlib.sha256()
+    for p in source_files(root):
+        h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+@lru_cache(maxsize=1)
+def local_build_id() -> str | None:
+    """This process's build id: baked in (installed from a bootstrap wheel) or hashed from the checkout."""
+    try:
+        from mlconnect._build import SOURCE_HASH  # type: ignore[import-not-found]
+
+        return str(SOURCE_HASH)
+    except ImportError:
+        root = find_source_root()
+        return source_hash(root) if root else None
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "mlconnect"
+
+
+def backend_available(root: Path) -> bool:
+    """True when the project's build requirements are installed here, so pip can build offline."""
+    try:
+        build = tomllib.loads((root / "pyproject.toml").read_text()).get("build-system", {})
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:  # pip's own copy; only the names are checked without it
+        Requirement = None
+    from importlib.metadata import PackageNotFoundError, version
+
+    def have(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    for spec in build.get("requires", ["setuptools"]):
+        name = re.split(r"[\s<>=!~;\[]", spec.strip(), maxsplit=1)[0]
+        found = have(name)
+        if name == "wheel" and not found:
+            # setuptools >= 70.1 ships bdist_wheel itself; the separate wheel package is then optional
+            st = have("setuptools")
+            found = st if st and tuple(int(x) for x in re.findall(r"\d+", st)[:2]) >= (70, 1) else None
+            if found:
+                continue
+        if not found:
+            return False
+        if Requirement is not None and not Requirement(spec).specifier.contains(found, prereleases=True):
+            return False
+    backend = str(build.get("build-backend", "setuptools.build_meta")).split(":")[0]
+    return importlib.util.find_spec(backend.split(".")[0]) is not None
+
+
+def wheel_argv(python: str, tree: Path, out: Path, *, isolated: bool) -> list[str]:
+    """pip wheel for the copied source tree; without isolation when the backend is here (offline, fast)."""
+    argv = [python, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "--no-input", "-q",
+            "-w", str(out), str(tree)]
+    if not isolated:
+        argv.insert(4, "--no-build-isolation")
+    return argv
+
+
+def build_wheel(root: Path, *, cache: Path | None = None, log: Log = lambda _m: None) -> tuple[Path, str, bool]:
+    """(wheel, build id, cached?) for the checkout at ``root``; a repeat with unchanged files builds nothing.
+
+    The files are copied to a temp tree first: building in place would leave build/ and *.egg-info in
+    the user's checkout, and the copy is exactly what was hashed.
+    """
+    build = source_hash(root)
+    dest = (cache or cache_dir()) / "wheels" / build
+    found = sorted(dest.glob("mlconnect-*.whl"))
+    if found:
+        return found[0], build, True
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".build-") as tmp:
+        tree, out = Path(tmp) / "tree", Path(tmp) / "out"
+        for p in source_files(root):
+            rel = p.relative_to(root)
+            (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(p, tree / rel)
+        (tree / "src" / "mlconnect" / BUILD_MODULE).write_text(
+            f'"""Written by `mlconnect bootstrap`: which source files this wheel was built from."""\n\n'
+            f'SOURCE_HASH = "{build}"\n')
+        isolated = not backend_available(root)
+        log(f"building the mlconnect {__version__} wheel (build {build})"
+            + (" with build isolation (fetches the build backend)" if isolated else ""))
+        argv = wheel_argv(sys.executable, tree, out, isolated=isolated)
+        try:
+            cp = subprocess.run(argv, capture_output=True, text=True, timeout=WHEEL_TIMEOUT_S,
+                                stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise MlconnectError(f"building the mlconnect wheel took more than {WHEEL_TIMEOUT_S} s",
+                                 "with build isolation pip downloads setuptools: check the network, or "
+                                 "`pip install setuptools wheel` here to build offline") from None
+        wheels = sorted(out.glob("mlconnect-*.whl"))
+        if cp.returncode != 0 or not wheels:
+            raise MlconnectError(f"building the mlconnect wheel failed: {_last_error(cp.stderr + cp.stdout)}",
+                                 f"run `{shlex.join(argv[:-1] + [str(root)])}` to see why")
+        dest.mkdir(exist_ok=True)
+        final = dest / wheels[0].name
+        os.replace(wheels[0], final)
+    return final, build, False
+
+
+# ---- pure argv builders for the host -----------------------------------------------------------------
+
+def venv_python(venv: str) -> str:
+    return venv.rstrip("/") + "/bin/python"
+
+
+def default_venv(target: Target) -> str:
+    """The venv the host's configured ``python`` lives in (``<venv>/bin/python``), else ~/.mlconnect/venv."""
+    py = target.host.python if target.host else None
+    if py:
+        head, _, exe = py.rstrip("/").rpartition("/")
+        if head.endswith("/bin") and re.fullmatch(r"python(3(\.\d+)?)?", exe):
+            return head[: -len("/bin")]
+    return DEFAULT_VENV
+
+
+def venv_argv(base_python: str, venv: str, *, system_site_packages: bool = False) -> list[str]:
+    return [base_python, "-m", "venv", *(["--system-site-packages"] if system_site_packages else []), venv]
+
+
+def pip_argv(python: str, *args: str) -> list[str]:
+    """pip install, quiet about itself: no version nag, no prompt, no progress bars in a log."""
+    return [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--progress-bar", "off",
+            *args]
+
+
+def torch_argv(python: str, spec: str) -> list[str]:
+    """``--torch-spec`` may carry pip options too: ``"torch==2.4.1 --index-url https://.../cu121"``."""
+    return pip_argv(python, *shlex.split(spec))
+
+
+def wheel_install_argvs(python: str, wheel: str, *, same_version: bool) -> list[list[str]]:
+    """Install the wheel with its dependencies.
+
+    pip skips a local wheel whose version is already installed, and a rebuilt wheel keeps the version:
+    then the wheel is forced in without touching the dependencies, and a second call adds any new ones.
+    """
+    if same_version:
+        return [pip_argv(python, "--force-reinstall", "--no-deps", wheel), pip_argv(python, wheel)]
+    return [pip_argv(python, "--upgrade", wheel)]
+
+
+def rsync_wheel_argv(target: Target, wheel: Path, remote_dir: str) -> list[str]:
+    return ["rsync", "-t", "--timeout=60", "-e", target.rsync_rsh(), str(wheel),
+            target.rsync_path(remote_dir.rstrip("/") + "/")]
+
+
+# The host's state in one round trip, run by the venv's python. cwd leaves sys.path so that a folder
+# named mlconnect in the home (the default remote_root is ~/mlconnect/<project>) is not imported.
+PROBE = r"""
+import hashlib, json, os, sys
+sys.path = [p for p in sys.path if p not in ("", os.getcwd())]
+out = {"python": sys.version.split()[0], "prefix": sys.prefix,
+       "venv": sys.prefix != getattr(sys, "base_prefix", sys.prefix), "version": None, "build": None}
+try:
+    import mlconnect
+    out["version"], out["file"] = mlconnect.__version__, mlconnect.__file__
+    from mlconnect._build import SOURCE_HASH
+    out["build"] = SOURCE_HASH
+except Exception:
+    pass
+def read(p):
+    try:
+        with open(p, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+try:
+    out["marker"] = json.loads(read(os.path.join(sys.prefix, "mlconnect-build.json")) or "null")
+except ValueError:
+    out["marker"] = None
+cfg = (read(os.path.join(sys.prefix, "pyvenv.cfg")) or b"").decode("utf-8", "replace")
+out["system_site_packages"] = any(ln.replace(" ", "").lower() == "include-system-site-packages=true"
+                                  for ln in cfg.splitlines())
+req = read(os.path.join(os.path.expanduser(sys.argv[1]), "requirements.txt"))
+out["requirements_sha"] = hashlib.sha256(req).hexdigest()[:16] if req is not None else None
+print(json.dumps(out))
+"""
+
+WRITE_MARKER = ("import os, sys\np = os.path.join(sys.prefix, 'mlconnect-build.json')\n"
+                "with open(p + '.tmp', 'w') as f:\n    f.write(sys.argv[1])\nos.replace(p + '.tmp', p)\n")
+
+
+# ---- failures ----------------------------------------------------------------------------------------
+
+_NETWORK = ("Failed to establish a new connection", "Temporary failure in name resolution",
+            "Network is unreachable", "Connection timed out", "Could not fetch URL", "ProxyError",
+            "Max retries exceeded")
+
+
+def _last_error(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("ERROR:") or ln.startswith("error:")]
+    return (errors or lines or ["no output"])[-1][:300]
+
+
+def classify_step_failure(target: Target, argv: list[str], what: str, rc: int, output: str) -> MlconnectError:
+    """One line for a failed bootstrap step on the host, from its exit code and output."""
+    on = target.name
+    prog = argv[0]
+    flat = " ".join(output.split())  # Debian wraps its ensurepip message across lines
+    if "ensurepip is not available" in flat or "No module named ensurepip" in flat:
+        m = re.search(r"apt(?:-get)? install (python3[\d.]*-venv)", output)
+        pkg = m.group(1) if m else "python3-venv"
+        return RemoteError(f"{what} failed on {on}: ensurepip missing",
+                           f"run `sudo apt install {pkg}` there, or pass --python with another interpreter",
+                           command=argv, returncode=rc, stderr=output)
+    if rc in (126, 127) and ("not found" in output or "No such file" in output or not output.strip()):
+        return RemoteError(f"`{prog}` was not found on {on}",
+                           "install Python 3.10+ there (`sudo apt install python3 python3-venv`), "
+                           "or pass --python PATH", command=argv, returncode=rc, stderr=output)
+    if "No space left on device" in output:
+        return RemoteError(f"{what} failed on {on}: no space left on device",
+                           "free disk space there (pip's cache: `pip cache purge`)",
+                           command=argv, returncode=rc, stderr=output)
+    if any(m in output for m in _NETWORK):
+        return RemoteError(f"{what} failed on {on}: the host cannot reach the package index "
+                           f"({_last_error(output)})",
+                           "give the host network access, or set PIP_INDEX_URL / https_proxy in the host's "
+                           "env lines in mlconnect.toml", command=argv, returncode=rc, stderr=output)
+    if "Could not find a version" in output or "No matching distribution" in output:
+        return RemoteError(f"{what} failed on {on}: {_last_error(output)}",
+                           "check the requirement (and the host's Python version), or the index it uses",
+                           command=argv, returncode=rc, stderr=output)
+    return RemoteError(f"{what} failed on {on} (exit {rc}): {_last_error(output)}",
+                       "see the output above", command=argv, returncode=rc, stderr=output)
+
+
+# ---- running on the host -----------------------------------------------------------------------------
+
+def stream(target: Target, argv: list[str], *, what: str, timeout: float, log: Log, cwd: str = "~") -> None:
+    """Run argv on the host, print each output line with the host's name, and bound it by ``timeout``.
+
+    On timeout the local ssh is killed; the remote command loses its stdout and dies on its next write.
+    """
+    try:
+        proc = target.popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            errors="replace", bufsize=1)
+    except FileNotFoundError as exc:
+        raise classify_step_failure(target, argv, what, 127, f"{exc.filename}: not found") from None
+    timed_out = threading.Event()
+
+    def kill() -> None:
+        timed_out.set()
+        proc.kill()
+
+    timer = threading.Timer(timeout, kill)
+    timer.daemon = True
+    timer.start()
+    tail: deque[str] = deque(maxlen=60)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip()
+            tail.append(line)
+            if line:
+                log(f"[{target.name}] {line}")
+        rc = proc.wait()
+    finally:
+        timer.cancel()
+    if timed_out.is_set():
+        raise RemoteError(f"{what} on {target.name} did not finish within {timeout:g} s",
+                          "check the host's network and disk, then run bootstrap again (it resumes)",
+                          command=argv)
+    if rc != 0:
+        output = "\n".join(tail)
+        raise (classify_ssh_failure(target, argv, rc, output)
+               or classify_step_failure(target, argv, what, rc, output))
+
+
+def probe(target: Target, python: str) -> dict[str, Any] | None:
+    """The venv's state (see PROBE), or None when its python does not exist (or does not run)."""
+    argv = [python, "-c", PROBE, target.remote_root]
+    cp = target.run(argv, timeout=PROBE_TIMEOUT_S, check=False, cwd="~")
+    if cp.returncode in (126, 127):
+        return None
+    if cp.returncode != 0:
+        raise classify_command_failure(target, argv, cp.returncode, cp.stderr)
+    try:
+        return json.loads(cp.stdout.strip().splitlines()[-1])
+    except (json.JSONDecodeError, IndexError):
+        raise RemoteError(f"{python} on {target.name} printed something that is not JSON",
+                          "a shell startup file or env line on the host may print to stdout; make it quiet",
+                          command=argv[:2], returncode=cp.returncode, stderr=cp.stdout[-500:]) from None
+
+
+@dataclass
+class BootstrapResult:
+    host: str
+    venv: str
+    python: str  # set this as the host's python in mlconnect.toml
+    version: str
+    build: str
+    up_to_date: bool
+    steps: list[str] = field(default_factory=list)  # "venv", "torch", "mlconnect", "requirements"
+    requirements: bool = False  # the host's project has a requirements.txt (installed or current)
+    python_configured: bool = False  # the host's python already is this venv's
+    config_written: str | None = None
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def bootstrap(target: Target, *, project_root: Path | None, venv: str | None = None,
+              base_python: str | None = None, torch_spec: str | None = None,
+              system_site_packages: bool = False, log: Log = lambda _m: None,
+              cache: Path | None = None) -> BootstrapResult:
+    """Create or update the venv on ``target`` so that it runs exactly this mlconnect; see the module doc."""
+    t0 = time.monotonic()
+    if target.is_local:
+        raise MlconnectError("bootstrap installs mlconnect on a host; this machine already runs this one",
+                             "pass --host NAME")
+    root = find_source_root()
+    if root is None:
+        raise MlconnectError(f"this mlconnect ({Path(mlconnect.__file__).parent}) was installed from a wheel, "
+                             "so there is no source tree to build the host's wheel from",
+                             "install it from a checkout (`pip install -e <checkout>`) and bootstrap again")
+    wheel, build, cached = build_wheel(root, cache=cache, log=log)
+    if cached:
+        log(f"using the cached wheel for this source (build {build})")
+
+    if project_root is not None and (project_root / "requirements.txt").is_file():
+        from mlconnect.remote.sync import sync_project  # the host's requirements.txt may name project paths
+
+        r = sync_project(target, project_root)
+        log(f"synced the project to {target.name}:{target.remote_root} ({r.files} files sent)")
+
+    explicit = venv is not None
+    venv = venv or default_venv(target)
+    state = probe(target, venv_python(venv))
+    if state is not None and not state["venv"]:
+        if explicit:
+            raise MlconnectError(f"{venv} on {target.name} is a Python installation, not a venv",
+                                 "pass --venv with a new folder (bootstrap creates it)")
+        log(f"{venv_python(venv)} on {target.name} is not in a venv: using {DEFAULT_VENV}")
+        venv = DEFAULT_VENV
+        state = probe(target, venv_python(venv))
+    py = venv_python(venv)
+    steps: list[str] = []
+    if state is None:
+        base = base_python or "python3"
+        log(f"creating {venv} on {target.name} with {base}"
+            + (" (system site-packages visible)" if system_site_packages else ""))
+        stream(target, venv_argv(base, venv, system_site_packages=system_site_packages),
+               what=f"{base} -m venv", timeout=VENV_TIMEOUT_S, log=log)
+        steps.append("venv")
+        state = probe(target, py)
+        if state is None:
+            raise RemoteError(f"{base} -m venv ran on {target.name} but {py} does not start",
+                              f"remove {venv} there and run bootstrap again, or pass --python")
+    else:
+        if system_site_packages and not state["system_site_packages"]:
+            raise MlconnectError(f"{venv} on {target.name} exists without system site-packages",
+                                 "--system-site-packages applies when a venv is created: remove it there, "
+                                 "or pass another --venv")
+        if base_python:
+            log(f"{venv} exists on {target.name}: --python only applies when creating it")
+
+    marker = state.get("marker") if isinstance(state.get("marker"), dict) else {}
+    need_torch = bool(torch_spec) and marker.get("torch_spec") != torch_spec
+    need_wheel = state["version"] != __version__ or state["build"] != build
+    need_reqs = state["requirements_sha"] is not None and marker.get("requirements_sha") != state["requirements_sha"]
+    result = BootstrapResult(host=target.name, venv=venv, python=py, version=__version__, build=build,
+                             up_to_date=not (need_torch or need_wheel or need_reqs or steps), steps=steps,
+                             requirements=state["requirements_sha"] is not None,
+                             python_configured=target.python == py)
+    if result.up_to_date:
+        log(f"{target.name}: already up to date (mlconnect {__version__}, build {build}, {py})")
+        result.seconds = round(time.monotonic() - t0, 3)
+        return result
+
+    if need_torch:
+        stream(target, torch_argv(py, str(torch_spec)), what=f"pip install {torch_spec}", timeout=PIP_TIMEOUT_S,
+               log=log)
+        steps.append("torch")
+    if need_wheel:
+        staging = f"{venv.rstrip('/')}/mlconnect-wheels"
+        stage = f"{staging}/{build}"
+        target.run(["mkdir", "-p", stage], cwd="~")
+        argv = rsync_wheel_argv(target, wheel, stage)
+        cp = subprocess.run(argv, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+        if cp.returncode != 0:
+            raise RemoteError(f"copying {wheel.name} to {target.name} failed (exit {cp.returncode}): "
+                              f"{_last_error(cp.stderr)}", "check rsync on both sides and the connection",
+                              command=argv, returncode=cp.returncode, stderr=cp.stderr)
+        for argv in wheel_install_argvs(py, f"{stage}/{wheel.name}", same_version=state["version"] == __version__):
+            stream(target, argv, what=f"pip install {wheel.name}", timeout=PIP_TIMEOUT_S, log=log)
+        target.run(["rm", "-rf", staging], cwd="~", check=False)  # installed: the copy is not needed
+        steps.append("mlconnect")
+    if need_reqs:
+        stream(target, pip_argv(py, "-r", "requirements.txt"), what="pip install -r requirements.txt",
+               timeout=PIP_TIMEOUT_S, log=log, cwd=target.remote_root)
+        steps.append("requirements")
+
+    final = probe(target, py) or {}
+    if final.get("version") != __version__ or final.get("build") != build:
+        raise RemoteError(f"after installing, {py} on {target.name} imports mlconnect {final.get('version')} "
+                          f"(build {final.get('build')}) from {final.get('file')}",
+                          "something on the host shadows the venv's copy: PYTHONPATH, or an env line in "
+                          "mlconnect.toml")
+    record = {"version": __version__, "source_hash": build, "wheel": wheel.name,
+              "requirements_sha": final.get("requirements_sha"),
+              "torch_spec": torch_spec or marker.get("torch_spec"),
+              "installed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    target.run([py, "-c", WRITE_MARKER, json.dumps(record)], cwd="~")
+    log(f"{target.name}: mlconnect {__version__} (build {build}) installed in {venv}")
+    result.seconds = round(time.monotonic() - t0, 3)
+    return result
+
+
+# ---- the host's python in mlconnect.toml ---------------------------------------------------------------
+
+def _toml_str(v: str) -> str:
+    return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def set_host_python(path: Path, host: str, python: str) -> None:
+    """Set ``python`` in ``[hosts.<host>]`` of ``path``, keeping every other line (and comment) as it was."""
+    text = path.read_text() if path.exists() else ""
+    lines = text.splitlines(keepends=True)
+    header = re.compile(r"""^\s*\[\s*hosts\s*\.\s*(?:"([^"]*)"|'([^']*)'|([A-Za-z0-9_-]+))\s*\]\s*(#.*)?$""")
+    start = next((i for i, ln in enumerate(lines)
+                  if (m := header.match(ln.rstrip("\r\n"))) and host in m.groups()[:3]), None)
+    entry = f"python = {_toml_str(python)}\n"
+    if start is None:
+        key = host if re.fullmatch(r"[A-Za-z0-9_-]+", host) else _toml_str(host)
+        sep = "" if not text else ("\n" if text.endswith("\n") else "\n\n")
+        new = f"{text}{sep}[hosts.{key}]\n{entry}"
+    else:
+        end = next((j for j in range(start + 1, len(lines)) if lines[j].lstrip().startswith("[")), len(lines))
+        for j in range(start + 1, end):
+            m = re.match(r"^(\s*)python\s*=", lines[j])
+            if m:
+                lines[j] = m.group(1) + entry
+                break
+        else:
+            lines.insert(start + 1, entry)
+        new = "".join(lines)
+    try:
+        ok = tomllib.loads(new).get("hosts", {}).get(host, {}).get("python") == python
+    except tomllib.TOMLDecodeError:
+        ok = False
+    if not ok:  # a layout this line editor does not understand (inline tables, dotted keys): never guess
+        raise MlconnectError(f"could not set python for {host} in {path} automatically",
+                             f"add `python = {_toml_str(python)}` under [hosts.{host}] by hand")
+    atomic_write_text(path, new)
