@@ -152,6 +152,7 @@ class Target:
     _control_path: str | None = field(default=None, repr=False)
     _probed: bool = field(default=False, repr=False)
     _remote_version: str | None = field(default=None, repr=False)
+    _remote_build: str | None = field(default=None, repr=False)
 
     # ---- argv building (pure) -----------------------------------------------------------------
 
@@ -273,11 +274,14 @@ class Target:
         """Run `<python> -m mlconnect.runs.agent <verb> --json <args>` in remote_root; parse JSON stdout.
 
         A failing agent may print ``{"error": ..., "hint": ...}`` and exit non-zero: that becomes a
-        RemoteError with its message. A result carrying ``mlconnect_version`` is checked for skew.
+        RemoteError with its message. Every answer carries ``mlconnect_version`` (and, from a wheel
+        ``mlconnect bootstrap`` built, ``mlconnect_build``): a mismatch prints one warning per host.
         """
         argv = [self.python, "-m", "mlconnect.runs.agent", verb, "--json", *args]
         cp = self.run(argv, timeout=timeout, check=False)
         data = _parse_json(cp.stdout)
+        if isinstance(data, dict):
+            self._note_remote_version(data)
         if cp.returncode != 0:
             if isinstance(data, dict) and data.get("error"):
                 raise RemoteError(str(data["error"]), str(data.get("hint", "")), command=argv,
@@ -288,8 +292,6 @@ class Target:
                               "a shell startup file or env line on the host may print to stdout; "
                               "make it quiet for non-interactive shells",
                               command=argv, returncode=cp.returncode, stderr=cp.stdout[-500:])
-        if isinstance(data, dict) and isinstance(data.get("mlconnect_version"), str):
-            self._remote_version = data["mlconnect_version"]
         return data
 
     # ---- version skew -------------------------------------------------------------------------
@@ -305,12 +307,25 @@ class Target:
         return self._remote_version
 
     def version_skew(self) -> str | None:
-        """One line when laptop and host run different mlconnect versions, else None."""
+        """One line when laptop and host run different mlconnect versions (or builds), else None."""
         remote = self.remote_version()
-        if remote == __version__:
-            return None
-        return (f"mlconnect {__version__} here but {remote} on {self.name} — "
-                f"run `mlconnect bootstrap --host {self.name}` to install this version there")
+        return skew_message(self.name, remote, self._remote_build)
+
+    def _note_remote_version(self, data: dict) -> None:
+        """Remember the agent's version; the first mismatch per host in this process prints one warning."""
+        version = data.get("mlconnect_version")
+        if not isinstance(version, str) or self.is_local:
+            return
+        self._remote_version = version
+        build = data.get("mlconnect_build")
+        self._remote_build = build if isinstance(build, str) else None
+        if self.name in _SKEW_WARNED:
+            return
+        line = skew_message(self.name, version, self._remote_build)
+        if line:
+            _SKEW_WARNED.add(self.name)
+            sys.stderr.write(f"warning: {line}\n")
+            sys.stderr.flush()
 
     # ---- the control master ---------------------------------------------------------------------
 
@@ -366,6 +381,29 @@ class Target:
                            stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             self.evict_master_if_wedged()
+
+
+_SKEW_WARNED: set[str] = set()  # hosts already warned about in this process: one line each, not one per call
+
+
+def skew_message(host: str, remote_version: str, remote_build: str | None = None) -> str | None:
+    """``mlconnect X here but Y on H — run ...`` when the host runs other code than this process, else None.
+
+    Equal versions are compared by build id when the host reports one (it runs a wheel that
+    ``mlconnect bootstrap`` built); this side's id is then hashed from its checkout, once per process.
+    """
+    if remote_version != __version__:
+        here, there = __version__, remote_version
+    else:
+        if not remote_build:
+            return None
+        from mlconnect.remote.bootstrap import local_build_id  # imports this module: deferred
+
+        local = local_build_id()
+        if not local or local == remote_build:
+            return None
+        here, there = f"{__version__} (build {local})", f"{remote_version} (build {remote_build})"
+    return f"mlconnect {here} here but {there} on {host} — run `mlconnect bootstrap --host {host}`"
 
 
 _NOT_JSON: Any = object()

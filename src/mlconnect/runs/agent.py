@@ -285,6 +285,15 @@ def main(argv: list[str] | None = None) -> int:
         out = {"error": exc.message, "hint": exc.hint, "type": type(exc).__name__}
         print(f"error: {exc}", file=sys.stderr)
         code = ERROR_EXIT
+    if isinstance(out, dict):
+        # Every answer names the code that produced it, so the laptop reports version skew (Target.agent).
+        out.setdefault("mlconnect_version", __version__)
+        try:  # only in wheels `mlconnect bootstrap` built: tells equal versions with different code apart
+            from mlconnect._build import SOURCE_HASH  # type: ignore[import-not-found]
+
+            out.setdefault("mlconnect_build", SOURCE_HASH)
+        except ImportError:
+            pass
     sys.stdout.write(json.dumps(out, default=str) + "\n")
     sys.stdout.flush()
     return code
