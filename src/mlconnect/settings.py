@@ -19,12 +19,13 @@ entry is taken as an ``~/.ssh/config`` alias.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mlconnect.errors import ConfigError, UsageError
+from mlconnect.errors import ConfigError, MlconnectError, UsageError
 from mlconnect.fileio import atomic_write_text
 
 if sys.version_info >= (3, 11):
@@ -236,3 +237,39 @@ def write_project_file(directory: Path, text: str, *, force: bool = False) -> Pa
     tomllib.loads(text)  # never write a file we could not read back
     atomic_write_text(path, text)
     return path
+
+
+def _toml_str(v: str) -> str:
+    return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def set_host_python(path: Path, host: str, python: str) -> None:
+    """Set ``python`` in ``[hosts.<host>]`` of ``path``, keeping every other line (and comment) as it was."""
+    text = path.read_text() if path.exists() else ""
+    lines = text.splitlines(keepends=True)
+    header = re.compile(r"""^\s*\[\s*hosts\s*\.\s*(?:"([^"]*)"|'([^']*)'|([A-Za-z0-9_-]+))\s*\]\s*(#.*)?$""")
+    start = next((i for i, ln in enumerate(lines)
+                  if (m := header.match(ln.rstrip("\r\n"))) and host in m.groups()[:3]), None)
+    entry = f"python = {_toml_str(python)}\n"
+    if start is None:
+        key = host if re.fullmatch(r"[A-Za-z0-9_-]+", host) else _toml_str(host)
+        sep = "" if not text else ("\n" if text.endswith("\n") else "\n\n")
+        new = f"{text}{sep}[hosts.{key}]\n{entry}"
+    else:
+        end = next((j for j in range(start + 1, len(lines)) if lines[j].lstrip().startswith("[")), len(lines))
+        for j in range(start + 1, end):
+            m = re.match(r"^(\s*)python\s*=", lines[j])
+            if m:
+                lines[j] = m.group(1) + entry
+                break
+        else:
+            lines.insert(start + 1, entry)
+        new = "".join(lines)
+    try:
+        ok = tomllib.loads(new).get("hosts", {}).get(host, {}).get("python") == python
+    except tomllib.TOMLDecodeError:
+        ok = False
+    if not ok:  # a layout this line editor does not understand (inline tables, dotted keys): never guess
+        raise MlconnectError(f"could not set python for {host} in {path} automatically",
+                             f"add `python = {_toml_str(python)}` under [hosts.{host}] by hand")
+    atomic_write_text(path, new)

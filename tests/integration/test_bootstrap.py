@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from mlconnect import __version__
-from mlconnect.remote.bootstrap import find_source_root, source_hash
+from mlconnect.remote.wheel import find_source_root, source_hash
 from support.sshd import SshdHost
 
 pytestmark = pytest.mark.timeout(300)

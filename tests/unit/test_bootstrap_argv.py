@@ -12,19 +12,16 @@ from mlconnect.remote.bootstrap import (
     DEFAULT_VENV,
     classify_step_failure,
     default_venv,
-    local_build_id,
     pip_argv,
     rsync_wheel_argv,
-    set_host_python,
-    source_hash,
     torch_argv,
     venv_argv,
     venv_python,
-    wheel_argv,
     wheel_install_argvs,
 )
 from mlconnect.remote.ssh import Target, skew_message
-from mlconnect.settings import HostConfig, tomllib
+from mlconnect.remote.wheel import local_build_id, source_hash, wheel_argv
+from mlconnect.settings import HostConfig, set_host_python, tomllib
 
 
 @pytest.fixture(autouse=True)

@@ -103,8 +103,7 @@ def bootstrap(
     mlconnect, and the command says so and exits 0.
     """
     from mlconnect.remote.bootstrap import bootstrap as run_bootstrap
-    from mlconnect.remote.bootstrap import set_host_python
-    from mlconnect.settings import PROJECT_FILE, load_settings, user_config_path
+    from mlconnect.settings import PROJECT_FILE, load_settings, set_host_python, user_config_path
 
     settings = load_settings(overrides={"ssh_config": ssh_config})
     target = target_from(host, ssh_config)

@@ -13,175 +13,31 @@ except ``pip install -r requirements.txt``, which runs in the synced project.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
-import os
 import re
 import shlex
-import shutil
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import mlconnect
 from mlconnect import __version__
 from mlconnect.errors import MlconnectError, RemoteError
-from mlconnect.fileio import atomic_write_text
 from mlconnect.remote.ssh import Target, classify_command_failure, classify_ssh_failure
-from mlconnect.settings import tomllib
+from mlconnect.remote.wheel import build_wheel, find_source_root, last_error
 
 DEFAULT_VENV = "~/.mlconnect/venv"
 MARKER = "mlconnect-build.json"
-BUILD_MODULE = "_build.py"  # exists only in wheels built here; never in the source tree
-WHEEL_TIMEOUT_S = 300
 PROBE_TIMEOUT_S = 60
 VENV_TIMEOUT_S = 300  # ensurepip on a slow disk
 PIP_TIMEOUT_S = 1800  # a CUDA torch is several GB
-TOP_FILES = ("pyproject.toml", "setup.cfg", "setup.py", "MANIFEST.in")
-TOP_GLOBS = ("README*", "LICEN[CS]E*", "COPYING*")  # metadata and license files the backend reads
 
 Log = Callable[[str], None]
-
-
-# ---- here: the source tree, its build id, the wheel ------------------------------------------------
-
-def find_source_root() -> Path | None:
-    """The checkout this mlconnect runs from (``<root>/src/mlconnect``), None when installed from a wheel."""
-    pkg = Path(mlconnect.__file__).resolve().parent
-    root = pkg.parent.parent
-    if pkg.parent.name == "src" and (root / "pyproject.toml").is_file():
-        return root
-    return None
-
-
-def source_files(root: Path) -> list[Path]:
-    """What goes into the wheel, sorted: the build files and every file of src/mlconnect but caches."""
-    files = [root / n for n in TOP_FILES if (root / n).is_file()]
-    files += sorted(p for g in TOP_GLOBS for p in root.glob(g) if p.is_file())
-    pkg = root / "src" / "mlconnect"
-    files += sorted(p for p in pkg.rglob("*") if p.is_file() and "__pycache__" not in p.parts
-                    and p.suffix not in (".pyc", ".pyo") and p.relative_to(pkg).as_posix() != BUILD_MODULE)
-    return files
-
-
-def source_hash(root: Path) -> str:
-    """The build id: 16 hex digits of sha256 over the relative paths and contents of ``source_files``."""
-    h = hashlib.sha256()
-    for p in source_files(root):
-        h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
-    return h.hexdigest()[:16]
-
-
-@lru_cache(maxsize=1)
-def local_build_id() -> str | None:
-    """This process's build id: baked in (installed from a bootstrap wheel) or hashed from the checkout."""
-    try:
-        from mlconnect._build import SOURCE_HASH  # type: ignore[import-not-found]
-
-        return str(SOURCE_HASH)
-    except ImportError:
-        root = find_source_root()
-        return source_hash(root) if root else None
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "mlconnect"
-
-
-def backend_available(root: Path) -> bool:
-    """True when the project's build requirements are installed here, so pip can build offline."""
-    try:
-        build = tomllib.loads((root / "pyproject.toml").read_text()).get("build-system", {})
-    except (OSError, tomllib.TOMLDecodeError):
-        return False
-    try:
-        from packaging.requirements import Requirement
-    except ImportError:  # pip's own copy; only the names are checked without it
-        Requirement = None
-    from importlib.metadata import PackageNotFoundError, version
-
-    def have(name: str) -> str | None:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return None
-
-    for spec in build.get("requires", ["setuptools"]):
-        name = re.split(r"[\s<>=!~;\[]", spec.strip(), maxsplit=1)[0]
-        found = have(name)
-        if name == "wheel" and not found:
-            # setuptools >= 70.1 ships bdist_wheel itself; the separate wheel package is then optional
-            st = have("setuptools")
-            found = st if st and tuple(int(x) for x in re.findall(r"\d+", st)[:2]) >= (70, 1) else None
-            if found:
-                continue
-        if not found:
-            return False
-        if Requirement is not None and not Requirement(spec).specifier.contains(found, prereleases=True):
-            return False
-    backend = str(build.get("build-backend", "setuptools.build_meta")).split(":")[0]
-    return importlib.util.find_spec(backend.split(".")[0]) is not None
-
-
-def wheel_argv(python: str, tree: Path, out: Path, *, isolated: bool) -> list[str]:
-    """pip wheel for the copied source tree; without isolation when the backend is here (offline, fast)."""
-    argv = [python, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "--no-input", "-q",
-            "-w", str(out), str(tree)]
-    if not isolated:
-        argv.insert(4, "--no-build-isolation")
-    return argv
-
-
-def build_wheel(root: Path, *, cache: Path | None = None, log: Log = lambda _m: None) -> tuple[Path, str, bool]:
-    """(wheel, build id, cached?) for the checkout at ``root``; a repeat with unchanged files builds nothing.
-
-    The files are copied to a temp tree first: building in place would leave build/ and *.egg-info in
-    the user's checkout, and the copy is exactly what was hashed.
-    """
-    build = source_hash(root)
-    dest = (cache or cache_dir()) / "wheels" / build
-    found = sorted(dest.glob("mlconnect-*.whl"))
-    if found:
-        return found[0], build, True
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".build-") as tmp:
-        tree, out = Path(tmp) / "tree", Path(tmp) / "out"
-        for p in source_files(root):
-            rel = p.relative_to(root)
-            (tree / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(p, tree / rel)
-        (tree / "src" / "mlconnect" / BUILD_MODULE).write_text(
-            f'"""Written by `mlconnect bootstrap`: which source files this wheel was built from."""\n\n'
-            f'SOURCE_HASH = "{build}"\n')
-        isolated = not backend_available(root)
-        log(f"building the mlconnect {__version__} wheel (build {build})"
-            + (" with build isolation (fetches the build backend)" if isolated else ""))
-        argv = wheel_argv(sys.executable, tree, out, isolated=isolated)
-        try:
-            cp = subprocess.run(argv, capture_output=True, text=True, timeout=WHEEL_TIMEOUT_S,
-                                stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            raise MlconnectError(f"building the mlconnect wheel took more than {WHEEL_TIMEOUT_S} s",
-                                 "with build isolation pip downloads setuptools: check the network, or "
-                                 "`pip install setuptools wheel` here to build offline") from None
-        wheels = sorted(out.glob("mlconnect-*.whl"))
-        if cp.returncode != 0 or not wheels:
-            raise MlconnectError(f"building the mlconnect wheel failed: {_last_error(cp.stderr + cp.stdout)}",
-                                 f"run `{shlex.join(argv[:-1] + [str(root)])}` to see why")
-        dest.mkdir(exist_ok=True)
-        final = dest / wheels[0].name
-        os.replace(wheels[0], final)
-    return final, build, False
 
 
 # ---- pure argv builders for the host -----------------------------------------------------------------
@@ -274,12 +130,6 @@ _NETWORK = ("Failed to establish a new connection", "Temporary failure in name r
             "Max retries exceeded")
 
 
-def _last_error(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("ERROR:") or ln.startswith("error:")]
-    return (errors or lines or ["no output"])[-1][:300]
-
-
 def classify_step_failure(target: Target, argv: list[str], what: str, rc: int, output: str) -> MlconnectError:
     """One line for a failed bootstrap step on the host, from its exit code and output."""
     on = target.name
@@ -301,14 +151,14 @@ def classify_step_failure(target: Target, argv: list[str], what: str, rc: int, o
                            command=argv, returncode=rc, stderr=output)
     if any(m in output for m in _NETWORK):
         return RemoteError(f"{what} failed on {on}: the host cannot reach the package index "
-                           f"({_last_error(output)})",
+                           f"({last_error(output)})",
                            "give the host network access, or set PIP_INDEX_URL / https_proxy in the host's "
                            "env lines in mlconnect.toml", command=argv, returncode=rc, stderr=output)
     if "Could not find a version" in output or "No matching distribution" in output:
-        return RemoteError(f"{what} failed on {on}: {_last_error(output)}",
+        return RemoteError(f"{what} failed on {on}: {last_error(output)}",
                            "check the requirement (and the host's Python version), or the index it uses",
                            command=argv, returncode=rc, stderr=output)
-    return RemoteError(f"{what} failed on {on} (exit {rc}): {_last_error(output)}",
+    return RemoteError(f"{what} failed on {on} (exit {rc}): {last_error(output)}",
                        "see the output above", command=argv, returncode=rc, stderr=output)
 
 
@@ -468,7 +318,7 @@ def bootstrap(target: Target, *, project_root: Path | None, venv: str | None = N
         cp = subprocess.run(argv, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
         if cp.returncode != 0:
             raise RemoteError(f"copying {wheel.name} to {target.name} failed (exit {cp.returncode}): "
-                              f"{_last_error(cp.stderr)}", "check rsync on both sides and the connection",
+                              f"{last_error(cp.stderr)}", "check rsync on both sides and the connection",
                               command=argv, returncode=cp.returncode, stderr=cp.stderr)
         for argv in wheel_install_argvs(py, f"{stage}/{wheel.name}", same_version=state["version"] == __version__):
             stream(target, argv, what=f"pip install {wheel.name}", timeout=PIP_TIMEOUT_S, log=log)
@@ -493,41 +343,3 @@ def bootstrap(target: Target, *, project_root: Path | None, venv: str | None = N
     log(f"{target.name}: mlconnect {__version__} (build {build}) installed in {venv}")
     result.seconds = round(time.monotonic() - t0, 3)
     return result
-
-
-# ---- the host's python in mlconnect.toml ---------------------------------------------------------------
-
-def _toml_str(v: str) -> str:
-    return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def set_host_python(path: Path, host: str, python: str) -> None:
-    """Set ``python`` in ``[hosts.<host>]`` of ``path``, keeping every other line (and comment) as it was."""
-    text = path.read_text() if path.exists() else ""
-    lines = text.splitlines(keepends=True)
-    header = re.compile(r"""^\s*\[\s*hosts\s*\.\s*(?:"([^"]*)"|'([^']*)'|([A-Za-z0-9_-]+))\s*\]\s*(#.*)?$""")
-    start = next((i for i, ln in enumerate(lines)
-                  if (m := header.match(ln.rstrip("\r\n"))) and host in m.groups()[:3]), None)
-    entry = f"python = {_toml_str(python)}\n"
-    if start is None:
-        key = host if re.fullmatch(r"[A-Za-z0-9_-]+", host) else _toml_str(host)
-        sep = "" if not text else ("\n" if text.endswith("\n") else "\n\n")
-        new = f"{text}{sep}[hosts.{key}]\n{entry}"
-    else:
-        end = next((j for j in range(start + 1, len(lines)) if lines[j].lstrip().startswith("[")), len(lines))
-        for j in range(start + 1, end):
-            m = re.match(r"^(\s*)python\s*=", lines[j])
-            if m:
-                lines[j] = m.group(1) + entry
-                break
-        else:
-            lines.insert(start + 1, entry)
-        new = "".join(lines)
-    try:
-        ok = tomllib.loads(new).get("hosts", {}).get(host, {}).get("python") == python
-    except tomllib.TOMLDecodeError:
-        ok = False
-    if not ok:  # a layout this line editor does not understand (inline tables, dotted keys): never guess
-        raise MlconnectError(f"could not set python for {host} in {path} automatically",
-                             f"add `python = {_toml_str(python)}` under [hosts.{host}] by hand")
-    atomic_write_text(path, new)

@@ -397,7 +397,7 @@ def skew_message(host: str, remote_version: str, remote_build: str | None = None
     else:
         if not remote_build:
             return None
-        from mlconnect.remote.bootstrap import local_build_id  # imports this module: deferred
+        from mlconnect.remote.wheel import local_build_id  # imports settings: deferred
 
         local = local_build_id()
         if not local or local == remote_build:
