@@ -4,10 +4,12 @@ Here: binds 127.0.0.1:8000 (``--bind`` to change), loads the best checkpoint wei
 until Ctrl-C or SIGTERM, then finishes in-flight requests and stops (uvicorn's graceful shutdown).
 
 With ``--host`` (or a project default host): starts the same command on the box through the SSH
-transport, bound to the box's 127.0.0.1, and forwards this machine's 127.0.0.1:PORT to it, so
-http://127.0.0.1:8000 here reaches the model there. The API key, if any, travels on the ssh
-channel's stdin, never on a command line (``ps`` would show it); the remote server stops when that
-channel closes, so Ctrl-C here (or a dropped connection) never leaves a server behind on the box.
+transport, bound to a free port on the box's 127.0.0.1 (``--remote-port`` to pick one), and forwards
+this machine's 127.0.0.1:PORT to it (the next free port when PORT is busy; the URL printed on stdout
+says which), so http://127.0.0.1:8000 here reaches the model there. The API key, if any, travels on
+the ssh channel's stdin, never on a command line (``ps`` would show it); the remote server stops
+when that channel closes, so Ctrl-C or SIGTERM here (or a dropped connection) never leaves a server
+behind on the box.
 """
 
 from __future__ import annotations
@@ -108,6 +110,12 @@ def serve_local(name: str, *, bind: str, port: int, device: str, api_key: str | 
     paths = check_experiment(name)
     check_device(device)
     sock = bind_socket(bind, port)
+    port = sock.getsockname()[1]  # --port 0: the one the kernel picked
+    if stop_on_stdin_eof:  # tell serve_remote on the laptop where to forward to
+        import json
+
+        sys.stdout.write(PORT_MARK + json.dumps({"port": port, "pid": os.getpid()}) + "\n")
+        sys.stdout.flush()
 
     import torch
     import uvicorn
@@ -159,60 +167,185 @@ def _stop_on_eof(server: Any) -> None:
     server.should_exit = True
 
 
-def _wait_healthy(url: str, proc: Any, api_key: str | None, timeout: float) -> None:
+PORT_MARK = "mlconnect-serve: "  # the host side's first stdout line: where it listens, its pid
+
+
+def _wait_healthy(url: str, server: _HostServer, api_key: str | None, timeout: float) -> None:
     import httpx
 
     headers = {"X-API-Key": api_key} if api_key else {}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise MlconnectError(f"the server on the host exited with code {proc.returncode}",
-                                 "see its output above; try `mlconnect serve NAME` on the box itself")
+        if server.proc.poll() is not None:
+            raise server.failure()
         try:
-            if httpx.get(url, headers=headers, timeout=2).status_code == 200:
+            # trust_env=False: a loopback URL must never go through an HTTP(S)_PROXY from the environment.
+            if httpx.get(url, headers=headers, timeout=2, trust_env=False).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
-    raise MlconnectError(f"the server on the host did not become healthy within {timeout:.0f} s",
+    raise MlconnectError(f"the server on {server.target.name} did not become healthy within {timeout:.0f} s",
                          "check the experiment exists there (`mlconnect pull` / sync) and its log above")
 
 
-def serve_remote(name: str, *, host: str, ssh_config: str | None, port: int, remote_port: int,
+class _HostServer:
+    """The ssh child that runs ``serve --stdin-control`` on the host, with its output pumped.
+
+    stdout carries one ``PORT_MARK`` line (the port the host's kernel picked, and the server's pid);
+    stderr (uvicorn's log) is relayed here as it comes, except the host's own ``error: ...`` line,
+    which is kept to become this command's one error line.
+    """
+
+    def __init__(self, target: Any, argv: list[str], proc: Any) -> None:
+        import queue
+
+        self.target, self.argv, self.proc = target, argv, proc
+        self.ready: queue.Queue[dict | None] = queue.Queue()
+        self.error_line: str | None = None
+        self.tail: list[str] = []
+        self.threads = [threading.Thread(target=self._pump_out, daemon=True),
+                        threading.Thread(target=self._pump_err, daemon=True)]
+        for t in self.threads:
+            t.start()
+
+    def _pump_out(self) -> None:
+        import json
+
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", "replace")
+            if line.startswith(PORT_MARK):
+                with contextlib.suppress(ValueError):
+                    self.ready.put(json.loads(line[len(PORT_MARK):]))
+                    continue
+            sys.stderr.write(line)  # a chatty shell startup file on the host, say
+            sys.stderr.flush()
+        self.ready.put(None)
+
+    def _pump_err(self) -> None:
+        for raw in self.proc.stderr:
+            line = raw.decode("utf-8", "replace")
+            if line.startswith("error: "):
+                self.error_line = line.strip()
+                continue
+            self.tail = (self.tail + [line])[-20:]
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.write(line)
+                sys.stderr.flush()
+
+    def wait_listening(self, timeout: float) -> dict:
+        """``{"port", "pid"}`` once the host side has bound its socket; its error if it exits first."""
+        import queue
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                got = self.ready.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if got is None:  # stdout closed: the host side is exiting
+                with contextlib.suppress(Exception):
+                    self.proc.wait(10)
+                raise self.failure()
+            return got
+        raise MlconnectError(f"the server on {self.target.name} did not start within {timeout:.0f} s",
+                             "see its output above; try `mlconnect serve NAME` on the box itself")
+
+    def failure(self) -> MlconnectError:
+        """Why the host side ended: its own error line, ssh's, or its exit code."""
+        from mlconnect.remote.ssh import classify_ssh_failure
+
+        with contextlib.suppress(Exception):
+            self.proc.wait(10)
+        for t in self.threads:
+            t.join(5)
+        rc = self.proc.returncode
+        if self.error_line:
+            msg, _, hint = self.error_line[len("error: "):].partition(" — ")
+            return MlconnectError(f"{msg} (on {self.target.name})", hint)
+        err = classify_ssh_failure(self.target, self.argv, rc if rc is not None else -1, "".join(self.tail))
+        return err or MlconnectError(f"the server on {self.target.name} exited with code {rc}",
+                                     "see its output above")
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def serve_remote(name: str, *, host: str, ssh_config: str | None, port: int, remote_port: int | None,
                  device: str, api_key: str | None, extra: list[str]) -> None:
-    """Start ``serve`` on the host (its 127.0.0.1) and forward this machine's 127.0.0.1:port to it."""
+    """Start ``serve`` on the host (its 127.0.0.1) and forward this machine's 127.0.0.1:port to it.
+
+    The host side binds ``remote_port``, or any free port there (the host's kernel picks it and the
+    first stdout line says which); this side forwards ``port``, or the next free one when it is busy.
+    Ctrl-C, SIGTERM or SIGHUP here close the channel's stdin: the host side finishes in-flight
+    requests and exits, then the tunnel closes.
+    """
+    import signal
     import subprocess
 
+    from mlconnect.cli.common import info
     from mlconnect.remote.ssh import resolve_target
 
     target = resolve_target(host, ssh_config=ssh_config)
     argv = [target.python, "-m", "mlconnect", "serve", name, "--host", "local", "--bind", "127.0.0.1",
-            "--port", str(remote_port), "--device", device, "--stdin-control", *extra]
-    proc = target.popen(argv, stdin=subprocess.PIPE)
-    assert proc.stdin is not None
-    proc.stdin.write(((api_key or "") + "\n").encode())  # the key travels inside the ssh channel
-    proc.stdin.flush()
+            "--port", str(remote_port or 0), "--device", device, "--stdin-control", *extra]
+    old_handlers = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
     tunnel = None
+    server = None
     try:
-        tunnel = open_tunnel(target, port, remote_port)
-        port = tunnel.pairs[0][0]  # the transport moves to the next free port if ours is taken
-        _wait_healthy(f"http://127.0.0.1:{port}/health", proc, api_key, timeout=180)
-        typer.echo(f"serving {name} from {target.name} on http://127.0.0.1:{port}; Ctrl-C to stop", err=True)
-        proc.wait()
-        if proc.returncode not in (0, None):
-            raise MlconnectError(f"the server on {target.name} exited with code {proc.returncode}",
-                                 "see its output above")
+        # Its own session: a terminal's Ctrl-C reaches only us, and we stop the host side gracefully.
+        proc = target.popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+        server = _HostServer(target, target.command_argv(argv), proc)
+        assert proc.stdin is not None
+        proc.stdin.write(((api_key or "") + "\n").encode())  # the key travels inside the ssh channel
+        proc.stdin.flush()
+        there = server.wait_listening(timeout=120)
+        tunnel = open_tunnel(target, port, int(there["port"]))
+        local = tunnel.pairs[0][0]  # the transport moves to the next free port if ours is taken
+        if local != port:
+            info(f"port {port} is busy here; using {local}")
+        _wait_healthy(f"http://127.0.0.1:{local}/health", server, api_key, timeout=180)
+        info(f"serving {name} from {target.name} (pid {there.get('pid')}, 127.0.0.1:{there['port']} there) "
+             f"on http://127.0.0.1:{local}; Ctrl-C to stop")
+        typer.echo(f"http://127.0.0.1:{local}")  # stdout: the URL, for people and scripts alike
+        sys.stdout.flush()
+        while proc.poll() is None:
+            if tunnel.proc.poll() is not None:
+                raise MlconnectError(f"the tunnel to {target.name} closed (connection lost)",
+                                     "run the command again; the server there stops with this one")
+            time.sleep(0.3)
+        if proc.returncode != 0:
+            raise server.failure()
     except KeyboardInterrupt:
-        typer.echo("stopping the server on the host", err=True)
+        info(f"stopping the server on {target.name}")
     finally:
-        with contextlib.suppress(OSError):
-            proc.stdin.close()  # the remote side sees EOF and shuts down gracefully
         try:
-            proc.wait(timeout=15)
+            if server is not None:
+                _stop_host_side(server.proc)
+        finally:
+            if tunnel is not None:
+                close_tunnel(tunnel)
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+
+
+def _stop_host_side(proc: Any) -> None:
+    """Close the channel's stdin (the host side sees EOF and shuts down gracefully); end ssh if it hangs."""
+    import subprocess
+
+    with contextlib.suppress(OSError, ValueError):
+        proc.stdin.close()
+    try:
+        proc.wait(timeout=15)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):  # a second Ctrl-C: do not wait any longer
+        proc.terminate()  # closing our ssh closes the channel: the host side still sees EOF
+        try:
+            proc.wait(5)
         except subprocess.TimeoutExpired:
-            proc.terminate()
-        if tunnel is not None:
-            close_tunnel(tunnel)
+            proc.kill()
+            proc.wait(5)
 
 
 def open_tunnel(target: Any, port: int, remote_port: int) -> Any:
@@ -237,7 +370,9 @@ def register(app: typer.Typer) -> None:
         name: str = typer.Argument(..., help="Experiment name (experiments/NAME) or folder."),
         host: str | None = typer.Option(None, "--host", help="Serve on this host and tunnel it here "
                                         "(default: the project's default host, else this machine)."),
-        port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port on this machine."),
+        port: int = typer.Option(8000, "--port", min=0, max=65535,
+                                 help="Port on this machine (the next free one when busy, with --host; "
+                                      "0: any free port, local serving)."),
         bind: str = typer.Option("127.0.0.1", "--bind", help="Address to listen on (local serving)."),
         device: str = typer.Option("cpu", "--device", help="cpu, cuda or mps."),
         api_key_env: str | None = typer.Option(None, "--api-key-env", metavar="VAR",
@@ -252,7 +387,7 @@ def register(app: typer.Typer) -> None:
                                                  "one forward (0: batch only what is already queued)."),
         access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="Log every request."),
         remote_port: int | None = typer.Option(None, "--remote-port", min=1, max=65535,
-                                               help="Port on the host (default: --port)."),
+                                               help="Port on the host's 127.0.0.1 (default: any free one)."),
         ssh_config: str | None = typer.Option(None, "--ssh-config", envvar="MLCONNECT_SSH_CONFIG",
                                               help="ssh config file."),
         stdin_control: bool = typer.Option(False, "--stdin-control", hidden=True,
@@ -278,8 +413,10 @@ def register(app: typer.Typer) -> None:
         if bind != "127.0.0.1":
             raise UsageError("--bind applies to local serving only",
                              "on the host the server always binds 127.0.0.1; it is reached through the tunnel")
+        if port == 0:
+            raise UsageError("--port 0 applies to local serving only", "pick a port on this machine, e.g. 8000")
         extra = [f"--{k.replace('_', '-')}={v}" for k, v in limits.items()]
         if access_log:
             extra.append("--access-log")
-        serve_remote(name, host=host, ssh_config=ssh_config, port=port, remote_port=remote_port or port,
+        serve_remote(name, host=host, ssh_config=ssh_config, port=port, remote_port=remote_port,
                      device=device, api_key=api_key, extra=extra)
