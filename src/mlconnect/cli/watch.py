@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from mlconnect.cli.common import HostOpt, JsonOpt, SshConfigOpt, print_json, print_table, target_from
+from mlconnect.cli.common import HostOpt, JsonOpt, SshConfigOpt, info, print_json, print_table, target_from
 from mlconnect.errors import ExperimentError, MlconnectError, RemoteError
 from mlconnect.layout import EXPERIMENTS_DIR
 
@@ -30,8 +30,20 @@ def read_snapshot(target, name: str, log_lines: int = 12) -> dict:
 
     if target.is_local:
         return snap_mod.snapshot(str(Path(target.remote_root) / EXPERIMENTS_DIR / name), log_lines)
-    src = inspect.getsource(snap_mod)
-    cp = target.run([target.python, "-c", src, f"{EXPERIMENTS_DIR}/{name}", str(log_lines)], timeout=20)
+    from mlconnect.remote.ssh import classify_command_failure
+
+    rel = f"{EXPERIMENTS_DIR}/{name}"
+    argv = [target.python, "-c", inspect.getsource(snap_mod), rel, str(log_lines)]
+    shown = [target.python, "-c", "<mlconnect/watch/snapshot.py>", rel, str(log_lines)]  # not 6 kB of source
+    try:
+        cp = target.run(argv, timeout=20, check=False)
+    except RemoteError as exc:
+        if exc.returncode is None and "did not finish" in exc.message:  # its message quotes the whole argv
+            raise RemoteError(f"reading {rel} on {target.name} did not finish within 20 s", exc.hint,
+                              command=shown) from None
+        raise  # ssh's own failure (unreachable, authentication): already one clear line
+    if cp.returncode != 0:
+        raise classify_command_failure(target, shown, cp.returncode, cp.stderr)
     try:
         return json.loads(cp.stdout)
     except ValueError:
@@ -77,21 +89,30 @@ def monitor(name: str = typer.Argument(..., help="Experiment name."),
             console.print(render_frame(v))
         return
     last_good = snap
-    reconnecting = None
+    lost_at: float | None = None
     with Live(render_frame(view(snap)), console=console, refresh_per_second=4, transient=False) as live:
         while view(last_good)["state"] not in TERMINAL:
             time.sleep(interval)
             try:
                 snap = read_snapshot(target, name)
-                reconnecting = None
             except MlconnectError as exc:  # dropped connection: keep the last frame, try again
-                reconnecting = exc.message
-                live.update(render_frame(view(last_good), reconnecting=reconnecting))
+                if lost_at is None:
+                    # A line too, not only the frame: piped to a file, the frames never show (rich
+                    # draws a Live display only on a terminal), and this is what the person wants to know.
+                    lost_at = time.monotonic()
+                    info(f"lost the connection to {target.name} ({exc.message}); reconnecting every "
+                         f"{interval:g} s — Ctrl-C to stop")
+                live.update(render_frame(view(last_good), reconnecting=exc.message))
                 continue
+            if lost_at is not None:
+                info(f"reconnected to {target.name} after {time.monotonic() - lost_at:.0f} s")
+                lost_at = None
             if snap.get("progress") is None and last_good.get("progress") is not None:
                 snap = {**snap, "progress": last_good["progress"]}  # a transient bad read
             last_good = snap
             live.update(render_frame(view(snap)))
+    if not console.is_terminal:
+        console.line()  # rich ends the last frame with a newline only on a terminal
     console.print(render_summary(view(last_good)))
 
 
