@@ -29,4 +29,19 @@ def sshd_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdHost]:
     os.environ["MLCONNECT_CONTROL_DIR"] = str(base / "cm")
     host = start_sshd(base / "srv")
     yield host
+    _end_masters(base / "cm")
     host.stop()
+
+
+def _end_masters(control_dir) -> None:
+    """End the ControlPersist masters the tests opened: they would outlive the session by minutes."""
+    import contextlib
+    import signal
+
+    from mlconnect.remote.ssh import _is_our_ssh, _socket_holders
+
+    for sock in control_dir.glob("*") if control_dir.is_dir() else []:
+        for pid in _socket_holders(str(sock)):
+            if _is_our_ssh(pid):  # by the pid holding our socket, never by name
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
