@@ -10,7 +10,6 @@ returns at once.
 from __future__ import annotations
 
 import sys
-import time
 from typing import Any
 
 import typer
@@ -77,7 +76,7 @@ def run_service(service: str, experiment: str | None, *, host: str | None, ssh_c
         _announce(service, res, local_port=None, moved_from=None, where=where, as_json=as_json)
         info(f"forward it with `mlconnect tunnel --port {res['port']} --host {target.name}`")
         return
-    from mlconnect.remote.tunnel import open_tunnel
+    from mlconnect.remote.tunnel import hold_tunnel, open_tunnel
 
     tun = open_tunnel(target, [int(res["port"])], [port])
     local = tun.pairs[0][0]
@@ -86,10 +85,7 @@ def run_service(service: str, experiment: str | None, *, host: str | None, ssh_c
                   as_json=as_json)
         info(f"Ctrl-C closes the tunnel; {service} keeps running on {target.name} "
              f"(`mlconnect {service} --stop --host {target.name}` ends it)")
-        while tun.proc.poll() is None:
-            time.sleep(0.5)
-        info("the tunnel closed (connection lost); run the command again to reattach")
-        raise typer.Exit(1)
+        hold_tunnel(target, tun, info)  # redials after a dropped connection; closes the tunnel at the end
     except KeyboardInterrupt:
         pass
     finally:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import contextlib
 
 import typer
 
@@ -21,7 +21,7 @@ def tunnel(
 ) -> None:
     """Forward host ports to this machine's 127.0.0.1 (the same port, or the next free one); Ctrl-C closes."""
     from mlconnect.errors import UsageError
-    from mlconnect.remote.tunnel import open_tunnel
+    from mlconnect.remote.tunnel import hold_tunnel, open_tunnel
 
     target = target_from(host, ssh_config)
     if target.is_local:
@@ -32,13 +32,6 @@ def tunnel(
         print_json(rows)
     for r in rows:
         info(f"{r['local']}  ->  {target.name}:127.0.0.1:{r['remote_port']}")
-    info("Ctrl-C closes the tunnel")
-    try:
-        while t.proc.poll() is None:
-            time.sleep(0.5)
-        info("the tunnel closed (connection lost)")
-        raise typer.Exit(1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        t.close()
+    info("Ctrl-C closes the tunnel (it reconnects by itself after a dropped connection)")
+    with contextlib.suppress(KeyboardInterrupt):
+        hold_tunnel(target, t, info)

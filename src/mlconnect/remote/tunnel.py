@@ -6,9 +6,11 @@ Ctrl-C closes exactly this forward, never the shared master or the service on th
 
 from __future__ import annotations
 
+import itertools
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mlconnect.errors import RemoteError
@@ -98,3 +100,31 @@ def open_tunnel(target: Target, remote_ports: list[int], local_ports: list[int] 
                                "check that AllowTcpForwarding is enabled in the host's sshd_config",
                                command=argv, returncode=proc.returncode, stderr=err)
     raise RemoteError("could not bind a local port for the tunnel", "close other tunnels or pass --port")
+
+
+def hold_tunnel(target: Target, tunnel: Tunnel, log: Callable[[str], None],
+                backoff: tuple[float, ...] = (0.5, 1, 2, 4, 8, 15)) -> None:
+    """Keep ``tunnel``'s forwards up until Ctrl-C (KeyboardInterrupt propagates; the tunnel is closed).
+
+    When its ssh ends (the laptop slept, Wi-Fi changed, the box rebooted) it is redialled with backoff
+    on the same local ports, so an open browser tab carries on; a port taken meanwhile moves, and says so.
+    """
+    current = tunnel
+    try:
+        while True:
+            while current.proc.poll() is None:
+                time.sleep(0.5)
+            log(f"the tunnel to {target.name} dropped; reconnecting")
+            wanted = current.pairs
+            for attempt in itertools.count():
+                try:
+                    current = open_tunnel(target, [r for _, r in wanted], [lp for lp, _ in wanted])
+                    break
+                except RemoteError as exc:
+                    delay = backoff[min(attempt, len(backoff) - 1)]
+                    log(f"reconnect failed ({exc.message}); retrying in {delay:g} s")
+                    time.sleep(delay)
+            moved = [f"{old} -> {new}" for (old, _), (new, _) in zip(wanted, current.pairs) if old != new]
+            log(f"reconnected to {target.name}" + (f" (local port moved: {', '.join(moved)})" if moved else ""))
+    finally:
+        current.close()
