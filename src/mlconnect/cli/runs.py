@@ -19,15 +19,8 @@ from typing import Any
 
 import typer
 
+from mlconnect.cli.common import HostOpt, JsonOpt, SshConfigOpt, target_from
 from mlconnect.errors import ExperimentError, MlconnectError, RemoteError, UsageError
-
-try:  # the shared option definitions (transport part); same flags either way
-    from mlconnect.cli.common import HostOpt, JsonOpt, SshConfigOpt
-except ImportError:  # pragma: no cover - only while cli/common.py is not in the tree
-    HostOpt = typer.Option(None, "--host", help="Host alias (~/.ssh/config or mlconnect.toml).")
-    SshConfigOpt = typer.Option(None, "--ssh-config", envvar="MLCONNECT_SSH_CONFIG",
-                                help="ssh config file for every ssh/rsync call.")
-    JsonOpt = typer.Option(False, "--json", help="Machine-readable output.")
 
 LOGS_WAIT_S = 10.0           # long-poll per `logs -f` round trip
 BACKOFF_S = (0.5, 1, 2, 4, 8, 15)
@@ -37,12 +30,6 @@ BACKOFF_S = (0.5, 1, 2, 4, 8, 15)
 
 
 def _target(host: str | None, ssh_config: str | None) -> Any:
-    try:
-        from mlconnect.cli.common import target_from
-    except ImportError:  # the shared helper wraps the same resolver
-        from mlconnect.remote.ssh import resolve_target
-
-        return resolve_target(host, ssh_config=ssh_config)
     return target_from(host, ssh_config)
 
 
@@ -71,19 +58,8 @@ def _print_table(rows: list[dict], columns: list[str], as_json: bool, title: str
     if as_json:
         typer.echo(json.dumps(raw if raw is not None else rows, indent=2, default=str))
         return
-    try:
-        from mlconnect.cli.common import print_table
-    except ImportError:  # same look, without the shared helper
-        from rich.console import Console
-        from rich.table import Table
+    from mlconnect.cli.common import print_table
 
-        table = Table(title=title, title_justify="left")
-        for c in columns:
-            table.add_column(c.upper())
-        for r in rows:
-            table.add_row(*(str(r.get(c, "")) for c in columns))
-        Console(highlight=False).print(table)
-        return
     print_table(rows, columns, as_json=False, title=title)
 
 

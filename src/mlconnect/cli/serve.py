@@ -26,6 +26,7 @@ from typing import Any
 
 import typer
 
+from mlconnect.cli.common import HostOpt, SshConfigOpt
 from mlconnect.errors import ExperimentError, MlconnectError, UsageError
 from mlconnect.layout import experiment_paths
 
@@ -368,8 +369,7 @@ def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
         name: str = typer.Argument(..., help="Experiment name (experiments/NAME) or folder."),
-        host: str | None = typer.Option(None, "--host", help="Serve on this host and tunnel it here "
-                                        "(default: the project's default host, else this machine)."),
+        host: str | None = HostOpt,
         port: int = typer.Option(8000, "--port", min=0, max=65535,
                                  help="Port on this machine (the next free one when busy, with --host; "
                                       "0: any free port, local serving)."),
@@ -388,8 +388,7 @@ def register(app: typer.Typer) -> None:
         access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="Log every request."),
         remote_port: int | None = typer.Option(None, "--remote-port", min=1, max=65535,
                                                help="Port on the host's 127.0.0.1 (default: any free one)."),
-        ssh_config: str | None = typer.Option(None, "--ssh-config", envvar="MLCONNECT_SSH_CONFIG",
-                                              help="ssh config file."),
+        ssh_config: str | None = SshConfigOpt,
         stdin_control: bool = typer.Option(False, "--stdin-control", hidden=True,
                                            help="Internal: API key on stdin's first line; stop at EOF."),
     ) -> None:

@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mlconnect.cli.common import HostOpt, SshConfigOpt
 from mlconnect.errors import UsageError
 from mlconnect.layout import default_experiment_name, experiment_paths
 
@@ -30,6 +31,8 @@ def _launched_by_runs_layer() -> bool:
 def _remote_wanted(host: str | None, detach: bool, queue: bool, ssh_config: str | None) -> bool:
     if _launched_by_runs_layer():
         return False  # we *are* the detached run: never hand over again
+    if host == "local":  # forced onto this machine: foreground unless asked to detach
+        return detach or queue
     if host or detach or queue:
         return True
     from mlconnect.settings import load_settings
@@ -103,9 +106,8 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="Continue from the experiment's last checkpoint."),
         force: bool = typer.Option(False, "--force", help="Overwrite an existing experiment."),
         device: str = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps."),
-        host: str = typer.Option(None, "--host", "-H", help="Train on this host (ssh alias or mlconnect.toml host)."),
-        ssh_config: str = typer.Option(None, "--ssh-config", envvar="MLCONNECT_SSH_CONFIG",
-                                       help="Use this ssh config file for every ssh/rsync call."),
+        host: str = HostOpt,
+        ssh_config: str = SshConfigOpt,
         detach: bool = typer.Option(False, "--detach", help="Start detached on this machine and return."),
         queue: bool = typer.Option(False, "--queue", help="Wait for the GPU: start when earlier runs finish."),
         json_out: bool = typer.Option(False, "--json", help="Print the results as JSON."),
