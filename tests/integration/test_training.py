@@ -174,6 +174,6 @@ def test_quickstart_falls_back_to_synthetic_offline(tmp_path: Path) -> None:
                           env={**ENV, "MLCONNECT_DATA_PATH": ""}, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "dataset: a synthetic dataset" in proc.stdout
-    assert "ndcg@10" in proc.stdout and "mlconnect tensorboard --experiment qs" in proc.stdout
+    assert "ndcg@10" in proc.stdout and "mlconnect tensorboard qs" in proc.stdout
     results = json.loads((tmp_path / "experiments" / "qs" / "results" / "metrics.json").read_text())
     assert results["dataset"] == "synthetic" and results["epochs"] == 1
