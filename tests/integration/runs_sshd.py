@@ -30,22 +30,7 @@ class Sshd:
     log: Path
 
     def client_pids(self, control_dir: str) -> list[int]:
-        """Pids of our ssh clients: commands using our config file, and the multiplexing masters
-        (which retitle themselves ``ssh: <control path> [mux]``) in our own ``control_dir``."""
-        out = []
-        for d in Path("/proc").iterdir():
-            if not d.name.isdigit():
-                continue
-            try:
-                cmd = (d / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            first = cmd[0].decode(errors="replace").strip() if cmd else ""  # titles are padded
-            ours = os.path.basename(first) == "ssh" and str(self.ssh_config).encode() in cmd
-            master = first.startswith(f"ssh: {control_dir.rstrip('/')}/") and first.endswith("[mux]")
-            if ours or master:
-                out.append(int(d.name))
-        return out
+        return ssh_client_pids(self.ssh_config, control_dir)
 
 
 def _free_port() -> int:
@@ -99,3 +84,22 @@ def stop_sshd(s: Sshd) -> None:
         except subprocess.TimeoutExpired:
             s.proc.kill()
             s.proc.wait()
+
+
+def ssh_client_pids(ssh_config: Path, control_dir: str) -> list[int]:
+    """Pids of our ssh clients: commands using ``ssh_config``, and the multiplexing masters (which
+    retitle themselves ``ssh: <control path> [mux]``) in our own ``control_dir``."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        first = cmd[0].decode(errors="replace").strip() if cmd else ""  # titles are padded
+        ours = os.path.basename(first) == "ssh" and str(ssh_config).encode() in cmd
+        master = first.startswith(f"ssh: {str(control_dir).rstrip('/')}/") and first.endswith("[mux]")
+        if ours or master:
+            out.append(int(d.name))
+    return out

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from runs_sshd import ssh_client_pids
 from runs_support import cli_env, mlc, read_json, wait_for, write_project, write_tiny_dataset
 
 from support.sshd import SshdHost
@@ -30,22 +31,8 @@ pytestmark = pytest.mark.timeout(150)
 
 
 def ssh_clients(box: SimpleNamespace) -> list[int]:
-    """Pids of this module's ssh clients: commands using its own ssh config file, and the
-    multiplexing masters (retitled ``ssh: <control path> [mux]``) in its own control dir."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            cmd = (d / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        first = cmd[0].decode(errors="replace").strip() if cmd else ""  # titles are padded
-        ours = os.path.basename(first) == "ssh" and str(box.ssh_config).encode() in cmd
-        master = first.startswith(f"ssh: {box.control_dir}/") and first.endswith("[mux]")
-        if ours or master:
-            out.append(int(d.name))
-    return out
+    """Pids of this module's ssh clients (its own ssh config file and control dir)."""
+    return ssh_client_pids(box.ssh_config, str(box.control_dir))
 
 
 def ssh_children(pid: int) -> set[int]:

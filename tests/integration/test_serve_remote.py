@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,6 +27,7 @@ from runs_support import write_tiny_dataset
 
 from mlconnect.engine.inference import Recommender
 from mlconnect.remote.ssh import resolve_target
+from support.cli import ForegroundCli, cli_env
 from support.sshd import SshdHost, free_port
 
 pytestmark = pytest.mark.timeout(120)
@@ -40,14 +39,6 @@ torch.set_num_threads(1)  # two cores shared by everyone's tests
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", COLUMNS="200", **extra)
-    for k in ("MLCONNECT_HOST", "MLCONNECT_DEBUG", "MLCONNECT_SSH_CONFIG", "MLCONNECT_API_KEY"):
-        if k not in extra:
-            env.pop(k, None)
-    return env
 
 
 def gone(pid: int) -> bool:
@@ -114,49 +105,9 @@ def wait_for(pred, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-class Serve:
+def Serve(box: SimpleNamespace, *args: str, env: dict[str, str] | None = None) -> ForegroundCli:  # noqa: N802
     """`mlconnect serve NAME --host H ...` in its own session (so a group signal is a terminal's Ctrl-C)."""
-
-    def __init__(self, box: SimpleNamespace, *args: str, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "mlconnect", "serve", *args, *box.host],
-                                     cwd=box.laptop, env=env or cli_env(), text=True, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.err: list[str] = []
-        threading.Thread(target=self._pump_out, daemon=True).start()
-        threading.Thread(target=lambda: self.err.extend(self.proc.stderr), daemon=True).start()  # type: ignore[arg-type]
-
-    def _pump_out(self) -> None:
-        for line in self.proc.stdout:  # type: ignore[union-attr]
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def url(self, timeout: float = 90) -> str:
-        try:
-            line = self.lines.get(timeout=timeout)
-        except queue.Empty:
-            line = None
-        if line is None:
-            self.stop(signal.SIGINT)
-            raise AssertionError(f"no URL from mlconnect serve (rc {self.proc.returncode}): {self.stderr()}")
-        return line.strip()
-
-    def stderr(self) -> str:
-        time.sleep(0.2)  # let the reader catch up
-        return "".join(self.err)
-
-    def stop(self, sig: int, group: bool = False) -> int:
-        if self.proc.poll() is None:
-            if group:
-                os.killpg(self.proc.pid, sig)
-            else:
-                self.proc.send_signal(sig)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        return self.proc.returncode
+    return ForegroundCli(["serve", *args, *box.host], box.laptop, env or cli_env(), new_session=True)
 
 
 # ------------------------------------------------------------------------------------------ fixtures
@@ -206,7 +157,7 @@ def test_answers_equal_the_engine_and_ctrl_c_stops_the_host_side(box, rec: Recom
     port = free_port()
     srv = Serve(box, "s1", "--port", str(port))
     try:
-        assert srv.url() == f"http://127.0.0.1:{port}"
+        assert srv.first_line(90) == f"http://127.0.0.1:{port}"
         pid, remote_port = one_host_server(box)
         err = srv.stderr()
         assert f"serving s1 from {box.alias} (pid {pid}, 127.0.0.1:{remote_port} there)" in err, err
@@ -244,7 +195,7 @@ def test_busy_port_moves_on_key_stays_off_argv_and_sigterm_stops_both(box) -> No
     srv = Serve(box, "s1", "--port", str(busy_port), "--api-key-env", "SERVE_KEY",
                 env=cli_env(SERVE_KEY=KEY))
     try:
-        url = srv.url()
+        url = srv.first_line(90)
         local = int(url.rsplit(":", 1)[1])
         assert url == f"http://127.0.0.1:{local}" and local > busy_port
         assert f"port {busy_port} is busy here; using {local}" in srv.stderr()
@@ -270,7 +221,7 @@ def test_terminal_ctrl_c_to_the_whole_process_group(box) -> None:
     port = free_port()
     srv = Serve(box, "s1", "--port", str(port))
     try:
-        assert srv.url() == f"http://127.0.0.1:{port}"
+        assert srv.first_line(90) == f"http://127.0.0.1:{port}"
         pid, _ = one_host_server(box)
         assert httpx.get(f"http://127.0.0.1:{port}/health", trust_env=False, timeout=10).status_code == 200
     finally:

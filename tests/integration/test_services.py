@@ -12,12 +12,9 @@ import contextlib
 import importlib.util
 import json
 import os
-import queue
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -27,6 +24,7 @@ import pytest
 
 from mlconnect.remote.ssh import resolve_target
 from mlconnect.runs import services
+from support.cli import ForegroundCli, cli_env
 from support.sshd import SshdHost, free_port
 
 pytestmark = pytest.mark.timeout(240)
@@ -48,58 +46,9 @@ def write_events(logdir: Path) -> None:
     w.close()
 
 
-def cli_env() -> dict[str, str]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="200")
-    for k in ("MLCONNECT_HOST", "MLCONNECT_DEBUG", "MLCONNECT_SSH_CONFIG"):
-        env.pop(k, None)
-    return env
-
-
 def mlc(args: list[str], cwd: Path, timeout: float = 150) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "mlconnect", *args], cwd=cwd, env=cli_env(), text=True,
                           capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-class Foreground:
-    """`mlconnect ...` that keeps a tunnel open: read its first stdout line, then Ctrl-C it."""
-
-    def __init__(self, args: list[str], cwd: Path) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "mlconnect", *args], cwd=cwd, env=cli_env(),
-                                     text=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE)
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.err: list[str] = []
-        threading.Thread(target=self._pump_out, daemon=True).start()
-        threading.Thread(target=lambda: self.err.extend(self.proc.stderr), daemon=True).start()  # type: ignore[arg-type]
-
-    def _pump_out(self) -> None:
-        for line in self.proc.stdout:  # type: ignore[union-attr]
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def first_line(self, timeout: float = 150) -> str:
-        try:
-            line = self.lines.get(timeout=timeout)
-        except queue.Empty:
-            line = None
-        if line is None:
-            self.close()
-            raise AssertionError(f"no output from mlconnect (rc {self.proc.returncode}): {''.join(self.err)}")
-        return line.strip()
-
-    def stderr(self) -> str:
-        time.sleep(0.2)  # the lines before the URL are written before it; let the reader catch up
-        return "".join(self.err)
-
-    def close(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
 
 
 def get(url: str, timeout: float = 10) -> tuple[int, bytes]:
@@ -198,7 +147,7 @@ def test_tensorboard_through_the_tunnel_reuse_restart_stop(box) -> None:
     busy = socket.socket()
     busy.bind(("127.0.0.1", busy_port))
     busy.listen()
-    fg = Foreground(["tensorboard", *box.host, "--port", str(busy_port)], box.laptop)
+    fg = ForegroundCli(["tensorboard", *box.host, "--port", str(busy_port)], box.laptop)
     try:
         url = fg.first_line()
         assert url.startswith("http://localhost:") and url.endswith("/"), url
@@ -221,7 +170,7 @@ def test_tensorboard_through_the_tunnel_reuse_restart_stop(box) -> None:
         assert all(a in ("127.0.0.1", "::1") for a, _ in addrs), addrs  # never 0.0.0.0 nor ::
         assert oct(services.record_path(box.remote, "tensorboard").stat().st_mode & 0o777) == "0o600"
     finally:
-        assert fg.close() == 0
+        assert fg.stop() == 0
         busy.close()
     # Ctrl-C closed the tunnel, not the service
     assert not gone(pid)
@@ -229,14 +178,14 @@ def test_tensorboard_through_the_tunnel_reuse_restart_stop(box) -> None:
         get(f"http://127.0.0.1:{local}/", timeout=2)
 
     # a second call reuses the same process
-    fg = Foreground(["tensorboard", *box.host, "--port", str(free_port()), "--json"], box.laptop)
+    fg = ForegroundCli(["tensorboard", *box.host, "--port", str(free_port()), "--json"], box.laptop)
     try:
         again = json.loads(fg.first_line())
         assert again["reused"] is True and again["pid"] == pid and again["remote_port"] == remote_port
         assert get(again["url"].replace("localhost", "127.0.0.1"))[0] == 200
         assert "already running" in fg.stderr()
     finally:
-        assert fg.close() == 0
+        assert fg.stop() == 0
 
     st = mlc(["status", *box.host, "--json"], box.laptop)
     assert st.returncode == 0, st.stderr
