@@ -35,10 +35,30 @@ def timed(fn, repeat: int = 1) -> float:
     return statistics.median(times) * 1000
 
 
+def login_user_rows(h, tmp: Path, user: str, repeat: int) -> list[tuple[str, str, str]]:
+    """The same multiplexed round trip logged in as ``user`` (needs root: sshd reads our authorized_keys)."""
+    from mlconnect.settings import HostConfig
+
+    for p in (tmp, h.dir, h.dir / "authorized_keys"):
+        p.chmod(0o755 if p.is_dir() else 0o644)  # the other account must read the throwaway key list
+    u = resolve_target(h.alias, ssh_config=str(h.ssh_config))
+    u.host = HostConfig(name=h.alias, user=user)
+    u.remote_root = "/tmp"
+    u.run(["true"])
+    warm = timed(lambda: u.run(["true"]), repeat)
+    raw_argv = [*u.ssh_argv(), "true"]
+    raw = timed(lambda: subprocess.run(raw_argv, check=True, stdin=subprocess.DEVNULL), repeat)
+    u.close_master()
+    return [(f"Target.run(['true']), multiplexed, as {user}", f"{warm:.1f} ms", "target ≤ 50 ms"),
+            (f"raw `ssh host true` on the same master, as {user}", f"{raw:.1f} ms", "no mlconnect code")]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--files", type=int, default=10000)
+    ap.add_argument("--login-user", help="also time the multiplexed round trip as this local account (sshd runs "
+                                         "as root): its login shell start-up is what every ssh command pays")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="mlc-bench-"))
     os.environ["MLCONNECT_CONTROL_DIR"] = str(tmp / "cm")
@@ -58,6 +78,8 @@ def main() -> None:
         # commands: that start-up is part of every round trip and none of it is ours.
         shell = timed(lambda: subprocess.run(["bash", "-c", "[ -f ~/.bashrc ] && . ~/.bashrc; true"],
                                              stdin=subprocess.DEVNULL, capture_output=True), a.repeat)
+        if a.login_user:
+            rows += login_user_rows(h, tmp, a.login_user, a.repeat)
         rows += [("ssh host true, cold (new connection)", f"{cold:.1f} ms", "-"),
                  ("Target.run(['true']), multiplexed", f"{warm:.1f} ms", "target ≤ 50 ms"),
                  ("raw `ssh host true` on the same master", f"{raw:.1f} ms", "no mlconnect code"),
