@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -66,10 +65,7 @@ def main() -> None:
         closed = doctor("closed")
         rows.append(("doctor against a closed port", [closed[0]], closed[1]))
     finally:
-        for pid in sshd.client_pids(env["MLCONNECT_CONTROL_DIR"]):
-            os.kill(pid, signal.SIGTERM)
-        stop_sshd(sshd)
-        shutil.rmtree(env["MLCONNECT_CONTROL_DIR"], ignore_errors=True)
+        stop_sshd(sshd, env["MLCONNECT_CONTROL_DIR"])
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"\n`mlconnect doctor` over loopback sshd ({os.cpu_count()} CPUs, no GPU)\n")
     print("| run | median (s) | max (s) | n | exit code |\n|---|---:|---:|---:|---:|")

@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -114,10 +113,7 @@ def main() -> None:
             t_ssh.append(time.perf_counter() - t0)
         rows["reference: `ssh host true` (warm master)"] = t_ssh
     finally:
-        for pid in sshd.client_pids(env["MLCONNECT_CONTROL_DIR"]):
-            os.kill(pid, signal.SIGTERM)
-        stop_sshd(sshd)
-        shutil.rmtree(env["MLCONNECT_CONTROL_DIR"], ignore_errors=True)
+        stop_sshd(sshd, env["MLCONNECT_CONTROL_DIR"])
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"\nRun lifecycle over loopback sshd ({os.cpu_count()} CPUs, {args.repeat} trainings)\n")
     print("| operation | median (s) | min (s) | max (s) | n |")

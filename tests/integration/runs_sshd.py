@@ -7,6 +7,7 @@ config file (``--ssh-config``) and known_hosts, so the real ``~/.ssh`` is never 
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
@@ -76,7 +77,14 @@ def start_sshd(tmp: Path, alias: str = "gpubox") -> Sshd:
     return Sshd(alias=alias, port=port, ssh_config=ssh_config, key=user_key, proc=proc, log=log)
 
 
-def stop_sshd(s: Sshd) -> None:
+def stop_sshd(s: Sshd, control_dir: str | None = None) -> None:
+    """Stop sshd; with ``control_dir``, first end our ssh clients there (a ControlPersist master outlives
+    the commands that opened it) and remove the directory."""
+    if control_dir:
+        for pid in s.client_pids(control_dir):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        shutil.rmtree(control_dir, ignore_errors=True)
     if s.proc.poll() is None:
         s.proc.send_signal(signal.SIGTERM)
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -64,11 +65,13 @@ def ps_json(cwd: Path, env: dict[str, str], extra: list[str] | None = None) -> d
 
 
 def wait_for(pred, timeout: float = 90, interval: float = 0.2, what: str = "condition"):
+    """``pred()``'s first truthy value; an OSError (a port not open yet) counts as "not yet"."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
+        with contextlib.suppress(OSError):
+            v = pred()
+            if v:
+                return v
         time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what}")
 

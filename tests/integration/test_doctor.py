@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -52,10 +50,7 @@ def box(tmp_path_factory):
     env.pop("MLCONNECT_HOST", None)
     yield {"sshd": sshd, "laptop": laptop, "env": env, "closed": closed,
            "cfg": ["--ssh-config", str(sshd.ssh_config)]}
-    for pid in sshd.client_pids(env["MLCONNECT_CONTROL_DIR"]):  # our ControlPersist master
-        os.kill(pid, signal.SIGTERM)
-    stop_sshd(sshd)
-    shutil.rmtree(env["MLCONNECT_CONTROL_DIR"], ignore_errors=True)
+    stop_sshd(sshd, env["MLCONNECT_CONTROL_DIR"])
 
 
 def _doctor(box, *args: str) -> tuple[subprocess.CompletedProcess[str], float]:

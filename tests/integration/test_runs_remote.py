@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -43,10 +42,7 @@ def box(tmp_path_factory):
     env["MLCONNECT_CONTROL_DIR"] = tempfile.mkdtemp(prefix="mlc-runs-", dir="/tmp")
     host = ["--host", sshd.alias, "--ssh-config", str(sshd.ssh_config)]
     yield {"sshd": sshd, "laptop": laptop, "remote": remote, "env": env, "host": host}
-    for pid in sshd.client_pids(env["MLCONNECT_CONTROL_DIR"]):  # the ControlPersist master outlives commands: end ours
-        os.kill(pid, signal.SIGTERM)
-    stop_sshd(sshd)
-    shutil.rmtree(env["MLCONNECT_CONTROL_DIR"], ignore_errors=True)
+    stop_sshd(sshd, env["MLCONNECT_CONTROL_DIR"])
 
 
 def _kill_clients(box) -> int:

@@ -23,11 +23,12 @@ from types import SimpleNamespace
 import httpx
 import pytest
 import torch
-from runs_support import write_tiny_dataset
+from runs_support import wait_for, write_tiny_dataset
 
 from mlconnect.engine.inference import Recommender
 from mlconnect.remote.ssh import resolve_target
 from support.cli import ForegroundCli, cli_env
+from support.procs import gone, listen_addresses
 from support.sshd import SshdHost, free_port
 
 pytestmark = pytest.mark.timeout(120)
@@ -39,14 +40,6 @@ torch.set_num_threads(1)  # two cores shared by everyone's tests
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-def gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def host_servers(remote: Path) -> list[int]:
@@ -63,46 +56,10 @@ def host_servers(remote: Path) -> list[int]:
     return found
 
 
-def _decode(hex_addr: str) -> str:
-    raw = bytes.fromhex(hex_addr)
-    if len(raw) == 4:
-        return socket.inet_ntop(socket.AF_INET, raw[::-1])
-    return socket.inet_ntop(socket.AF_INET6, b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
-
-
-def listen_addresses(pid: int) -> set[tuple[str, int]]:
-    """(address, port) of every TCP socket process ``pid`` listens on, from /proc."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        with contextlib.suppress(OSError):
-            link = os.readlink(fd)
-            if link.startswith("socket:["):
-                inodes.add(link[8:-1])
-    found = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                f = line.split()
-                if f[3] == "0A" and f[9] in inodes:  # 0A: LISTEN
-                    addr, port = f[1].split(":")
-                    found.add((_decode(addr), int(port, 16)))
-    return found
-
-
 def answers(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(1)
         return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def wait_for(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def Serve(box: SimpleNamespace, *args: str, env: dict[str, str] | None = None) -> ForegroundCli:  # noqa: N802
@@ -143,9 +100,9 @@ def rec(box) -> Recommender:
 
 def one_host_server(box) -> tuple[int, int]:
     """The host-side server's pid and the one port it listens on."""
-    pids = wait_for(lambda: host_servers(box.remote), 10, "the host-side server process")
+    pids = wait_for(lambda: host_servers(box.remote), 10, what="the host-side server process")
     assert len(pids) == 1, pids
-    addrs = listen_addresses(pids[0])
+    addrs = listen_addresses(pids[:1])
     assert len(addrs) == 1 and next(iter(addrs))[0] == "127.0.0.1", addrs  # never 0.0.0.0 nor ::
     return pids[0], next(iter(addrs))[1]
 
@@ -182,7 +139,7 @@ def test_answers_equal_the_engine_and_ctrl_c_stops_the_host_side(box, rec: Recom
     assert rc == 0, err
     assert f"stopping the server on {box.alias}" in err
     assert "Application shutdown complete" in err and "Traceback" not in err, err  # graceful, on the host
-    wait_for(lambda: gone(pid), 5, f"the host-side server (pid {pid}) to exit")
+    wait_for(lambda: gone(pid), 5, what=f"the host-side server (pid {pid}) to exit")
     assert not answers(port)  # the tunnel is closed too
     assert host_servers(box.remote) == []
 
@@ -212,7 +169,7 @@ def test_busy_port_moves_on_key_stays_off_argv_and_sigterm_stops_both(box) -> No
     err = srv.stderr()
     assert rc == 0 and "Application shutdown complete" in err, err
     assert KEY not in err
-    wait_for(lambda: gone(pid), 5, f"the host-side server (pid {pid}) to exit")
+    wait_for(lambda: gone(pid), 5, what=f"the host-side server (pid {pid}) to exit")
     assert not answers(local)
 
 
@@ -227,7 +184,7 @@ def test_terminal_ctrl_c_to_the_whole_process_group(box) -> None:
     finally:
         rc = srv.stop(signal.SIGINT, group=True)
     assert rc == 0, srv.stderr()
-    wait_for(lambda: gone(pid), 5, f"the host-side server (pid {pid}) to exit")
+    wait_for(lambda: gone(pid), 5, what=f"the host-side server (pid {pid}) to exit")
     assert not answers(port)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -21,10 +20,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from runs_support import wait_for
 
 from mlconnect.remote.ssh import resolve_target
 from mlconnect.runs import services
 from support.cli import ForegroundCli, cli_env
+from support.procs import gone, group_members, listen_addresses
 from support.sshd import SshdHost, free_port
 
 pytestmark = pytest.mark.timeout(240)
@@ -56,61 +57,8 @@ def get(url: str, timeout: float = 10) -> tuple[int, bytes]:
         return r.status, r.read()
 
 
-def wait_for(pred, timeout: float = 60, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            v = pred()
-            if v:
-                return v
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def scalar_tags(port: int) -> dict:
     return json.loads(get(f"http://127.0.0.1:{port}/data/plugin/scalars/tags")[1])
-
-
-def gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
-
-
-def _decode(hex_addr: str) -> str:
-    raw = bytes.fromhex(hex_addr)
-    if len(raw) == 4:
-        return socket.inet_ntop(socket.AF_INET, raw[::-1])
-    words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))  # four little-endian words
-    return socket.inet_ntop(socket.AF_INET6, words)
-
-
-def listen_addresses(pgid: int) -> set[tuple[str, int]]:
-    """(address, port) of every TCP socket listening in the service's process group, from /proc."""
-    inodes = set()
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            if int((d / "stat").read_text().rsplit(")", 1)[1].split()[2]) != pgid:
-                continue
-            for fd in (d / "fd").iterdir():
-                link = os.readlink(fd)
-                if link.startswith("socket:["):
-                    inodes.add(link[8:-1])
-        except (OSError, ValueError, IndexError):
-            continue
-    found = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                f = line.split()
-                if f[3] == "0A" and f[9] in inodes:  # 0A: LISTEN
-                    addr, port = f[1].split(":")
-                    found.add((_decode(addr), int(port, 16)))
-    return found
 
 
 # ------------------------------------------------------------------------------------------ fixtures
@@ -165,7 +113,7 @@ def test_tensorboard_through_the_tunnel_reuse_restart_stop(box) -> None:
         rec = services.read_record(box.remote, "tensorboard")
         assert rec and rec["logdir"] == str((box.remote / "experiments").resolve())
         pid, remote_port = rec["pid"], rec["port"]
-        addrs = listen_addresses(rec["pgid"])
+        addrs = listen_addresses(group_members(rec["pgid"]))
         assert ("127.0.0.1", remote_port) in addrs
         assert all(a in ("127.0.0.1", "::1") for a, _ in addrs), addrs  # never 0.0.0.0 nor ::
         assert oct(services.record_path(box.remote, "tensorboard").stat().st_mode & 0o777) == "0o600"
@@ -241,7 +189,7 @@ def test_local_tensorboard_returns_at_once_and_moves_off_a_busy_port(local_proje
     assert get(f"http://127.0.0.1:{res['local_port']}/")[0] == 200
     tags = wait_for(lambda: scalar_tags(res["local_port"]).get("logs"), what="the run's scalars")
     assert set(tags) >= TAGS
-    assert all(a == "127.0.0.1" for a, _ in listen_addresses(res["pid"]))
+    assert all(a == "127.0.0.1" for a, _ in listen_addresses(group_members(res["pid"])))
 
     again = mlc(["tensorboard", "exp1", "--port", str(busy_port)], local_project)
     assert again.returncode == 0 and again.stdout.strip() == f"http://localhost:{res['local_port']}/"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mlconnect.remote.ssh import resolve_target, wait_until
 from mlconnect.remote.tunnel import open_tunnel
+from support.procs import gone
 from support.sshd import SshdHost, free_port
 
 
@@ -72,12 +73,4 @@ def test_tunnel_redials_after_the_connection_drops(sshd_host: SshdHost, tmp_path
         rc = proc.wait(15)
         srv.shutdown()
     assert rc == 0
-    assert not any(_alive(p) for p in new_ssh)  # Ctrl-C closed the redialled tunnel too
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    assert all(gone(p) for p in new_ssh)  # Ctrl-C closed the redialled tunnel too

@@ -14,22 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mlconnect.errors import RemoteError
+from mlconnect.ports import first_free_port
 from mlconnect.remote.ssh import Target, classify_ssh_failure
 
 
-def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def next_free_port(start: int, tries: int = 50) -> int:
-    for p in range(start, start + tries):
-        if port_free(p):
-            return p
+def next_free_port(start: int, tries: int = 50, skip: set[int] | None = None) -> int:
+    p = first_free_port(start, skip=skip or set(), tries=tries)
+    if p is not None:
+        return p
     raise RemoteError(f"no free local port in {start}-{start + tries - 1}", "close what uses them or pass --port")
 
 
@@ -73,9 +65,7 @@ def open_tunnel(target: Target, remote_ports: list[int], local_ports: list[int] 
     for _attempt in range(5):  # a port can be taken between our check and ssh's bind: pick again
         pairs, used = [], set()
         for want, remote in zip(wanted, remote_ports):
-            p = next_free_port(want)
-            while p in used:
-                p = next_free_port(p + 1)
+            p = next_free_port(want, skip=used)
             used.add(p)
             pairs.append((p, remote))
         argv = forward_argv(target, pairs)

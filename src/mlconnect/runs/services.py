@@ -37,6 +37,7 @@ from pathlib import Path
 from mlconnect.errors import MlconnectError
 from mlconnect.fileio import atomic_write_json, read_json
 from mlconnect.layout import EXPERIMENTS_DIR
+from mlconnect.ports import first_free_port
 
 SERVICES = ("tensorboard", "jupyter")
 DEFAULT_PORTS = {"tensorboard": 6006, "jupyter": 8888}
@@ -117,19 +118,10 @@ def _pid_is_ours(rec: dict) -> bool:
     return cmd is not None and marker in cmd.split()
 
 
-def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_port_from(start: int, skip: set[int] | None = None) -> int:
-    for p in range(start, start + PORT_TRIES):
-        if p not in (skip or set()) and port_free(p):
-            return p
+    p = first_free_port(start, skip=skip or set(), tries=PORT_TRIES)
+    if p is not None:
+        return p
     raise ServiceError(f"no free port in {start}-{start + PORT_TRIES - 1} on {socket.gethostname()}",
                        "stop what uses them, or pass another --port")
 

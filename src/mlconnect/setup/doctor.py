@@ -12,7 +12,6 @@ import contextlib
 import json
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from mlconnect import __version__
 from mlconnect.errors import MlconnectError
+from mlconnect.ports import port_free
 from mlconnect.remote.ssh import Target, resolve_target
 from mlconnect.settings import load_settings
 
@@ -284,15 +284,7 @@ def check_tensorboard(target: Target) -> Check:
 
 
 def check_ports(ports: tuple[int, ...] = TUNNEL_PORTS) -> Check:
-    busy = []
-    for p in ports:
-        with socket.socket() as s:
-            if sys.platform != "win32":
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not "busy"
-            try:
-                s.bind(("127.0.0.1", p))
-            except OSError:
-                busy.append(p)
+    busy = [p for p in ports if not port_free(p, reuse_addr=True)]  # TIME_WAIT is not "busy"
     if busy:
         raise _Result(WARN, f"local port(s) {', '.join(map(str, busy))} already in use here",
                       "tunnels will pick another local port; to free one: `lsof -nP -iTCP:"
