@@ -228,7 +228,7 @@ class Target:
                 if attempt == 1 and self.evict_master_if_wedged():
                     continue
                 raise RemoteError(
-                    f"`{shlex.join(argv)}` on {self.name} did not finish within {timeout:g} s",
+                    f"`{describe(argv)}` on {self.name} did not finish within {timeout:g} s",
                     f"check the connection with `ssh {self.name} true` and the host with `mlconnect status`",
                     command=argv, returncode=None,
                     stderr=(exc.stderr or b"").decode() if isinstance(exc.stderr, bytes)
@@ -253,7 +253,7 @@ class Target:
                               f"install it, or check PATH ({exc.filename})",
                               command=argv, returncode=127) from None
         except subprocess.TimeoutExpired:
-            raise RemoteError(f"`{shlex.join(argv)}` did not finish within {timeout:g} s",
+            raise RemoteError(f"`{describe(argv)}` did not finish within {timeout:g} s",
                               "see what it is waiting for, or raise the timeout",
                               command=argv) from None
         if check and cp.returncode != 0:
@@ -572,6 +572,12 @@ def classify_ssh_failure(target: Target, argv: list[str], rc: int, stderr: str) 
     return None  # the remote command itself exited 255
 
 
+def describe(argv: list[str], longest: int = 60) -> str:
+    """The command for an error line: shell-quoted, with any long argument (a ``python -c`` program)
+    shown as its size, so the line stays one line and is never cut inside a quote."""
+    return shlex.join(a if len(a) <= longest else f"<{len(a)} characters>" for a in argv)
+
+
 def classify_command_failure(target: Target, argv: list[str], rc: int, stderr: str) -> RemoteError:
     """A failed command on the target: missing tool, missing mlconnect, missing folder, or its own error."""
     err = stderr or ""
@@ -603,7 +609,7 @@ def classify_command_failure(target: Target, argv: list[str], rc: int, stderr: s
                            f"run `mlconnect bootstrap{host_flag}` to install this version there",
                            command=argv, returncode=rc, stderr=err)
     detail = _last_line(err)
-    return RemoteError(f"`{shlex.join(argv)[:120]}` failed on {on} (exit {rc})" + (f": {detail}" if detail else ""),
+    return RemoteError(f"`{describe(argv)}` failed on {on} (exit {rc})" + (f": {detail}" if detail else ""),
                        "see the output above; rerun with MLCONNECT_DEBUG=1 for details",
                        command=argv, returncode=rc, stderr=err)
 

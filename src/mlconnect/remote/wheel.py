@@ -66,16 +66,23 @@ def source_hash(root: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def baked_build_id() -> str | None:
+    """The build id baked into a wheel `mlconnect bootstrap` built; None for any other install."""
+    try:
+        from mlconnect._build import SOURCE_HASH  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return str(SOURCE_HASH)
+
+
 @lru_cache(maxsize=1)
 def local_build_id() -> str | None:
     """This process's build id: baked in (installed from a bootstrap wheel) or hashed from the checkout."""
-    try:
-        from mlconnect._build import SOURCE_HASH  # type: ignore[import-not-found]
-
-        return str(SOURCE_HASH)
-    except ImportError:
-        root = find_source_root()
-        return source_hash(root) if root else None
+    baked = baked_build_id()
+    if baked:
+        return baked
+    root = find_source_root()
+    return source_hash(root) if root else None
 
 
 def cache_dir() -> Path:

@@ -288,12 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(out, dict):
         # Every answer names the code that produced it, so the laptop reports version skew (Target.agent).
         out.setdefault("mlconnect_version", __version__)
-        try:  # only in wheels `mlconnect bootstrap` built: tells equal versions with different code apart
-            from mlconnect._build import SOURCE_HASH  # type: ignore[import-not-found]
+        from mlconnect.remote.wheel import baked_build_id
 
-            out.setdefault("mlconnect_build", SOURCE_HASH)
-        except ImportError:
-            pass
+        build = baked_build_id()  # only in wheels `mlconnect bootstrap` built: equal versions, other code
+        if build:
+            out.setdefault("mlconnect_build", build)
     sys.stdout.write(json.dumps(out, default=str) + "\n")
     sys.stdout.flush()
     return code
