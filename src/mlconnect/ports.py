@@ -21,3 +21,12 @@ def port_free(port: int, *, reuse_addr: bool = False) -> bool:
 def first_free_port(start: int, *, skip: set[int] | frozenset[int] = frozenset(), tries: int = 50) -> int | None:
     """The first free port in ``start .. start + tries - 1`` not in ``skip``; None when all are taken."""
     return next((p for p in range(start, start + tries) if p not in skip and port_free(p)), None)
+
+
+def port_listening(port: int, timeout: float = 0.2) -> bool:
+    """Whether something accepts connections on 127.0.0.1:``port`` now."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+            return True
+    except OSError:
+        return False

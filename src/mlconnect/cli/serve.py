@@ -287,6 +287,7 @@ def serve_remote(name: str, *, host: str, ssh_config: str | None, port: int, rem
 
     from mlconnect.cli.common import info
     from mlconnect.remote.ssh import resolve_target
+    from mlconnect.remote.tunnel import open_tunnel
 
     target = resolve_target(host, ssh_config=ssh_config)
     argv = [target.python, "-m", "mlconnect", "serve", name, "--host", "local", "--bind", "127.0.0.1",
@@ -303,7 +304,7 @@ def serve_remote(name: str, *, host: str, ssh_config: str | None, port: int, rem
         proc.stdin.write(((api_key or "") + "\n").encode())  # the key travels inside the ssh channel
         proc.stdin.flush()
         there = server.wait_listening(timeout=120)
-        tunnel = open_tunnel(target, port, int(there["port"]))
+        tunnel = open_tunnel(target, [int(there["port"])], [port])
         local = tunnel.pairs[0][0]  # the transport moves to the next free port if ours is taken
         if local != port:
             info(f"port {port} is busy here; using {local}")
@@ -327,7 +328,7 @@ def serve_remote(name: str, *, host: str, ssh_config: str | None, port: int, rem
                 _stop_host_side(server.proc)
         finally:
             if tunnel is not None:
-                close_tunnel(tunnel)
+                tunnel.close()
             for s, h in old_handlers.items():
                 signal.signal(s, h)
 
@@ -347,22 +348,6 @@ def _stop_host_side(proc: Any) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
-
-
-def open_tunnel(target: Any, port: int, remote_port: int) -> Any:
-    """Forward 127.0.0.1:port here to 127.0.0.1:remote_port on the host (the transport's own tunnel)."""
-    try:
-        from mlconnect.remote import tunnel as tunnel_mod
-    except ModuleNotFoundError:
-        raise MlconnectError("port forwarding (mlconnect.remote.tunnel) is not available in this build",
-                             f"run `ssh -N -L {port}:127.0.0.1:{remote_port} <host>` yourself") from None
-    return tunnel_mod.open_tunnel(target, [remote_port], [port])
-
-
-def close_tunnel(tunnel: Any) -> None:
-    close = getattr(tunnel, "close", None)
-    if close is not None:
-        close()
 
 
 def register(app: typer.Typer) -> None:

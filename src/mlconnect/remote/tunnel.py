@@ -7,14 +7,13 @@ Ctrl-C closes exactly this forward, never the shared master or the service on th
 from __future__ import annotations
 
 import itertools
-import socket
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from mlconnect.errors import RemoteError
-from mlconnect.ports import first_free_port
+from mlconnect.ports import first_free_port, port_listening
 from mlconnect.remote.ssh import Target, classify_ssh_failure
 
 
@@ -50,14 +49,6 @@ class Tunnel:
                 self.proc.wait(5)
 
 
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
 def open_tunnel(target: Target, remote_ports: list[int], local_ports: list[int] | None = None,
                 timeout: float = 15) -> Tunnel:
     """Forward each remote port (on the host's 127.0.0.1) to a local port: the wanted one or the next free."""
@@ -75,7 +66,7 @@ def open_tunnel(target: Target, remote_ports: list[int], local_ports: list[int] 
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 break
-            if all(_listening(lp) for lp, _ in pairs):
+            if all(port_listening(lp) for lp, _ in pairs):
                 return Tunnel(proc, pairs)
             time.sleep(0.05)
         if proc.poll() is None:

@@ -37,7 +37,7 @@ from pathlib import Path
 from mlconnect.errors import MlconnectError
 from mlconnect.fileio import atomic_write_json, read_json
 from mlconnect.layout import EXPERIMENTS_DIR
-from mlconnect.ports import first_free_port
+from mlconnect.ports import first_free_port, port_listening
 
 SERVICES = ("tensorboard", "jupyter")
 DEFAULT_PORTS = {"tensorboard": 6006, "jupyter": 8888}
@@ -139,21 +139,13 @@ def answers_http(port: int, timeout: float = 1.0) -> bool:
         conn.close()
 
 
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.3):
-            return True
-    except OSError:
-        return False
-
-
 def is_running(rec: dict | None, *, http_check: bool = True) -> bool:
     if not rec or not _pid_is_ours(rec):
         return False
     port = rec.get("port")
     if not isinstance(port, int):
         return False
-    return answers_http(port) if http_check else _listening(port)
+    return answers_http(port) if http_check else port_listening(port, timeout=0.3)
 
 
 # ------------------------------------------------------------------------------------------ records
