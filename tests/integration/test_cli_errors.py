@@ -38,3 +38,22 @@ def test_version_and_help_exit_zero() -> None:
     for noun in ("train", "quickstart", "sync", "ps", "logs", "stop", "resume", "pull", "status", "tunnel",
                  "doctor", "serve", "monitor", "compare", "ls"):
         assert noun in cp.stdout, noun
+
+
+# A base install (`make quickstart`) has no fastapi/uvicorn (the `serve` extra): hide them from this child.
+_WITHOUT_SERVE_EXTRA = """
+import importlib.util, sys
+_find = importlib.util.find_spec
+importlib.util.find_spec = lambda name, *a: None if name in ("fastapi", "uvicorn") else _find(name, *a)
+sys.argv = ["mlconnect", "serve", "exp"]
+from mlconnect.cli.main import main
+main()
+"""
+
+
+def test_serve_without_the_serve_extra_says_how_to_install_it(tmp_path) -> None:
+    cp = subprocess.run([sys.executable, "-c", _WITHOUT_SERVE_EXTRA], capture_output=True, text=True, env=ENV,
+                        cwd=tmp_path, timeout=60)
+    assert cp.returncode == 1, cp.stderr
+    assert "error: serving needs fastapi and uvicorn" in cp.stderr and "mlconnect[serve]" in cp.stderr
+    assert "Traceback" not in cp.stderr

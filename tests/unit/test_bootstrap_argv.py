@@ -48,9 +48,10 @@ def test_venv_and_pip_argv() -> None:
 
 
 def test_wheel_install_forces_a_rebuilt_wheel_of_the_same_version() -> None:
-    assert wheel_install_argvs("py", "w.whl", same_version=False) == [pip_argv("py", "--upgrade", "w.whl")]
+    assert wheel_install_argvs("py", "w.whl", same_version=False) == [pip_argv("py", "--upgrade", "w.whl[serve]")]
     forced, deps = wheel_install_argvs("py", "w.whl", same_version=True)
-    assert forced == pip_argv("py", "--force-reinstall", "--no-deps", "w.whl") and deps == pip_argv("py", "w.whl")
+    assert forced == pip_argv("py", "--force-reinstall", "--no-deps", "w.whl")
+    assert deps == pip_argv("py", "w.whl[serve]")  # the box serves: fastapi + uvicorn come with it
 
 
 def test_wheel_argv_isolation_only_when_the_backend_is_missing(tmp_path: Path) -> None:

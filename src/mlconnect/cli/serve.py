@@ -104,10 +104,21 @@ def _is_loopback(bind: str) -> bool:
         return bind == "localhost"
 
 
+def require_serve_extra() -> None:
+    """fastapi and uvicorn are the `serve` extra, not base dependencies: one line instead of a traceback."""
+    import importlib.util
+
+    missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MlconnectError(f"serving needs {' and '.join(missing)}, which {sys.executable} does not have",
+                             "pip install 'mlconnect[serve]' (`mlconnect bootstrap` installs it on a host)")
+
+
 def serve_local(name: str, *, bind: str, port: int, device: str, api_key: str | None, max_batch: int,
                 max_items: int, max_body_bytes: int, batch_wait_ms: float, access_log: bool,
                 stop_on_stdin_eof: bool = False) -> None:
     """Serve experiment ``name`` on this machine until stopped; raises if the model cannot load."""
+    require_serve_extra()
     paths = check_experiment(name)
     check_device(device)
     sock = bind_socket(bind, port)

@@ -36,6 +36,7 @@ MARKER = "mlconnect-build.json"
 PROBE_TIMEOUT_S = 60
 VENV_TIMEOUT_S = 300  # ensurepip on a slow disk
 PIP_TIMEOUT_S = 1800  # a CUDA torch is several GB
+HOST_EXTRAS = "serve"  # the box serves models (FastAPI + uvicorn); plot/mlflow/dev stay laptop-side choices
 
 Log = Callable[[str], None]
 
@@ -72,14 +73,15 @@ def torch_argv(python: str, spec: str) -> list[str]:
 
 
 def wheel_install_argvs(python: str, wheel: str, *, same_version: bool) -> list[list[str]]:
-    """Install the wheel with its dependencies.
+    """Install the wheel with its dependencies and the ``serve`` extra (`mlconnect serve --host` runs there).
 
     pip skips a local wheel whose version is already installed, and a rebuilt wheel keeps the version:
     then the wheel is forced in without touching the dependencies, and a second call adds any new ones.
     """
+    with_extra = f"{wheel}[{HOST_EXTRAS}]"
     if same_version:
-        return [pip_argv(python, "--force-reinstall", "--no-deps", wheel), pip_argv(python, wheel)]
-    return [pip_argv(python, "--upgrade", wheel)]
+        return [pip_argv(python, "--force-reinstall", "--no-deps", wheel), pip_argv(python, with_extra)]
+    return [pip_argv(python, "--upgrade", with_extra)]
 
 
 def rsync_wheel_argv(target: Target, wheel: Path, remote_dir: str) -> list[str]:
