@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# Tests press Ctrl-C on the commands they start (SIGINT). A suite started in the background
+# (`make test &`, nohup) inherits SIGINT ignored, every child would inherit that too, and Python
+# installs no KeyboardInterrupt handler when it starts with SIGINT ignored: the commands would never
+# see the Ctrl-C. Give the children a terminal's default back.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _shared() -> Path:
