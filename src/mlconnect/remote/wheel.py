@@ -21,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import mlconnect
-from mlconnect import __version__
+from mlconnect import __version__, baked_build_id
 from mlconnect.errors import MlconnectError
 from mlconnect.settings import tomllib
 
@@ -64,15 +64,6 @@ def source_hash(root: Path) -> str:
     for p in source_files(root):
         h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
     return h.hexdigest()[:16]
-
-
-def baked_build_id() -> str | None:
-    """The build id baked into a wheel `mlconnect bootstrap` built; None for any other install."""
-    try:
-        from mlconnect._build import SOURCE_HASH  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    return str(SOURCE_HASH)
 
 
 @lru_cache(maxsize=1)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlconnect import __version__
+from mlconnect import __version__, baked_build_id
 from mlconnect.errors import ExperimentError, MlconnectError
 from mlconnect.fileio import atomic_write_bytes
 from mlconnect.layout import experiment_paths
@@ -288,8 +288,6 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(out, dict):
         # Every answer names the code that produced it, so the laptop reports version skew (Target.agent).
         out.setdefault("mlconnect_version", __version__)
-        from mlconnect.remote.wheel import baked_build_id
-
         build = baked_build_id()  # only in wheels `mlconnect bootstrap` built: equal versions, other code
         if build:
             out.setdefault("mlconnect_build", build)
