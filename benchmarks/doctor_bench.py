@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -20,15 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+sys.path[:0] = [str(TESTS / "integration"), str(TESTS)]  # the loopback sshd helpers
 
 from runs_sshd import start_sshd, stop_sshd  # noqa: E402
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from support.sshd import free_port  # noqa: E402
 
 
 def main() -> None:
@@ -42,7 +38,7 @@ def main() -> None:
     remote.mkdir()
     (laptop / "mlconnect.toml").write_text(
         f'[hosts.{sshd.alias}]\nremote_root = "{remote}"\npython = "{sys.executable}"\n\n'
-        f'[hosts.closed]\nhostname = "127.0.0.1"\nport = {_free_port()}\nidentity_file = "{sshd.key}"\n')
+        f'[hosts.closed]\nhostname = "127.0.0.1"\nport = {free_port()}\nidentity_file = "{sshd.key}"\n')
     env = {**os.environ, "NO_COLOR": "1", "MLCONNECT_CONFIG": str(tmp / "none.toml"),
            "MLCONNECT_CONTROL_DIR": tempfile.mkdtemp(prefix="mlc-db-", dir="/tmp")}
     env.pop("MLCONNECT_HOST", None)

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests" / "integration"))
+sys.path[:0] = [str(HERE.parent / "tests" / "integration"), str(HERE.parent / "tests")]  # the loopback sshd helpers
 
 from runs_sshd import start_sshd, stop_sshd  # noqa: E402
 from runs_support import cli_env, write_project, write_tiny_dataset  # noqa: E402

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from support.sshd import free_port
+
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
 
@@ -34,11 +36,6 @@ class Sshd:
         return ssh_client_pids(self.ssh_config, control_dir)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def start_sshd(tmp: Path, alias: str = "gpubox") -> Sshd:
     tmp.mkdir(parents=True, exist_ok=True)
@@ -50,7 +47,7 @@ def start_sshd(tmp: Path, alias: str = "gpubox") -> Sshd:
     auth.write_text((tmp / "user_ed25519.pub").read_text())
     auth.chmod(0o600)
     Path("/run/sshd").mkdir(exist_ok=True)  # privilege-separation dir sshd insists on
-    port = _free_port()
+    port = free_port()
     cfg = tmp / "sshd_config"
     cfg.write_text(
         f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {host_key}\nPidFile {tmp / 'sshd.pid'}\n"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,13 +18,10 @@ import pytest
 from runs_sshd import start_sshd, stop_sshd
 from tests.conftest import require_tool
 
+from support.sshd import free_port
+
 pytestmark = pytest.mark.timeout(180)
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +32,7 @@ def box(tmp_path_factory):
     laptop, remote = tmp / "laptop", tmp / "remote_root"
     laptop.mkdir()
     remote.mkdir()
-    closed = _free_port()
+    closed = free_port()
     (laptop / "mlconnect.toml").write_text(
         f'[hosts.{sshd.alias}]\nremote_root = "{remote}"\npython = "{sys.executable}"\n\n'
         f'[hosts.badport]\nhostname = "127.0.0.1"\nport = {closed}\nidentity_file = "{sshd.key}"\n'

@@ -31,6 +31,7 @@ import uvicorn
 from mlconnect.engine.inference import Recommender
 from mlconnect.serving.app import create_app
 from mlconnect.serving.batcher import Batcher
+from support.sshd import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -55,11 +56,6 @@ def trained_experiment(base: Path, datasets_dir: Path) -> Path:
     train(cfg, exp)
     return exp
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LiveServer:

@@ -24,15 +24,12 @@ from pathlib import Path
 import pytest
 from tests.conftest import require_tool
 
+from support.sshd import free_port
+
 pytestmark = pytest.mark.timeout(120)
 USER = getpass.getuser()
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _mlc(args: list[str], tmp: Path) -> subprocess.CompletedProcess[str]:
@@ -88,7 +85,7 @@ def _ssh(box: Box, port: int, *opts: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_dry_run_changes_nothing(box: Box):
-    port = _free_port()
+    port = free_port()
     cp = box.setup(port)
     assert cp.returncode == 0, cp.stderr
     assert "dry run" in cp.stdout and "sshd -t: ok" in cp.stdout
@@ -97,7 +94,7 @@ def test_dry_run_changes_nothing(box: Box):
 
 
 def test_apply_real_sshd_takes_the_key_and_refuses_passwords(box: Box):
-    port = _free_port()
+    port = free_port()
     cp = box.setup(port, "--apply")
     assert cp.returncode == 0, cp.stderr
     text = box.dropin.read_text()
@@ -143,7 +140,7 @@ def test_apply_real_sshd_takes_the_key_and_refuses_passwords(box: Box):
 
 @pytest.mark.parametrize("where", ["main", "other-dropin"])
 def test_broken_config_is_never_installed(box: Box, where: str):
-    old_port, new_port = _free_port(), _free_port()
+    old_port, new_port = free_port(), free_port()
     assert box.setup(old_port, "--apply").returncode == 0
     old = box.dropin.read_text()
     if where == "main":
@@ -163,7 +160,7 @@ def test_broken_config_is_never_installed(box: Box, where: str):
 def test_earlier_line_that_wins_is_refused(tmp_path: Path):
     require_tool("sshd", "ssh-keygen")
     box = Box(tmp_path, before="PasswordAuthentication yes\n")  # before the Include: sshd keeps this one
-    cp = box.setup(_free_port(), "--apply")
+    cp = box.setup(free_port(), "--apply")
     assert cp.returncode == 1 and "passwordauthentication would be 'yes'" in cp.stderr, cp.stderr
     assert not box.dropin.exists() and not box.auth.exists()
 
@@ -172,13 +169,13 @@ def test_earlier_line_that_wins_is_refused(tmp_path: Path):
 def test_root_with_permitrootlogin_no_is_a_lockout(tmp_path: Path):
     require_tool("sshd", "ssh-keygen")
     box = Box(tmp_path, root_override=False)
-    cp = box.setup(_free_port(), "--apply")
+    cp = box.setup(free_port(), "--apply")
     assert cp.returncode == 1 and "lockout" in cp.stderr, cp.stderr
     assert not box.dropin.exists()
 
 
 def test_bad_key_and_no_key_are_refused(box: Box):
-    cp = box.setup(_free_port(), "--apply", key="ssh-ed25519 notbase64 x@y")
+    cp = box.setup(free_port(), "--apply", key="ssh-ed25519 notbase64 x@y")
     assert cp.returncode == 2 and "cannot read the key" in cp.stderr, cp.stderr
     cp = _mlc(["setup", "server", "--port", "2222", "--user", USER, "--prefix", str(box.prefix), "--apply"], box.tmp)
     assert cp.returncode == 1 and "nobody could log in" in cp.stderr, cp.stderr
@@ -190,7 +187,7 @@ def test_wsl_conf_merge_keeps_other_lines(box: Box):
 
     wsl = box.prefix / "etc" / "wsl.conf"
     wsl.write_text("# mine\n[automount]\nenabled = true\n\n[boot]\ncommand = echo hi\n")
-    r = setup_server(port=_free_port(), authorized_key=box.pub, user=USER, apply=True, prefix=box.prefix,
+    r = setup_server(port=free_port(), authorized_key=box.pub, user=USER, apply=True, prefix=box.prefix,
                      wsl=True, restart=False)
     assert wsl.read_text() == "# mine\n[automount]\nenabled = true\n\n[boot]\nsystemd=true\ncommand = echo hi\n"
     assert WSL_IDLE_NOTE in r.lines and "vmIdleTimeout" in WSL_IDLE_NOTE
