@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mlconnect import wsl
-from mlconnect.setup.doctor import PASS, WARN, _Result, gpu_check
+from mlconnect.setup.doctor_gpu import PASS, WARN, gpu_verdict
 from support.fake_wsl import env_for, make_fake_wsl
 
 GOOD = "[wsl2]\nmemory=24GB\nvmIdleTimeout=-1\n\n[general]\ninstanceIdleTimeout=-1\n"
@@ -117,11 +117,7 @@ def test_module_source_runs_as_a_python_c_program(tmp_path):
 # ---- doctor's gpu row (issue 10: a CUDA build with no visible GPU is not an install problem) ----
 
 def _gpu(**d) -> tuple[str, str, str]:
-    try:
-        c = gpu_check({"torch": "2.6.0+cu124", "cuda_build": "12.4", "cuda": False, "gpus": [], **d}, "box")
-        return c.status, c.detail, c.fix
-    except _Result as r:
-        return r.status, r.detail, r.fix
+    return gpu_verdict({"torch": "2.6.0+cu124", "cuda_build": "12.4", "cuda": False, "gpus": [], **d}, "box")
 
 
 @pytest.mark.parametrize("env, says", [

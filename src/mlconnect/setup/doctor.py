@@ -26,6 +26,7 @@ from mlconnect.errors import MlconnectError
 from mlconnect.ports import port_free
 from mlconnect.remote.ssh import Target, resolve_target
 from mlconnect.settings import load_settings
+from mlconnect.setup.doctor_gpu import PY_NVIDIA_SMI, PY_TORCH, gpu_verdict
 
 DEADLINE_S = 28.0  # the whole doctor (without --smoke) stays under 30 s
 SMOKE_TIMEOUT_S = 300.0
@@ -158,76 +159,11 @@ def check_rsync(target: Target) -> Check:
     return Check("rsync", PASS, f"here {here}; on {target.name}: {ver}")
 
 
-PY_TORCH = (
-    "import json, os\n"
-    "try:\n    import torch\nexcept Exception as e:\n"
-    "    print(json.dumps({'error': type(e).__name__ + ': ' + str(e)})); raise SystemExit(0)\n"
-    "d = {'torch': torch.__version__, 'cuda_build': torch.version.cuda, 'cuda': torch.cuda.is_available(),\n"
-    "     'gpus': [], 'visible': os.environ.get('CUDA_VISIBLE_DEVICES'),\n"
-    "     'wsl_lib': os.path.isdir('/usr/lib/wsl/lib')}\n"
-    "try:\n    d['wsl'] = 'microsoft' in open('/proc/sys/kernel/osrelease').read().lower()\n"
-    "except OSError:\n    d['wsl'] = False\n"
-    "if d['cuda']:\n"
-    "    for i in range(torch.cuda.device_count()):\n"
-    "        p = torch.cuda.get_device_properties(i)\n"
-    "        d['gpus'].append([p.name, p.total_memory])\n"
-    "print(json.dumps(d))"
-)
-
-
-def gpu_check(d: dict, where: str) -> Check:
-    """The gpu row from PY_TORCH's answer. A CUDA build that sees no GPU is a visibility problem
-    (driver, CUDA_VISIBLE_DEVICES, WSL's driver folder), never a reason to reinstall torch."""
-    if "error" in d:
-        raise _Result(FAIL, f"torch does not import on {where}: {d['error'][:120]}", "")
-    if d.get("cuda"):
-        gpus = ", ".join(f"{n} {m / 2**30:.1f} GiB" for n, m in d["gpus"])
-        return Check("gpu", PASS, f"{gpus} (torch {d['torch']}, CUDA {d.get('cuda_build')})")
-    if not d.get("cuda_build"):
-        raise _Result(WARN, f"torch {d['torch']} imports, but CUDA is not available (a CPU-only torch build): "
-                      "training runs on CPU", "check `nvidia-smi` there; install a CUDA build of torch "
-                      "(pip install torch --index-url https://download.pytorch.org/whl/cu124)")
-    detail = (f"torch {d['torch']} is a CUDA {d['cuda_build']} build but sees no GPU on {where}: "
-              "training runs on CPU")
-    visible = d.get("visible")
-    if visible is not None and visible.split(",")[0].strip() in ("", "-1"):  # CUDA stops at the first bad id
-        fix = (f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU: unset it there (env lines in mlconnect.toml, "
-               "~/.bashrc); torch itself is fine")
-    elif d.get("wsl") and not d.get("wsl_lib"):
-        fix = ("the GPU is not visible in WSL: /usr/lib/wsl/lib is missing; install or update the NVIDIA driver "
-               "on Windows (not inside WSL), run `wsl --update`, then `wsl --shutdown`; torch itself is fine")
-    else:
-        fix = ("the GPU is not visible: check `nvidia-smi` there (driver loaded?) and CUDA_VISIBLE_DEVICES"
-               + (f" (now {visible!r})" if visible is not None else "")
-               + "; on WSL2 the driver comes from Windows via /usr/lib/wsl/lib; torch itself is fine")
-    raise _Result(WARN, detail, fix)
-
-
 def check_gpu(target: Target) -> Check:
-    d = _py(target, PY_TORCH, 25)
-    try:
-        return gpu_check(d, _on(target))
-    except _Result as r:
-        if r.status == FAIL and not r.fix:
-            r.fix = _bootstrap(target)
-        raise
-
-
-PY_NVIDIA_SMI = (
-    "import json, os, shutil, subprocess\n"
-    "p = shutil.which('nvidia-smi'); on_path = p is not None\n"
-    "w = '/usr/lib/wsl/lib/nvidia-smi'\n"
-    "if p is None and os.path.exists(w): p = w\n"
-    "d = {'path': p, 'on_path': on_path}\n"
-    "if p:\n"
-    "    try:\n"
-    "        cp = subprocess.run([p, '--query-gpu=name,memory.total,driver_version', '--format=csv,noheader'],\n"
-    "                            capture_output=True, text=True, timeout=10)\n"
-    "        d.update(rc=cp.returncode, out=cp.stdout.strip(), err=(cp.stderr or cp.stdout).strip()[-300:])\n"
-    "    except Exception as e:\n"
-    "        d.update(rc=-1, out='', err=str(e))\n"
-    "print(json.dumps(d))"
-)
+    status, detail, fix = gpu_verdict(_py(target, PY_TORCH, 25), _on(target))
+    if status != PASS:
+        raise _Result(status, detail, fix or _bootstrap(target))
+    return Check("gpu", PASS, detail)
 
 
 def check_nvidia_smi(target: Target) -> Check:
