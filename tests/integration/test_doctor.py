@@ -105,3 +105,59 @@ def test_doctor_smoke_trains_one_epoch_on_the_host(box):
     smoke = _by_name(cp)["smoke"]
     assert smoke["status"] == "PASS" and "best epoch 1 of 1" in smoke["detail"], smoke
     assert not list(Path(tempfile.gettempdir()).glob("mlconnect-doctor-*"))  # cleaned up on the host
+
+
+# ---- a WSL2 host (fake layout on the ssh side, through the host's env lines) --------------------
+
+@pytest.fixture(scope="module")
+def wslbox(box, tmp_path_factory):
+    from runs_support import write_project, write_tiny_dataset
+
+    from support.fake_wsl import env_lines, make_fake_wsl
+
+    tmp = tmp_path_factory.mktemp("wslbox")
+    fake = make_fake_wsl(tmp / "wsl", wslconfig="[wsl2]\nvmIdleTimeout=-1\n", task="missing",
+                         wsl_conf="[boot]\nsystemd=false\n", systemd_running=False)
+    laptop, remote = tmp / "laptop", tmp / "remote_root"
+    laptop.mkdir()
+    write_project(laptop, write_tiny_dataset(tmp / "data"), epochs=1)
+    env = "[" + ", ".join(json.dumps(line) for line in env_lines(fake)) + "]"
+    (laptop / "mlconnect.toml").write_text(
+        f'[hosts.{box["sshd"].alias}]\nremote_root = "{remote}"\npython = "{sys.executable}"\nenv = {env}\n')
+    return {"laptop": laptop, "fake": fake, "remote": remote}
+
+
+def test_doctor_on_a_wsl_host_warns_with_the_fixes(box, wslbox):
+    cp = subprocess.run([sys.executable, "-m", "mlconnect", "doctor", "--host", box["sshd"].alias, *box["cfg"],
+                         "--json"], capture_output=True, text=True, cwd=wslbox["laptop"], env=box["env"], timeout=170)
+    assert cp.returncode == 0, cp.stdout + cp.stderr  # WARNs, no FAIL
+    checks = _by_name(cp)
+    idle, systemd, task = checks["wsl-idle"], checks["wsl-systemd"], checks["wsl-keepalive"]
+    assert idle["status"] == "WARN" and "instanceIdleTimeout not set (15000 ms)" in idle["detail"]
+    assert "C:\\Users\\ana\\.wslconfig" in idle["detail"] and "instanceIdleTimeout=-1 under [general]" in idle["fix"]
+    assert systemd["status"] == "WARN" and "systemd is off" in systemd["detail"]
+    assert task["status"] == "WARN" and "schedule_keepalive.ps1" in task["fix"]
+    # Fixed on the Windows side: the same doctor passes those rows.
+    cfg = wslbox["fake"] / "root/mnt/c/Users/ana/.wslconfig"
+    cfg.write_text("[general]\ninstanceIdleTimeout=-1\n[wsl2]\nvmIdleTimeout=-1\n")
+    try:
+        cp = subprocess.run([sys.executable, "-m", "mlconnect", "doctor", "--host", box["sshd"].alias, *box["cfg"],
+                             "--json"], capture_output=True, text=True, cwd=wslbox["laptop"], env=box["env"],
+                            timeout=170)
+        assert _by_name(cp)["wsl-idle"]["status"] == "PASS"
+    finally:
+        cfg.write_text("[wsl2]\nvmIdleTimeout=-1\n")
+
+
+def test_train_on_a_wsl_host_prints_the_idle_warning_once(box, wslbox):
+    from runs_support import mlc
+
+    host = ["--host", box["sshd"].alias, *box["cfg"]]
+    cp = mlc(["train", *host, "--config", "configs/tiny.yaml", "--experiment", "w1"], wslbox["laptop"], box["env"])
+    lines = [ln for ln in cp.stderr.splitlines() if ln.startswith("warning:")]
+    idle = [ln for ln in lines if "instanceIdleTimeout" in ln and "stop ~15 s" in ln]
+    assert len(idle) == 1 and "--no-idle-timeout" in idle[0], cp.stderr
+    assert sum("keep-alive" in ln for ln in lines) == 1 and len(lines) == 2
+    assert "w1: running" in cp.stdout or "w1: succeeded" in cp.stdout
+    mlc(["logs", "w1", "-f", *host], wslbox["laptop"], box["env"])  # let the tiny run finish here
+    assert (wslbox["remote"] / "experiments/w1/results/metrics.json").is_file()

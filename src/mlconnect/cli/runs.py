@@ -196,6 +196,8 @@ def launch_train(*, host: str | None, ssh_config: str | None, config: str | None
         args += ["--set", ov]
     args += [f for f, on in (("--queue", queue), ("--resume", resume), ("--force", force)) if on]
     st = call_agent(target, "start", *args, timeout=60)
+    for w in st.get("warnings") or []:  # e.g. a WSL2 host that would stop with its last window (#14)
+        typer.echo(f"warning: {w}", err=True)
     where = "" if target.is_local else f" on {target.name}"
     host_flag = "" if target.is_local or not host else f" --host {shlex.quote(host)}"
     state = st.get("state")

@@ -70,23 +70,28 @@ def windows(
     out: str = typer.Option(..., "--out", help="Folder to write the scripts into."),
     lan: str = typer.Option(..., "--lan", help="Your LAN subnet, e.g. 192.168.1.0/24 (the only source allowed)."),
     ssh_port: int = typer.Option(2222, "--ssh-port", help="The SSH port of sshd in WSL2."),
-    memory: str = typer.Option("24GB", "--memory", help="WSL2 VM memory (.wslconfig)."),
-    processors: int = typer.Option(12, "--processors", help="WSL2 VM processors (.wslconfig)."),
-    no_idle_timeout: bool = typer.Option(False, "--no-idle-timeout",
-                                         help="vmIdleTimeout=-1: keep the VM (and sshd) up with no Windows "
-                                              "process attached."),
-    mirrored: bool = typer.Option(False, "--mirrored", help="Use WSL mirrored networking instead of portproxy "
+    memory: str = typer.Option(None, "--memory", help="WSL2 memory, e.g. 24GB (default: 3/4 of the PC's RAM)."),
+    processors: int = typer.Option(None, "--processors", help="WSL2 processors (default: 3/4 of the PC's)."),
+    no_idle_timeout: bool = typer.Option(False, "--no-idle-timeout", help="Write [general] instanceIdleTimeout=-1 "
+                                         "(the distro; WSL 2.5.8+) and [wsl2] vmIdleTimeout=-1 (the VM)."),
+    mirrored: bool = typer.Option(False, "--mirrored", help="WSL mirrored networking instead of a port forward "
                                   "(Windows 11 22H2+)."),
+    at_startup: bool = typer.Option(False, "--at-startup", help="The keep-alive task also starts WSL at boot, "
+                                    "before logon (stores your Windows password with the task)."),
+    distro: str = typer.Option("", "--distro", help="The WSL distro to keep up (default: WSL's default one)."),
 ) -> None:
-    """For Windows: .wslconfig, port forwarding and firewall scripts (SSH only, LAN only), README.txt."""
+    """For Windows: .wslconfig, keep-alive task, SSH-only forward and LAN-only firewall scripts, undo, README."""
     from pathlib import Path
 
-    from mlconnect.setup.windows import write_windows_setup
+    from mlconnect.setup.windows import notes, write_windows_setup
 
     files = write_windows_setup(Path(out), lan=lan, ssh_port=ssh_port, memory=memory, processors=processors,
-                                no_idle_timeout=no_idle_timeout, mirrored=mirrored)
+                                no_idle_timeout=no_idle_timeout, mirrored=mirrored, at_startup=at_startup,
+                                distro=distro)
     for f in files:
         info(f"wrote {f}")
+    for line in notes(at_startup=at_startup, no_idle_timeout=no_idle_timeout):
+        info(line)
     info(f"next: read {Path(out) / 'README.txt'} and run the steps in order, in PowerShell as Administrator")
 
 

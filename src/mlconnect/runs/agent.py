@@ -285,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
         out = {"error": exc.message, "hint": exc.hint, "type": type(exc).__name__}
         print(f"error: {exc}", file=sys.stderr)
         code = ERROR_EXIT
+    if code == 0 and args.verb in ("start", "resume") and isinstance(out, dict):
+        from mlconnect.wsl import run_warnings  # a WSL distro that idles out kills the run (#14)
+        out["warnings"] = run_warnings()
     if isinstance(out, dict):
         # Every answer names the code that produced it, so the laptop reports version skew (Target.agent).
         out.setdefault("mlconnect_version", __version__)

@@ -21,11 +21,12 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mlconnect import __version__
+from mlconnect import __version__, wsl
 from mlconnect.errors import MlconnectError
 from mlconnect.ports import port_free
 from mlconnect.remote.ssh import Target, resolve_target
 from mlconnect.settings import load_settings
+from mlconnect.setup.doctor_gpu import PY_NVIDIA_SMI, PY_TORCH, gpu_verdict
 
 DEADLINE_S = 28.0  # the whole doctor (without --smoke) stays under 30 s
 SMOKE_TIMEOUT_S = 300.0
@@ -158,48 +159,11 @@ def check_rsync(target: Target) -> Check:
     return Check("rsync", PASS, f"here {here}; on {target.name}: {ver}")
 
 
-PY_TORCH = (
-    "import json\n"
-    "try:\n    import torch\nexcept Exception as e:\n"
-    "    print(json.dumps({'error': type(e).__name__ + ': ' + str(e)})); raise SystemExit(0)\n"
-    "d = {'torch': torch.__version__, 'cuda_build': torch.version.cuda, 'cuda': torch.cuda.is_available(),\n"
-    "     'gpus': []}\n"
-    "if d['cuda']:\n"
-    "    for i in range(torch.cuda.device_count()):\n"
-    "        p = torch.cuda.get_device_properties(i)\n"
-    "        d['gpus'].append([p.name, p.total_memory])\n"
-    "print(json.dumps(d))"
-)
-
-
 def check_gpu(target: Target) -> Check:
-    d = _py(target, PY_TORCH, 25)
-    if "error" in d:
-        raise _Result(FAIL, f"torch does not import on {_on(target)}: {d['error'][:120]}", _bootstrap(target))
-    if not d.get("cuda"):
-        build = "a CPU-only torch build" if not d.get("cuda_build") else f"CUDA {d['cuda_build']} build, no GPU visible"
-        raise _Result(WARN, f"torch {d['torch']} imports, but CUDA is not available ({build}): training runs on CPU",
-                      "check `nvidia-smi` there; install a CUDA build of torch "
-                      "(pip install torch --index-url https://download.pytorch.org/whl/cu124)")
-    gpus = ", ".join(f"{n} {m / 2**30:.1f} GiB" for n, m in d["gpus"])
-    return Check("gpu", PASS, f"{gpus} (torch {d['torch']}, CUDA {d.get('cuda_build')})")
-
-
-PY_NVIDIA_SMI = (
-    "import json, os, shutil, subprocess\n"
-    "p = shutil.which('nvidia-smi'); on_path = p is not None\n"
-    "w = '/usr/lib/wsl/lib/nvidia-smi'\n"
-    "if p is None and os.path.exists(w): p = w\n"
-    "d = {'path': p, 'on_path': on_path}\n"
-    "if p:\n"
-    "    try:\n"
-    "        cp = subprocess.run([p, '--query-gpu=name,memory.total,driver_version', '--format=csv,noheader'],\n"
-    "                            capture_output=True, text=True, timeout=10)\n"
-    "        d.update(rc=cp.returncode, out=cp.stdout.strip(), err=(cp.stderr or cp.stdout).strip()[-300:])\n"
-    "    except Exception as e:\n"
-    "        d.update(rc=-1, out='', err=str(e))\n"
-    "print(json.dumps(d))"
-)
+    status, detail, fix = gpu_verdict(_py(target, PY_TORCH, 25), _on(target))
+    if status != PASS:
+        raise _Result(status, detail, fix or _bootstrap(target))
+    return Check("gpu", PASS, detail)
 
 
 def check_nvidia_smi(target: Target) -> Check:
@@ -215,6 +179,12 @@ def check_nvidia_smi(target: Target) -> Check:
         raise _Result(WARN, f"{d['path']} works ({first}) but is not on PATH",
                       "add `export PATH=\"$PATH:/usr/lib/wsl/lib\"` to ~/.bashrc on the host")
     return Check("nvidia-smi", PASS, f"{d['path']}: {first}")
+
+
+def check_wsl(target: Target) -> list[Check]:
+    """On a WSL2 host: what keeps the distro (and sshd, and runs) up; no rows anywhere else."""
+    source = Path(wsl.__file__).read_text(encoding="utf-8")  # std-lib only: runs before bootstrap too
+    return [Check(**row) for row in wsl.findings(_py(target, source, 20))]
 
 
 def _py_disk(path: str) -> str:
@@ -323,10 +293,14 @@ def check_smoke(target: Target) -> Check:
 
 # ---- running them -------------------------------------------------------------------------------
 
-def _timed(name: str, fn: Callable[[], Check]) -> Check:
+def _timed(name: str, fn: Callable[[], Check | list[Check]]) -> Check | list[Check]:
     t0 = time.monotonic()
     try:
         c = fn()
+        if isinstance(c, list):  # several rows (wsl): each keeps its own name
+            for row in c:
+                row.seconds = time.monotonic() - t0
+            return c
     except _Result as r:
         c = Check(name, r.status, r.detail, r.fix)
     except MlconnectError as exc:
@@ -351,12 +325,13 @@ def run_doctor(host: str | None = None, *, ssh_config: str | None = None, smoke:
         report.checks.append(c)
         remote_ok = c.status != FAIL
 
-    jobs: list[tuple[str, Callable[[], Check], float]] = []
+    jobs: list[tuple[str, Callable[[], Check | list[Check]], float]] = []
     host_checks = [("versions", lambda: check_versions(target), 22.0),
                    ("rsync", lambda: check_rsync(target), 12.0),
                    ("gpu", lambda: check_gpu(target), 27.0),
                    ("nvidia-smi", lambda: check_nvidia_smi(target), 17.0),
-                   ("disk", lambda: check_disk(target), 17.0)]
+                   ("disk", lambda: check_disk(target), 17.0),
+                   ("wsl", lambda: check_wsl(target), 22.0)]
     if not target.is_local:
         host_checks.append(("git", lambda: check_git(target, settings.root), 22.0))
     host_checks.append(("tensorboard", lambda: check_tensorboard(target), 22.0))
@@ -365,7 +340,7 @@ def run_doctor(host: str | None = None, *, ssh_config: str | None = None, smoke:
     for name, fn, limit in host_checks:
         if remote_ok:
             jobs.append((name, fn, limit))
-        else:
+        elif name != "wsl":  # unknown whether it is WSL at all: no row
             report.checks.append(Check(name, WARN, "not checked: SSH failed", "fix the ssh check first"))
     jobs.append(("ports", check_ports, 5.0))
 
@@ -375,12 +350,14 @@ def run_doctor(host: str | None = None, *, ssh_config: str | None = None, smoke:
         budget = SMOKE_TIMEOUT_S if name == "smoke" else DEADLINE_S
         remaining = max(0.5, min(limit, budget - (time.monotonic() - t0)))
         try:
-            report.checks.append(fut.result(timeout=remaining))
+            got = fut.result(timeout=remaining)
+            report.checks.extend(got if isinstance(got, list) else [got])
         except FutureTimeout:
             report.checks.append(Check(name, FAIL, f"did not answer within {limit:g} s",
                                        "the host may be overloaded or the connection stalled; rerun doctor"))
     pool.shutdown(wait=False, cancel_futures=True)  # a stuck check is bounded by its own subprocess timeout
-    order = ["ssh", "versions", "rsync", "gpu", "nvidia-smi", "disk", "git", "tensorboard", "ports", "smoke"]
+    order = ["ssh", "versions", "rsync", "gpu", "nvidia-smi", "disk", "wsl", "wsl-idle", "wsl-network", "wsl-systemd",
+             "wsl-keepalive", "git", "tensorboard", "ports", "smoke"]
     report.checks.sort(key=lambda c: order.index(c.name) if c.name in order else len(order))
     report.seconds = time.monotonic() - t0
     return report

@@ -33,16 +33,18 @@ from pathlib import Path
 
 from mlconnect.errors import MlconnectError, UsageError
 from mlconnect.fileio import atomic_write_text
+from mlconnect.wsl import is_wsl
 
 DROPIN_NAME = "00-mlconnect.conf"
 _KEY_TYPE = re.compile(
     r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp(256|384|521)|sk-[a-z0-9@.-]+)(-cert-v01@openssh\.com)?$")
 
 WSL_IDLE_NOTE = (
-    "WSL2 stops the whole VM (and sshd with it) about a minute after the last Windows-side process "
-    "exits (vmIdleTimeout). To keep the box reachable, set vmIdleTimeout=-1 under [wsl2] in "
-    "%UserProfile%\\.wslconfig (`mlconnect setup windows --no-idle-timeout` writes it), then run "
-    "`wsl --shutdown` once so both settings take effect."
+    "WSL2 stops this distro (sshd and every run with it) about 15 s after the last Windows-side WSL "
+    "program exits; Linux processes do not count. Keep it up from Windows: `mlconnect setup windows` "
+    "writes a keep-alive task, and with --no-idle-timeout [general] instanceIdleTimeout=-1 and "
+    "[wsl2] vmIdleTimeout=-1 for %UserProfile%\\.wslconfig; then `wsl --shutdown` once. "
+    "`mlconnect doctor` checks both."
 )
 
 
@@ -267,13 +269,6 @@ def merge_wsl_conf(text: str) -> str:
     return text + sep + "[boot]\nsystemd=true\n"
 
 
-def is_wsl(proc_version: Path = Path("/proc/version")) -> bool:
-    try:
-        return "microsoft" in proc_version.read_text().lower()
-    except OSError:
-        return False
-
-
 # ---- service ------------------------------------------------------------------------------------
 
 def _restart_sshd() -> list[str]:
@@ -399,8 +394,11 @@ def setup_server(*, port: int = 2222, authorized_key: str | None = None, user: s
     r.keys_added = install_keys(auth, keys, pw.pw_uid, pw.pw_gid)
     r.lines.append(f"authorized_keys: added {r.keys_added} key(s); {auth.parent} 700, {auth.name} 600")
     if use_wsl and wsl_new != wsl_old:
+        backup = wsl_conf.with_name(f"wsl.conf.bak-{time.strftime('%Y%m%d-%H%M%S')}")
         if wsl_conf.exists():
-            shutil.copy2(wsl_conf, wsl_conf.with_name(f"wsl.conf.bak-{time.strftime('%Y%m%d-%H%M%S')}"))
+            shutil.copy2(wsl_conf, backup)
+        else:  # an empty backup says "there was none": undo.ps1 then removes the file
+            backup.touch()
         atomic_write_text(wsl_conf, wsl_new)
         os.chmod(wsl_conf, 0o644)
         r.lines.append(f"wrote {wsl_conf}; run `wsl --shutdown` in Windows once so systemd starts")

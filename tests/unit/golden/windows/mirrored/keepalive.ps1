@@ -1,0 +1,16 @@
+# The scheduled task's body (written by mlconnect setup windows): start the distro,
+# then hold it up with a Windows-side
+# `wsl.exe ... sleep infinity`. WSL stops a distro ~15 s after its last Windows-side process
+# exits; sshd, systemd services and training runs inside do not count. When WSL stops anyway
+# (wsl --shutdown, an update), the loop starts it again.
+param([string]$Distro = "Ubuntu")
+$ErrorActionPreference = "Continue"
+$wsl = Join-Path $env:ProgramFiles "WSL\wsl.exe"
+if (-not (Test-Path $wsl)) { $wsl = "wsl.exe" }
+$env:WSL_UTF8 = "1"
+$wslArgs = @()
+if ($Distro) { $wslArgs = @("-d", $Distro) }
+while ($true) {
+    & $wsl @wslArgs --exec sleep infinity
+    Start-Sleep -Seconds 10
+}
