@@ -71,7 +71,7 @@ def test_block_round_trip_idempotent_and_outside_bytes_kept(home: Path):
     assert pub in cp.stdout
     # `Host *` adds a LocalForward ssh cannot switch off per host: said, not silently kept.
     assert "LocalForward 6006" in cp.stderr and "warning:" in cp.stderr
-    assert f'mlconnect setup server --port 2222 --authorized-key "{pub}" --apply' in cp.stdout
+    assert f'sudo "$(command -v mlconnect)" setup server --port 2222 --authorized-key "{pub}" --apply' in cp.stdout
 
     new = cfg.read_text()
     begin, end = "# >>> mlconnect mellowise-ml >>>\n", "# <<< mlconnect mellowise-ml <<<\n"

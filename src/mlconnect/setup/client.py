@@ -333,6 +333,7 @@ def setup_client(*, name: str, hostname: str, port: int = 2222, user: str | None
 
 
 def server_command(public_key: str, port: int) -> str:
-    """The one command to run on the box (a copy-paste line for bash)."""
+    """The one command to run on the box (a copy-paste line for bash). ``--apply`` writes into /etc/ssh,
+    so it runs under sudo; sudo's secure_path would not find a venv's mlconnect, hence the full path."""
     q = f'"{public_key}"' if not any(c in public_key for c in '"$`\\!') else shlex.quote(public_key)
-    return f"mlconnect setup server --port {port} --authorized-key {q} --apply"
+    return f'sudo "$(command -v mlconnect)" setup server --port {port} --authorized-key {q} --apply'
