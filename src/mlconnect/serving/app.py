@@ -132,13 +132,6 @@ def _error(loc: list[Any], msg: str, kind: str, value: Any = None) -> dict[str, 
     return {"type": kind, "loc": loc, "msg": msg, "input": value}
 
 
-class _Rejected(Exception):
-    """A request that passed the schema but not the model's vocabulary or the server's limits."""
-
-    def __init__(self, errors: list[dict[str, Any]]) -> None:
-        self.errors = errors
-
-
 # -- ASGI guards ---------------------------------------------------------------------------------
 
 async def _send_json(send: Send, status: int, body: dict[str, Any], extra: list[tuple[bytes, bytes]]) -> None:
