@@ -76,20 +76,23 @@ def run_service(service: str, experiment: str | None, *, host: str | None, ssh_c
         _announce(service, res, local_port=None, moved_from=None, where=where, as_json=as_json)
         info(f"forward it with `mlconnect tunnel --port {res['port']} --host {target.name}`")
         return
-    from mlconnect.remote.tunnel import hold_tunnel, open_tunnel
+    from mlconnect.remote.tunnel import hold_tunnel, open_tunnel, signals_interrupt
 
-    tun = open_tunnel(target, [int(res["port"])], [port])
-    local = tun.pairs[0][0]
-    try:
-        _announce(service, res, local_port=local, moved_from=port if local != port else None, where=where,
-                  as_json=as_json)
-        info(f"Ctrl-C closes the tunnel; {service} keeps running on {target.name} "
-             f"(`mlconnect {service} --stop --host {target.name}` ends it)")
-        hold_tunnel(target, tun, info)  # redials after a dropped connection; closes the tunnel at the end
-    except KeyboardInterrupt:
-        pass
-    finally:
-        tun.close()
+    with signals_interrupt():  # SIGTERM / SIGHUP close the tunnel as Ctrl-C does
+        tun = None
+        try:
+            tun = open_tunnel(target, [int(res["port"])], [port])
+            local = tun.pairs[0][0]
+            _announce(service, res, local_port=local, moved_from=port if local != port else None, where=where,
+                      as_json=as_json)
+            info(f"Ctrl-C closes the tunnel; {service} keeps running on {target.name} "
+                 f"(`mlconnect {service} --stop --host {target.name}` ends it)")
+            hold_tunnel(target, tun, info)  # redials after a dropped connection; closes the tunnel at the end
+        except KeyboardInterrupt:
+            pass
+        finally:
+            if tun is not None:
+                tun.close()
 
 
 def _call(target: Any, verb: str, service: str, *, experiment: str | None = None,
