@@ -18,7 +18,8 @@ PKG = SRC / "mlconnect"
 BASE = frozenset({"_root", "_build", "errors", "fileio", "layout", "ports", "settings"})
 
 # What each part may import besides itself and BASE. The arrows of ARCHITECTURE.md:
-#   data <- engine <- runs <- sweeps <- cli;  serving <- engine;  setup uses remote;
+#   data <- engine <- runs <- sweeps <- cli;  serving <- engine (and remote, to serve on a host);
+#   setup uses remote;
 #   remote is the transport: nothing ML-specific (it runs argv lists; it knows no runs or engine);
 #   deploy.export / predict use engine; the bundle server uses neither engine nor torch (below).
 MAY_IMPORT: dict[str, frozenset[str]] = {
@@ -27,7 +28,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "engine": BASE | {"data"},
     "runs": BASE | {"data", "engine"},
     "remote": BASE,
-    "serving": BASE | {"data", "engine"},
+    "serving": BASE | {"data", "engine", "remote"},  # remote: serving.hosted runs it on a host, tunnelled
     "compare": BASE | {"data", "engine", "runs"},  # reads experiment folders, as `ls` does
     "watch": BASE | {"data", "engine", "runs"},  # monitor's snapshot and rendering
     "sweeps": BASE | {"data", "engine", "runs", "remote"},
