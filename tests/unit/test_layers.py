@@ -38,8 +38,10 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
                    "setup", "cli"},
     "__main__": frozenset({"cli"}),
 }
-# deploy's bundle server runs in a venv with numpy + onnxruntime only: no torch, no engine, at any depth.
-TORCH_FREE = ("mlconnect.deploy.server", "mlconnect.deploy.bundle_server", "mlconnect.deploy.serve")
+# deploy's bundle server runs in a venv with numpy + onnxruntime only: no torch, no engine, at any depth;
+# serving's wire format and guards stay the same way so that it can speak the same API with them.
+TORCH_FREE = ("mlconnect.deploy.server", "mlconnect.deploy.bundle_server", "mlconnect.deploy.serve",
+              "mlconnect.serving.schemas", "mlconnect.serving.guards")
 TORCH_FREE_FORBIDS = ("torch", "mlconnect.engine", "mlconnect.data.torch")
 
 
