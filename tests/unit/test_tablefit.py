@@ -91,3 +91,20 @@ def test_compare_reads_at_80_columns(tmp_path: Path) -> None:
     doc = json.loads(full.stdout)  # --json is never fitted: every field, whatever the terminal
     assert {r["name"] for r in doc["rows"]} == {"baseline_small", "baseline_large"}
     assert all(r["test/recall@10"] == 0.125 and r["config"]["hidden_size"] in (32, 64) for r in doc["rows"])
+
+
+def test_ls_reads_at_80_columns(tmp_path: Path) -> None:
+    names = ("baseline_hidden_32_lr_0.001", "baseline_hidden_64_lr_0.002", "gru4rec_hidden_64_dropout_0.3")
+    for i, name in enumerate(names):
+        _experiment(tmp_path, name, 32 * (i + 1), 0.06 + i / 1000)
+    env = {**os.environ, "COLUMNS": "80", "MLCONNECT_HOST": ""}
+    cp = subprocess.run([sys.executable, "-m", "mlconnect", "ls"], cwd=tmp_path, env=env, capture_output=True,
+                        text=True, timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    assert max(len(ln) for ln in cp.stdout.splitlines()) <= 80, cp.stdout
+    assert "…" not in cp.stdout and all(n in cp.stdout for n in names), cp.stdout
+    assert "same in every row: model=SASRec, dataset=ml-100k" in cp.stdout, cp.stdout
+    js = subprocess.run([sys.executable, "-m", "mlconnect", "ls", "--json"], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=60)
+    rows = json.loads(js.stdout)
+    assert [r["name"] for r in rows] == sorted(names) and all(r["model"] == "SASRec" for r in rows)

@@ -64,7 +64,7 @@ def print_table(rows: list[dict], columns: list[str], *, as_json: bool, title: s
         table.add_row(*(r.get(c, "") for c in fitted.columns))
     console.print(table)
     for note in fitted.notes:
-        console.print(note, markup=False, soft_wrap=True)
+        console.print(note, markup=False, highlight=False)  # wrapped at the terminal width too
 
 
 def print_json(obj: Any) -> None:
