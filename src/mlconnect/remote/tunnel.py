@@ -192,3 +192,17 @@ def hold_tunnel(target: Target, tunnel: Tunnel, log: Callable[[str], None],
                     + (f" (local port moved: {', '.join(moved)})" if moved else ""))
     finally:
         current.close()
+
+
+def run_tunnel(target: Target, remote_ports: list[int], local_ports: list[int] | None, *,
+               on_open: Callable[[Tunnel], None], log: Callable[[str], None]) -> None:
+    """A foreground tunnel, as ``tunnel``, ``tensorboard`` and ``jupyter`` hold one: open the forwards,
+    ``on_open(tunnel)`` (say where they are), hold them (redialling) until Ctrl-C, SIGTERM or SIGHUP, then
+    return; the tunnel is closed however this ends, an error included."""
+    with contextlib.suppress(KeyboardInterrupt), signals_interrupt():
+        tunnel = open_tunnel(target, remote_ports, local_ports)
+        try:
+            on_open(tunnel)
+            hold_tunnel(target, tunnel, log)
+        finally:
+            tunnel.close()
