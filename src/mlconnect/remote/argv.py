@@ -102,8 +102,8 @@ def rsh_quote(arg: str) -> str:
 
 
 def expand_local(arg: str) -> str:
+    """``~`` / ``~/x`` on this machine (a local Target runs argv without a shell to expand them)."""
     return os.path.expanduser(arg) if arg.startswith("~/") or arg == "~" else arg
-
 
 
 def describe(argv: list[str], longest: int = 60) -> str:
