@@ -85,6 +85,25 @@ def compare_rows(runs: list[dict]) -> tuple[list[dict], dict[str, str]]:
     return rows, best
 
 
+def table_rows(rows: list[dict], best: dict[str, str]) -> tuple[list[str], list[dict]]:
+    """Columns and rows for people: one column per config key that differs (``config.`` only where a key
+    shares a name with another column), the best value of each metric column marked with ``*``."""
+    metrics = ["best_valid", "epochs", "wall_time_s", "throughput_tokens_per_s", "peak_gpu_mem_mb"]
+    metrics += sorted({k for r in rows for k in r if k.startswith("test/")})
+    label = {k: f"config.{k}" if k in {"name", "model", "dataset", *metrics} else k
+             for k in sorted({k for r in rows for k in r["config"]})}
+    cols = ["name", "model", "dataset", *label.values(), *metrics]
+    shown = []
+    for r in rows:
+        s = {c: r.get(c) for c in cols}
+        s.update({label[k]: v for k, v in r["config"].items()})
+        for c, who in best.items():
+            if who == r["name"]:
+                s[c] = f"{r[c]:.4g}*"
+        shown.append(s)
+    return cols, shown
+
+
 def figure(runs: list[dict], metric: str | None = None) -> Any:
     """The matplotlib figure: the valid metric per epoch (integer ticks) and the training loss per step."""
     try:

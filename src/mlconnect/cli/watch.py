@@ -145,20 +145,7 @@ def compare(names: list[str] = typer.Argument(..., help="Two or more experiment 
     if as_json:
         print_json({"rows": rows, "best": best, "plot": str(plot) if plot else None})
         return
-    metrics = ["best_valid", "epochs", "wall_time_s", "throughput_tokens_per_s", "peak_gpu_mem_mb"]
-    metrics += sorted({k for r in rows for k in r if k.startswith("test/")})
-    # One column per config key that differs; "config." only where a key shares a name with a column.
-    label = {k: f"config.{k}" if k in {"name", "model", "dataset", *metrics} else k
-             for k in sorted({k for r in rows for k in r["config"]})}
-    cols = ["name", "model", "dataset", *label.values(), *metrics]
-    shown = []
-    for r in rows:
-        s = {c: r.get(c) for c in cols}
-        s.update({label[k]: v for k, v in r["config"].items()})
-        for c, who in best.items():
-            if who == r["name"]:
-                s[c] = f"{r[c]:.4g}*"
-        shown.append(s)
+    cols, shown = cmp.table_rows(rows, best)
     print_table(shown, cols, as_json=False, title="* marks the best value", key="name", transpose=True)
     if plot is not None:
         typer.echo(f"plot written to {plot}")
