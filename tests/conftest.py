@@ -66,3 +66,19 @@ def recbole_fixtures() -> Path:
     need_or_skip((d / "ml-100k-split.json").is_file(),
                  "RecBole fixtures not found: set MLCONNECT_TEST_FIXTURES or provide ../shared/fixtures/recbole")
     return d
+
+
+# Tests that need a trained model but not ml-100k itself (serving, ...) train on this, so a fresh clone
+# without ../shared runs them; ml-100k stays for the RecBole-equality tests. 300 users x 200 items,
+# 20k interactions: every user has >= 5 interactions and every item appears (ids "1".."200" all known).
+SYNTH_DATASET = {"n_users": 300, "n_items": 200, "n_interactions": 20_000, "seed": 5}
+
+
+@pytest.fixture(scope="session")
+def synth_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """``(data_path, dataset)`` of a small synthetic dataset (mlconnect.engine.synth), made once per session."""
+    from mlconnect.engine.synth import generate
+
+    data = tmp_path_factory.mktemp("synth-data")
+    generate(data, "synth", **SYNTH_DATASET)
+    return data, "synth"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -84,16 +85,36 @@ def compare_rows(runs: list[dict]) -> tuple[list[dict], dict[str, str]]:
     return rows, best
 
 
-def plot(runs: list[dict], out: Path, metric: str | None = None) -> Path:
-    """PNG of the valid metric (per epoch) and the training loss of every run on shared axes."""
+def table_rows(rows: list[dict], best: dict[str, str]) -> tuple[list[str], list[dict]]:
+    """Columns and rows for people: one column per config key that differs (``config.`` only where a key
+    shares a name with another column), the best value of each metric column marked with ``*``."""
+    metrics = ["best_valid", "epochs", "wall_time_s", "throughput_tokens_per_s", "peak_gpu_mem_mb"]
+    metrics += sorted({k for r in rows for k in r if k.startswith("test/")})
+    label = {k: f"config.{k}" if k in {"name", "model", "dataset", *metrics} else k
+             for k in sorted({k for r in rows for k in r["config"]})}
+    cols = ["name", "model", "dataset", *label.values(), *metrics]
+    shown = []
+    for r in rows:
+        s = {c: r.get(c) for c in cols}
+        s.update({label[k]: v for k, v in r["config"].items()})
+        for c, who in best.items():
+            if who == r["name"]:
+                s[c] = f"{r[c]:.4g}*"
+        shown.append(s)
+    return cols, shown
+
+
+def figure(runs: list[dict], metric: str | None = None) -> Any:
+    """The matplotlib figure: the valid metric per epoch (integer ticks) and the training loss per step."""
     try:
         import matplotlib
     except ImportError:
         raise MlconnectError("--plot needs matplotlib, which is not installed",
-                         "pip install 'mlconnect[plot]' (or pip install matplotlib)") from None
+                             "pip install 'mlconnect[plot]' (or pip install matplotlib)") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     metric = metric or runs[0]["results"].get("valid_metric")
@@ -112,14 +133,25 @@ def plot(runs: list[dict], out: Path, metric: str | None = None) -> Path:
             ev = acc.Scalars("train/loss")
             ax_l.plot([e.step for e in ev], [e.value for e in ev], label=r["name"])
     if not drawn:
+        plt.close(fig)
         raise ExperimentError(f"no valid/{metric} TensorBoard events in any of the experiments' logs/",
                               "pull the experiments with their logs, or pick another --metric")
     ax_v.set(title=f"valid {metric}", xlabel="epoch")
+    ax_v.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 1.2, 1.4 ticks
     ax_l.set(title="train loss", xlabel="step")
+    ax_l.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in (ax_v, ax_l):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
+    return fig
+
+
+def plot(runs: list[dict], out: Path, metric: str | None = None) -> Path:
+    """PNG of the valid metric (per epoch) and the training loss of every run on shared axes."""
+    fig = figure(runs, metric)  # first: it turns a missing matplotlib into one line
+    import matplotlib.pyplot as plt
+
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     plt.close(fig)

@@ -1,9 +1,17 @@
-"""Free ports on this machine's 127.0.0.1: tunnels pick local ports with these, services pick host ports."""
+"""Free ports on this machine's 127.0.0.1: tunnels pick local ports with these, services pick host ports.
+
+The one owner of "which port next": ``free_port_from`` is what both tunnels (laptop side) and services
+(host side) call; it says in one line which range was full, on which machine.
+"""
 
 from __future__ import annotations
 
 import socket
 import sys
+
+from mlconnect.errors import MlconnectError
+
+PORT_TRIES = 50  # ports tried from the wanted one up: enough for a few tunnels and stale services
 
 
 def port_free(port: int, *, reuse_addr: bool = False) -> bool:
@@ -18,9 +26,19 @@ def port_free(port: int, *, reuse_addr: bool = False) -> bool:
     return True
 
 
-def first_free_port(start: int, *, skip: set[int] | frozenset[int] = frozenset(), tries: int = 50) -> int | None:
+def first_free_port(start: int, *, skip: set[int] | frozenset[int] = frozenset(),
+                    tries: int = PORT_TRIES) -> int | None:
     """The first free port in ``start .. start + tries - 1`` not in ``skip``; None when all are taken."""
     return next((p for p in range(start, start + tries) if p not in skip and port_free(p)), None)
+
+
+def free_port_from(start: int, *, skip: set[int] | frozenset[int] = frozenset(), tries: int = PORT_TRIES,
+                   hint: str = "stop what uses them, or pass another --port") -> int:
+    """``first_free_port``, or a one-line error naming the range and this machine when all are taken."""
+    p = first_free_port(start, skip=skip, tries=tries)
+    if p is None:
+        raise MlconnectError(f"no free port in {start}-{start + tries - 1} on {socket.gethostname()}", hint)
+    return p
 
 
 def port_listening(port: int, timeout: float = 0.2) -> bool:

@@ -38,10 +38,10 @@ def _end_masters(control_dir) -> None:
     import contextlib
     import signal
 
-    from mlconnect.remote.ssh import _is_our_ssh, _socket_holders
+    from mlconnect.remote.master import is_our_ssh, socket_holders
 
     for sock in control_dir.glob("*") if control_dir.is_dir() else []:
-        for pid in _socket_holders(str(sock)):
-            if _is_our_ssh(pid):  # by the pid holding our socket, never by name
+        for pid in socket_holders(str(sock)):
+            if is_our_ssh(pid):  # by the pid holding our socket, never by name
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)

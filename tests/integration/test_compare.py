@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mlconnect.engine.synth import generate
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "MLCONNECT_HOST": "", "COLUMNS": "200"}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "MLCONNECT_HOST": "", "COLUMNS": "400"}
 
 
 def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
@@ -46,5 +46,10 @@ def test_compare_two_real_runs(tmp_path: Path) -> None:
     table = _cli(tmp_path, "compare", "a", "b").stdout
     line = next(ln for ln in table.splitlines() if ln.strip("│ ").startswith(better + " "))
     assert "*" in line
+    from mlconnect import compare as cmp
+
+    fig = cmp.figure([cmp.load_run(n, tmp_path) for n in "ab"])  # 2 epochs: ticks 1, 2, not 1.0, 1.2, ...
+    ticks = [t for t in fig.axes[0].get_xticks() if fig.axes[0].get_xlim()[0] <= t <= fig.axes[0].get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
     bad = _cli(tmp_path, "compare", "a", "nope")
     assert bad.returncode == 1 and "unknown experiment 'nope'" in bad.stderr

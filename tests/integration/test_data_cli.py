@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from support.grouplens import write_raw_ml100k
+
 REPO = Path(__file__).resolve().parents[2]
 MLCONNECT = Path(sys.executable).parent / "mlconnect"
 
@@ -24,19 +26,6 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("MLCONNECT_DEBUG", "MLCONNECT_MOVIELENS_URL")}
     env["COLUMNS"] = "200"
     return subprocess.run([*exe, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
-
-
-def _raw_ml100k(shared: Path, dest: Path, n_ratings: int) -> Path:
-    """GroupLens-layout u.data / u.item / u.user rebuilt from the RecBole files (first n ratings)."""
-    dest.mkdir(parents=True)
-    inter = (shared / "ml-100k.inter").read_text().splitlines()[1:n_ratings + 1]
-    (dest / "u.data").write_text("".join(line + "\n" for line in inter))
-    items = [line.split("\t") for line in (shared / "ml-100k.item").read_text().splitlines()[1:]]
-    genres = "|1" + "|0" * 18  # every movie "unknown": the genres are not what this test is about
-    (dest / "u.item").write_text("".join(f"{i}|{t} ({y})|01-Jan-{y}||url{genres}\n" for i, t, y, _ in items))
-    users = (shared / "ml-100k.user").read_text().splitlines()[1:]
-    (dest / "u.user").write_text("".join(line.replace("\t", "|") + "\n" for line in users))
-    return dest
 
 
 def _error_line(proc: subprocess.CompletedProcess[str]) -> str:
@@ -78,8 +67,8 @@ def test_synth_bad_numbers(tmp_path):
     assert not (tmp_path / "data" / "synthetic").exists()
 
 
-def test_import_movielens(datasets_dir, tmp_path):
-    raw = _raw_ml100k(datasets_dir / "ml-100k", tmp_path / "downloads" / "ml-100k", n_ratings=2000)
+def test_import_movielens(tmp_path):
+    raw = write_raw_ml100k(tmp_path / "downloads" / "ml-100k", n_ratings=2000)
     proc = _run("data", "import-movielens", str(raw), "--out", str(tmp_path / "data"), "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
@@ -119,8 +108,8 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def test_fetch_movielens_from_local_server(datasets_dir, tmp_path):
-    raw = _raw_ml100k(datasets_dir / "ml-100k", tmp_path / "src" / "ml-100k", n_ratings=500)
+def test_fetch_movielens_from_local_server(tmp_path):
+    raw = write_raw_ml100k(tmp_path / "src" / "ml-100k", n_ratings=500)
     www = tmp_path / "www"
     www.mkdir()
     with zipfile.ZipFile(www / "ml-100k.zip", "w") as zf:

@@ -19,6 +19,7 @@ from mlconnect.engine.movielens import (
     resolve_quickstart_dataset,
 )
 from mlconnect.errors import DataError, MlconnectError
+from support.grouplens import write_raw_ml100k
 
 # RecBole's own ml-100k.item has two rows its converter got wrong: item 267 ("unkonwn" title and
 # year where u.item says title "unknown", no date) and 1412 (year "V" from a "(1995) (V)" title).
@@ -170,10 +171,10 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 
 
 @pytest.fixture
-def server(tmp_path, datasets_dir):
-    """Serves ml-100k.zip (GroupLens layout, first 3000 ratings) and not-a-zip.zip from 127.0.0.1."""
+def server(tmp_path):
+    """Serves ml-100k.zip (GroupLens layout, 3000 ratings) and not-a-zip.zip from 127.0.0.1."""
     root = tmp_path / "www"
-    raw = _raw_ml100k(datasets_dir / "ml-100k", tmp_path / "zipsrc" / "ml-100k", n_ratings=3000)
+    raw = write_raw_ml100k(tmp_path / "zipsrc" / "ml-100k", n_ratings=3000)
     root.mkdir()
     with zipfile.ZipFile(root / "ml-100k.zip", "w", zipfile.ZIP_DEFLATED) as zf:
         for name in ("u.data", "u.item", "u.user", "u.genre"):
@@ -248,9 +249,9 @@ def test_quickstart_found_downloaded_synthetic(server, tmp_path):
     assert (tmp_path / "c" / "synthetic" / "synthetic.item").is_file()
 
 
-def test_grouplens_zip_unpacked_into_the_data_path(datasets_dir, tmp_path):
+def test_grouplens_zip_unpacked_into_the_data_path(tmp_path):
     # `unzip ml-100k.zip -d dataset/` leaves dataset/ml-100k/u.data: convert beside the raw files.
-    raw = _raw_ml100k(datasets_dir / "ml-100k", tmp_path / "dataset" / "ml-100k", n_ratings=1000)
+    raw = write_raw_ml100k(tmp_path / "dataset" / "ml-100k", n_ratings=1000)
     before = {p.name: p.read_bytes() for p in raw.iterdir()}
     got = resolve_quickstart_dataset(tmp_path / "dataset", allow_download=False)
     assert tuple(got) == (tmp_path / "dataset", "ml-100k", "found") and "converted" in got.reason

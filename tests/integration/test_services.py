@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -22,10 +23,11 @@ from types import SimpleNamespace
 import pytest
 from runs_support import wait_for
 
+from mlconnect.ports import port_listening
 from mlconnect.remote.ssh import resolve_target
 from mlconnect.runs import services
 from support.cli import ForegroundCli, cli_env
-from support.procs import gone, group_members, listen_addresses
+from support.procs import children, comm, gone, group_members, listen_addresses, wait_until
 from support.sshd import SshdHost, free_port
 
 pytestmark = pytest.mark.timeout(240)
@@ -125,15 +127,19 @@ def test_tensorboard_through_the_tunnel_reuse_restart_stop(box) -> None:
     with pytest.raises(OSError):
         get(f"http://127.0.0.1:{local}/", timeout=2)
 
-    # a second call reuses the same process
+    # a second call reuses the same process; SIGTERM (not only Ctrl-C) takes its ssh -N and port along
     fg = ForegroundCli(["tensorboard", *box.host, "--port", str(free_port()), "--json"], box.laptop)
     try:
         again = json.loads(fg.first_line())
         assert again["reused"] is True and again["pid"] == pid and again["remote_port"] == remote_port
         assert get(again["url"].replace("localhost", "127.0.0.1"))[0] == 200
         assert "already running" in fg.stderr()
+        (ssh_pid,) = [c for c in children(fg.proc.pid) if comm(c) == "ssh"]
     finally:
-        assert fg.stop() == 0
+        assert fg.stop(signal.SIGTERM) == 0
+    assert wait_until(lambda: gone(ssh_pid), 10)
+    assert wait_until(lambda: not port_listening(again["local_port"]), 5)
+    assert not gone(pid)  # the service on the box keeps running
 
     st = mlc(["status", *box.host, "--json"], box.laptop)
     assert st.returncode == 0, st.stderr

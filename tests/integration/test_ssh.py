@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from mlconnect.errors import RemoteError
-from mlconnect.remote.ssh import Target, _socket_holder, probe_master, resolve_target, wait_until
+from mlconnect.remote.ssh import Target, probe_master, resolve_target
+from support.procs import master_pid, wait_until
 from support.sshd import SshdHost, free_port, keygen
 
 
@@ -35,11 +36,11 @@ def test_round_trip_and_multiplexed_repeat(sshd_host: SshdHost) -> None:
     assert cp.stdout == "it's a $HOME test\n"  # quoting: nothing expanded by the remote shell
     assert t.run(["pwd"]).stdout.strip() == str(sshd_host.dir)
     assert probe_master(t.control_path())[0] == "ok"  # type: ignore[arg-type]
-    assert wait_until(lambda: _socket_holder(t.control_path()), 5)  # type: ignore[arg-type]
-    pid = _socket_holder(t.control_path())  # type: ignore[arg-type]
+    assert wait_until(lambda: master_pid(t.control_path()), 5)  # type: ignore[arg-type]
+    pid = master_pid(t.control_path())  # type: ignore[arg-type]
     t2 = _target(sshd_host)
     assert t2.run(["echo", "again"]).stdout == "again\n"
-    assert _socket_holder(t2.control_path()) == pid  # type: ignore[arg-type]  # same master reused
+    assert master_pid(t2.control_path()) == pid  # type: ignore[arg-type]  # same master reused
 
 
 def test_failing_command_carries_rc_and_stderr(sshd_host: SshdHost) -> None:
@@ -89,8 +90,8 @@ def test_wedged_master_is_bounded_and_recovers(sshd_host: SshdHost) -> None:
     t = _target(sshd_host)
     t.run(["true"])
     assert probe_master(t.control_path())[0] == "ok"  # type: ignore[arg-type]
-    assert wait_until(lambda: _socket_holder(t.control_path()), 5)  # type: ignore[arg-type]
-    pid = _socket_holder(t.control_path())  # type: ignore[arg-type]
+    assert wait_until(lambda: master_pid(t.control_path()), 5)  # type: ignore[arg-type]
+    pid = master_pid(t.control_path())  # type: ignore[arg-type]
     assert pid
     os.kill(pid, signal.SIGSTOP)
     try:

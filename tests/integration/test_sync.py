@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -43,11 +44,21 @@ def test_sync_excludes_dry_run_and_protects_experiments(sshd_host: SshdHost, tmp
     (remote / "experiments" / "exp_001").mkdir(parents=True)
     (remote / "experiments" / "exp_001" / "training.log").write_text("precious")
     (remote / "stale.py").write_text("old")
+    (remote / "src" / "gone").mkdir()
+    (remote / "src" / "gone" / "old_helper.py").write_text("old")
+    preview = _mlc(proj, sshd_host, "sync", "--delete", "--dry-run")  # names what it would delete
+    assert preview.returncode == 0, preview.stderr
+    assert "3 to delete" in preview.stderr, preview.stderr
+    for path in ("stale.py", "src/gone/", "src/gone/old_helper.py"):
+        assert f"would delete {path}\n" in preview.stderr, preview.stderr
+    assert "would delete experiments" not in preview.stderr  # protected: never listed, never deleted
+    assert (remote / "stale.py").exists()  # a dry run deletes nothing
     again = _mlc(proj, sshd_host, "sync", "--delete", "--json")
     assert again.returncode == 0, again.stderr
     assert '"files": 0' in again.stdout  # no change, nothing sent
     assert (remote / "experiments" / "exp_001" / "training.log").read_text() == "precious"
     assert not (remote / "stale.py").exists()  # --delete inside the tree only
+    assert sorted(json.loads(again.stdout)["deleted_paths"]) == ["src/gone/", "src/gone/old_helper.py", "stale.py"]
 
 
 def test_sync_watch_carries_a_change(sshd_host: SshdHost, tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Plain tunnels over a real loopback sshd: traffic flows, and a busy local port moves to the next one."""
+"""Plain tunnels over a real loopback sshd: traffic flows, a busy local port moves to the next one, and
+every way the command ends (Ctrl-C, SIGTERM, SIGHUP, SIGKILL) takes its ssh and its local port with it."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ import threading
 import urllib.request
 from pathlib import Path
 
-from mlconnect.remote.ssh import resolve_target, wait_until
+import pytest
+
+from mlconnect.ports import port_listening
+from mlconnect.remote.ssh import resolve_target
 from mlconnect.remote.tunnel import open_tunnel
-from support.procs import gone
+from support.procs import children, comm, gone, wait_until
 from support.sshd import SshdHost, free_port
 
 
@@ -41,11 +45,6 @@ def test_tunnel_forwards_and_skips_a_busy_port(sshd_host: SshdHost, tmp_path: Pa
         srv.shutdown()
 
 
-def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(x) for x in path.read_text().split()] if path.exists() else []
-
-
 def test_tunnel_redials_after_the_connection_drops(sshd_host: SshdHost, tmp_path: Path) -> None:
     """The laptop slept / Wi-Fi changed: ssh dies, the tunnel comes back on the same local port by itself."""
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
@@ -60,13 +59,13 @@ def test_tunnel_redials_after_the_connection_drops(sshd_host: SshdHost, tmp_path
         local = int(json.loads(proc.stdout.readline())[0]["local"].rsplit(":", 1)[1])
         with urllib.request.urlopen(f"http://127.0.0.1:{local}/", timeout=10) as r:
             assert r.status == 200
-        (ssh_pid,) = _children(proc.pid)
+        (ssh_pid,) = _ssh_children(proc.pid)
         os.kill(ssh_pid, signal.SIGKILL)  # the connection is gone, as after a sleep
         assert wait_until(lambda: any("reconnected" in line for line in err), 20), err
         assert any("dropped; reconnecting" in line for line in err)
         with urllib.request.urlopen(f"http://127.0.0.1:{local}/", timeout=10) as r:  # same port again
             assert r.status == 200
-        new_ssh = _children(proc.pid)
+        new_ssh = _ssh_children(proc.pid)
         assert new_ssh and ssh_pid not in new_ssh
     finally:
         proc.send_signal(signal.SIGINT)
@@ -74,3 +73,50 @@ def test_tunnel_redials_after_the_connection_drops(sshd_host: SshdHost, tmp_path
         srv.shutdown()
     assert rc == 0
     assert all(gone(p) for p in new_ssh)  # Ctrl-C closed the redialled tunnel too
+
+
+def _ssh_children(pid: int) -> list[int]:
+    return [c for c in children(pid) if comm(c) == "ssh"]
+
+
+@pytest.fixture
+def http_service():
+    """The "service on the host": an HTTP server on 127.0.0.1."""
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv.server_address[1]
+    srv.shutdown()
+
+
+@pytest.mark.parametrize(("sig", "guard"), [
+    pytest.param(signal.SIGINT, "pdeathsig", id="ctrl-c"),
+    pytest.param(signal.SIGTERM, "pdeathsig", id="sigterm"),
+    pytest.param(signal.SIGHUP, "pdeathsig", id="sighup-terminal-closed"),
+    # nothing runs in the command: the kernel ends its ssh (Linux)
+    pytest.param(signal.SIGKILL, "pdeathsig", id="sigkill-pdeathsig"),
+    # the portable guard (macOS): a watchdog sees our pipe close
+    pytest.param(signal.SIGKILL, "watchdog", id="sigkill-watchdog"),
+    pytest.param(signal.SIGTERM, "watchdog", id="sigterm-watchdog"),
+])
+def test_every_way_the_command_ends_takes_its_tunnel(sshd_host: SshdHost, tmp_path: Path, http_service: int,
+                                                     sig: signal.Signals, guard: str) -> None:
+    env = {**os.environ, "MLCONNECT_SSH_CONFIG": str(sshd_host.ssh_config), "MLCONNECT_HOST": "",
+           "MLCONNECT_TUNNEL_GUARD": guard}
+    proc = subprocess.Popen([sys.executable, "-m", "mlconnect", "tunnel", "--port", str(http_service),
+                             "--host", sshd_host.alias, "--json"], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        local = int(json.loads(proc.stdout.readline())[0]["local"].rsplit(":", 1)[1])
+        with urllib.request.urlopen(f"http://127.0.0.1:{local}/", timeout=10) as r:
+            assert r.status == 200
+        (ssh_pid,) = _ssh_children(proc.pid)
+        proc.send_signal(sig)
+        proc.wait(15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    assert wait_until(lambda: gone(ssh_pid), 10), f"ssh {ssh_pid} outlived the command ({sig.name}, {guard})"
+    assert wait_until(lambda: not port_listening(local), 5), f"port {local} still answers"
+    if sig != signal.SIGKILL:
+        assert proc.returncode == 0, proc.stderr.read()  # an orderly end, as for Ctrl-C

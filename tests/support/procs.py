@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
@@ -59,3 +60,42 @@ def listen_addresses(pids: Iterable[int]) -> set[tuple[str, int]]:
                     addr, port = f[1].split(":")
                     found.add((_decode(addr), int(port, 16)))
     return found
+
+
+def wait_until(pred: Callable[[], object], timeout: float, interval: float = 0.05) -> bool:
+    """Poll ``pred()`` until it is truthy or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(interval)
+    return bool(pred())
+
+
+def master_pid(control_path: str) -> int | None:
+    """The ssh control master among the holders of its socket: the one whose parent is not a holder too
+    (ControlPersist daemonized it)."""
+    from mlconnect.remote.master import socket_holders
+
+    holders = socket_holders(control_path)
+    for pid in holders:
+        try:
+            ppid = int(_stat_fields(pid)[1])
+        except (OSError, ValueError, IndexError):
+            return pid
+        if ppid not in holders:
+            return pid
+    return holders[0] if holders else None
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (Linux)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""

@@ -46,17 +46,25 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def print_table(rows: list[dict], columns: list[str], *, as_json: bool, title: str | None = None) -> None:
-    """A table for people, or (``as_json``) a JSON list of the same rows with the same fields."""
+def print_table(rows: list[dict], columns: list[str], *, as_json: bool, title: str | None = None,
+                key: str | None = None, transpose: bool = False) -> None:
+    """A table for people, fitted to the terminal (``cli.tablefit``: ``key`` always stays, ``transpose``
+    allows fields as rows), or (``as_json``) a JSON list of the same rows with every field."""
     if as_json:
         sys.stdout.write(json.dumps([{c: r.get(c) for c in columns} for r in rows], default=str) + "\n")
         return
+    from mlconnect.cli.tablefit import fit_table
+
+    cells = [{c: _cell(r.get(c)) for c in columns} for r in rows]
+    fitted = fit_table(cells, columns, console.width, key=key, allow_transpose=transpose)
     table = Table(title=title, show_lines=False, header_style="bold")
-    for c in columns:
-        table.add_column(c)
-    for r in rows:
-        table.add_row(*(_cell(r.get(c)) for c in columns))
+    for c in fitted.columns:
+        table.add_column(c, overflow="fold")  # a cell that still cannot fit wraps, it is never cut
+    for r in fitted.rows:
+        table.add_row(*(r.get(c, "") for c in fitted.columns))
     console.print(table)
+    for note in fitted.notes:
+        console.print(note, markup=False, highlight=False)  # wrapped at the terminal width too
 
 
 def print_json(obj: Any) -> None:

@@ -57,13 +57,17 @@ def sync(
     def once() -> None:
         r = sync_project(target, src, dry_run=dry_run, checksum=checksum, delete=delete)
         fields = {"host": target.name, "remote_root": target.remote_root, "files": r.files, "bytes": r.bytes,
-                  "deleted": r.deleted, "dry_run": r.dry_run, "seconds": round(r.seconds, 3)}
+                  "deleted": r.deleted, "deleted_paths": r.deleted_paths, "dry_run": r.dry_run,
+                  "seconds": round(r.seconds, 3)}
         if as_json:
             print_json(fields)
         else:
             verb = "would send" if dry_run else "sent"
             info(f"{verb} {r.files} files ({r.bytes / 1e6:.2f} MB) to {target.name}:{target.remote_root}"
-                 + (f", {r.deleted} deleted" if r.deleted else "") + f" in {r.seconds:.2f} s")
+                 + (f", {r.deleted} {'to delete' if dry_run else 'deleted'}" if r.deleted else "")
+                 + f" in {r.seconds:.2f} s")
+            for path in r.deleted_paths:  # which files, not only how many: a dry run is for reading
+                info(f"  {'would delete' if dry_run else 'deleted'} {path}")
 
     once()
     if watch:

@@ -76,20 +76,16 @@ def run_service(service: str, experiment: str | None, *, host: str | None, ssh_c
         _announce(service, res, local_port=None, moved_from=None, where=where, as_json=as_json)
         info(f"forward it with `mlconnect tunnel --port {res['port']} --host {target.name}`")
         return
-    from mlconnect.remote.tunnel import hold_tunnel, open_tunnel
+    from mlconnect.remote.tunnel import Tunnel, run_tunnel
 
-    tun = open_tunnel(target, [int(res["port"])], [port])
-    local = tun.pairs[0][0]
-    try:
+    def announce(t: Tunnel) -> None:
+        local = t.pairs[0][0]
         _announce(service, res, local_port=local, moved_from=port if local != port else None, where=where,
                   as_json=as_json)
         info(f"Ctrl-C closes the tunnel; {service} keeps running on {target.name} "
              f"(`mlconnect {service} --stop --host {target.name}` ends it)")
-        hold_tunnel(target, tun, info)  # redials after a dropped connection; closes the tunnel at the end
-    except KeyboardInterrupt:
-        pass
-    finally:
-        tun.close()
+
+    run_tunnel(target, [int(res["port"])], [port], on_open=announce, log=info)
 
 
 def _call(target: Any, verb: str, service: str, *, experiment: str | None = None,

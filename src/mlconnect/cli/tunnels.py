@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import typer
 
 from mlconnect.cli.common import HostOpt, JsonOpt, SshConfigOpt, info, print_json, target_from
@@ -21,17 +19,18 @@ def tunnel(
 ) -> None:
     """Forward host ports to this machine's 127.0.0.1 (the same port, or the next free one); Ctrl-C closes."""
     from mlconnect.errors import UsageError
-    from mlconnect.remote.tunnel import hold_tunnel, open_tunnel
+    from mlconnect.remote.tunnel import Tunnel, run_tunnel
 
     target = target_from(host, ssh_config)
     if target.is_local:
         raise UsageError("no host: the services are already on this machine", "pass --host NAME")
-    t = open_tunnel(target, list(port))
-    rows = [{"local": f"http://127.0.0.1:{lp}", "remote_port": rp} for lp, rp in t.pairs]
-    if as_json:
-        print_json(rows)
-    for r in rows:
-        info(f"{r['local']}  ->  {target.name}:127.0.0.1:{r['remote_port']}")
-    info("Ctrl-C closes the tunnel (it reconnects by itself after a dropped connection)")
-    with contextlib.suppress(KeyboardInterrupt):
-        hold_tunnel(target, t, info)
+
+    def announce(t: Tunnel) -> None:
+        rows = [{"local": f"http://127.0.0.1:{lp}", "remote_port": rp} for lp, rp in t.pairs]
+        if as_json:
+            print_json(rows)
+        for r in rows:
+            info(f"{r['local']}  ->  {target.name}:127.0.0.1:{r['remote_port']}")
+        info("Ctrl-C closes the tunnel (it reconnects by itself after a dropped connection)")
+
+    run_tunnel(target, list(port), None, on_open=announce, log=info)

@@ -123,7 +123,7 @@ def ls(as_json: bool = JsonOpt) -> None:
         rows.append({"name": d.name, "model": v["model"], "dataset": v["dataset"], "state": v["state"],
                      "best_metric": v["valid_metric"], "best_value": v["best_valid"], "date": date})
     print_table(rows, ["name", "model", "dataset", "state", "best_metric", "best_value", "date"],
-                as_json=as_json, title=None if as_json else f"experiments in {base}")
+                as_json=as_json, title=None if as_json else f"experiments in {base}", key="name")
 
 
 def compare(names: list[str] = typer.Argument(..., help="Two or more experiment names."),
@@ -145,18 +145,8 @@ def compare(names: list[str] = typer.Argument(..., help="Two or more experiment 
     if as_json:
         print_json({"rows": rows, "best": best, "plot": str(plot) if plot else None})
         return
-    cols = ["name", "model", "dataset", "config", "best_valid", "epochs", "wall_time_s",
-            "throughput_tokens_per_s", "peak_gpu_mem_mb"]
-    cols += sorted({k for r in rows for k in r if k.startswith("test/")})
-    shown = []
-    for r in rows:
-        s = {c: r.get(c) for c in cols}
-        s["config"] = " ".join(f"{k}={v}" for k, v in r["config"].items()) or "-"
-        for c, who in best.items():
-            if who == r["name"]:
-                s[c] = f"{r[c]:.4g}*"
-        shown.append(s)
-    print_table(shown, cols, as_json=False, title="* best in column")
+    cols, shown = cmp.table_rows(rows, best)
+    print_table(shown, cols, as_json=False, title="* marks the best value", key="name", transpose=True)
     if plot is not None:
         typer.echo(f"plot written to {plot}")
 

@@ -28,7 +28,8 @@ from typing import Any
 import mlconnect
 from mlconnect import __version__
 from mlconnect.errors import MlconnectError, RemoteError
-from mlconnect.remote.ssh import Target, classify_command_failure, classify_ssh_failure
+from mlconnect.remote.failures import classify_command_failure, classify_ssh_failure
+from mlconnect.remote.ssh import Target
 from mlconnect.remote.wheel import build_wheel, find_source_root, last_error
 
 DEFAULT_VENV = "~/.mlconnect/venv"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlconnect.errors import RemoteError
@@ -29,6 +29,7 @@ class SyncResult:
     deleted: int
     dry_run: bool
     seconds: float
+    deleted_paths: list[str] = field(default_factory=list)  # host paths (relative) removed, or that would be
 
 
 def rsync_argv(target: Target, src: Path, *, dry_run: bool = False, checksum: bool = False,
@@ -60,8 +61,12 @@ def parse_stats(stdout: str) -> tuple[int, int, int]:
     """(files transferred, their bytes, deletions) from --stats and --itemize-changes output."""
     files = _stat(r"Number of (?:regular )?files transferred: ([\d,.]+)", stdout)
     size = _stat(r"Total transferred file size: ([\d,.]+)", stdout)
-    deleted = sum(1 for ln in stdout.splitlines() if ln.startswith("*deleting"))
-    return files, size, deleted
+    return files, size, len(deleted_paths(stdout))
+
+
+def deleted_paths(stdout: str) -> list[str]:
+    """The paths --itemize-changes lists as ``*deleting   path`` (folders end in ``/``), in rsync's order."""
+    return [ln[len("*deleting"):].strip() for ln in stdout.splitlines() if ln.startswith("*deleting")]
 
 
 def sync_project(target: Target, src: Path, *, dry_run: bool = False, checksum: bool = False,
@@ -79,7 +84,7 @@ def sync_project(target: Target, src: Path, *, dry_run: bool = False, checksum: 
                               "install it (macOS has it; Linux: `sudo apt-get install rsync`)") from None
         if cp.returncode == 0:
             files, size, deleted = parse_stats(cp.stdout)
-            return SyncResult(files, size, deleted, dry_run, time.monotonic() - start)
+            return SyncResult(files, size, deleted, dry_run, time.monotonic() - start, deleted_paths(cp.stdout))
         if "command not found" in cp.stderr or cp.returncode == 127:
             raise RemoteError(f"rsync is not installed on {target.name}",
                               "install it there: `sudo apt-get install -y rsync`",

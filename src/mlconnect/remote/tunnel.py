@@ -1,27 +1,64 @@
 """SSH local forwards: ``-L 127.0.0.1:<local>:127.0.0.1:<remote>``, next free port when busy.
 
 A tunnel gets its own connection (ControlMaster=no) so that its lifetime is our foreground process:
-Ctrl-C closes exactly this forward, never the shared master or the service on the host.
+closing it ends exactly this forward, never the shared master or the service on the host.
+
+Every way the foreground command ends takes its ``ssh -N`` with it, or the local port would keep
+answering for a command that is gone: Ctrl-C, SIGTERM and SIGHUP (terminal closed) unwind through
+``Tunnel.close`` (``signals_interrupt``); the parent's SIGKILL cannot be caught, so the ssh child is
+guarded from outside: on Linux the kernel sends it SIGTERM when we die (``PR_SET_PDEATHSIG``); elsewhere
+(macOS) a tiny watchdog holding a pipe from us sees EOF when we die, however we die, and ends the ssh.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import itertools
+import os
+import signal
 import subprocess
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from mlconnect.errors import RemoteError
-from mlconnect.ports import first_free_port, port_listening
-from mlconnect.remote.ssh import Target, classify_ssh_failure
+from mlconnect.ports import free_port_from, port_listening
+from mlconnect.remote.failures import classify_ssh_failure
+from mlconnect.remote.ssh import Target
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# The watchdog: blocks on our pipe; EOF means we are gone. It only kills a process that is still an ssh
+# (checked by name for that pid), so a recycled pid is never hit.
+_WATCHDOG_SH = 'read _; case "$(ps -o comm= -p "$1" 2>/dev/null)" in *ssh) kill -TERM "$1";; esac'
 
 
-def next_free_port(start: int, tries: int = 50, skip: set[int] | None = None) -> int:
-    p = first_free_port(start, skip=skip or set(), tries=tries)
-    if p is not None:
-        return p
-    raise RemoteError(f"no free local port in {start}-{start + tries - 1}", "close what uses them or pass --port")
+def guard_mode() -> str:
+    """``pdeathsig`` on Linux, ``watchdog`` elsewhere; MLCONNECT_TUNNEL_GUARD picks one (tests cover both)."""
+    mode = os.environ.get("MLCONNECT_TUNNEL_GUARD", "")
+    if mode in ("pdeathsig", "watchdog"):
+        return mode
+    return "pdeathsig" if sys.platform.startswith("linux") else "watchdog"
+
+
+def _pdeathsig_preexec() -> Callable[[], None]:
+    """A preexec_fn that makes the kernel SIGTERM the child when this process dies.
+
+    prctl is resolved here, before the fork: the child only calls it. PDEATHSIG follows the *thread*
+    that forked, so tunnels are opened from the thread that holds them (the CLI's main thread).
+    """
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # we died between fork and prctl: nobody is left to forward for
+            os._exit(1)
+
+    return preexec
 
 
 def forward_argv(target: Target, pairs: list[tuple[int, int]]) -> list[str]:
@@ -38,8 +75,16 @@ def forward_argv(target: Target, pairs: list[tuple[int, int]]) -> list[str]:
 class Tunnel:
     proc: subprocess.Popen
     pairs: list[tuple[int, int]]  # (local, remote)
+    watchdog: subprocess.Popen | None = None
 
     def close(self) -> None:
+        if self.watchdog is not None:  # first: once we reap the ssh its pid may be reused
+            with contextlib.suppress(OSError):
+                self.watchdog.kill()
+            self.watchdog.wait(5)
+            if self.watchdog.stdin:
+                with contextlib.suppress(OSError):
+                    self.watchdog.stdin.close()
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -49,30 +94,46 @@ class Tunnel:
                 self.proc.wait(5)
 
 
+def _spawn(argv: list[str]) -> Tunnel:
+    mode = guard_mode()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=_pdeathsig_preexec() if mode == "pdeathsig" else None)
+    watchdog = None
+    if mode == "watchdog":
+        # Its own session: a closed terminal's SIGHUP must not end the watchdog before it has acted.
+        watchdog = subprocess.Popen(["/bin/sh", "-c", _WATCHDOG_SH, "mlconnect-tunnel-guard", str(proc.pid)],
+                                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, start_new_session=True)
+    return Tunnel(proc, [], watchdog)
+
+
 def open_tunnel(target: Target, remote_ports: list[int], local_ports: list[int] | None = None,
                 timeout: float = 15) -> Tunnel:
     """Forward each remote port (on the host's 127.0.0.1) to a local port: the wanted one or the next free."""
     wanted = local_ports or remote_ports
     for _attempt in range(5):  # a port can be taken between our check and ssh's bind: pick again
-        pairs, used = [], set()
+        pairs: list[tuple[int, int]] = []
+        used: set[int] = set()
         for want, remote in zip(wanted, remote_ports):
-            p = next_free_port(want, skip=used)
+            p = free_port_from(want, skip=used, hint="close what uses them or pass --port")
             used.add(p)
             pairs.append((p, remote))
         argv = forward_argv(target, pairs)
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+        tun = _spawn(argv)
+        tun.pairs = pairs
+        proc = tun.proc
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 break
             if all(port_listening(lp) for lp, _ in pairs):
-                return Tunnel(proc, pairs)
+                return tun
             time.sleep(0.05)
         if proc.poll() is None:
-            proc.kill()
+            tun.close()
             raise RemoteError(f"the tunnel to {target.name} did not come up within {timeout:g} s",
                               f"check the connection with `ssh {target.name} true`")
+        tun.close()  # ends the watchdog
         err = proc.stderr.read() if proc.stderr else ""
         if "Address already in use" in err or "cannot listen" in err:
             continue
@@ -83,29 +144,65 @@ def open_tunnel(target: Target, remote_ports: list[int], local_ports: list[int] 
     raise RemoteError("could not bind a local port for the tunnel", "close other tunnels or pass --port")
 
 
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def signals_interrupt(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
+    """SIGTERM / SIGHUP raise KeyboardInterrupt while inside, so cleanup runs as for Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread can set handlers; the kernel-side guard still holds
+        return
+    old = {s: signal.signal(s, _raise_interrupt) for s in signums}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 def hold_tunnel(target: Target, tunnel: Tunnel, log: Callable[[str], None],
                 backoff: tuple[float, ...] = (0.5, 1, 2, 4, 8, 15)) -> None:
-    """Keep ``tunnel``'s forwards up until Ctrl-C (KeyboardInterrupt propagates; the tunnel is closed).
+    """Keep ``tunnel``'s forwards up until Ctrl-C, SIGTERM or SIGHUP (KeyboardInterrupt propagates; the
+    tunnel is closed).
 
     When its ssh ends (the laptop slept, Wi-Fi changed, the box rebooted) it is redialled with backoff
     on the same local ports, so an open browser tab carries on; a port taken meanwhile moves, and says so.
     """
     current = tunnel
     try:
-        while True:
-            while current.proc.poll() is None:
-                time.sleep(0.5)
-            log(f"the tunnel to {target.name} dropped; reconnecting")
-            wanted = current.pairs
-            for attempt in itertools.count():
-                try:
-                    current = open_tunnel(target, [r for _, r in wanted], [lp for lp, _ in wanted])
-                    break
-                except RemoteError as exc:
-                    delay = backoff[min(attempt, len(backoff) - 1)]
-                    log(f"reconnect failed ({exc.message}); retrying in {delay:g} s")
-                    time.sleep(delay)
-            moved = [f"{old} -> {new}" for (old, _), (new, _) in zip(wanted, current.pairs) if old != new]
-            log(f"reconnected to {target.name}" + (f" (local port moved: {', '.join(moved)})" if moved else ""))
+        with signals_interrupt():
+            while True:
+                while current.proc.poll() is None:
+                    time.sleep(0.5)
+                current.close()  # ends its watchdog
+                log(f"the tunnel to {target.name} dropped; reconnecting")
+                wanted = current.pairs
+                for attempt in itertools.count():
+                    try:
+                        current = open_tunnel(target, [r for _, r in wanted], [lp for lp, _ in wanted])
+                        break
+                    except RemoteError as exc:
+                        delay = backoff[min(attempt, len(backoff) - 1)]
+                        log(f"reconnect failed ({exc.message}); retrying in {delay:g} s")
+                        time.sleep(delay)
+                moved = [f"{old} -> {new}" for (old, _), (new, _) in zip(wanted, current.pairs) if old != new]
+                log(f"reconnected to {target.name}"
+                    + (f" (local port moved: {', '.join(moved)})" if moved else ""))
     finally:
         current.close()
+
+
+def run_tunnel(target: Target, remote_ports: list[int], local_ports: list[int] | None, *,
+               on_open: Callable[[Tunnel], None], log: Callable[[str], None]) -> None:
+    """A foreground tunnel, as ``tunnel``, ``tensorboard`` and ``jupyter`` hold one: open the forwards,
+    ``on_open(tunnel)`` (say where they are), hold them (redialling) until Ctrl-C, SIGTERM or SIGHUP, then
+    return; the tunnel is closed however this ends, an error included."""
+    with contextlib.suppress(KeyboardInterrupt), signals_interrupt():
+        tunnel = open_tunnel(target, remote_ports, local_ports)
+        try:
+            on_open(tunnel)
+            hold_tunnel(target, tunnel, log)
+        finally:
+            tunnel.close()

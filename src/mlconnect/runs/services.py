@@ -37,7 +37,7 @@ from pathlib import Path
 from mlconnect.errors import MlconnectError
 from mlconnect.fileio import atomic_write_json, read_json
 from mlconnect.layout import EXPERIMENTS_DIR
-from mlconnect.ports import first_free_port, port_listening
+from mlconnect.ports import free_port_from, port_listening
 
 SERVICES = ("tensorboard", "jupyter")
 DEFAULT_PORTS = {"tensorboard": 6006, "jupyter": 8888}
@@ -116,14 +116,6 @@ def _pid_is_ours(rec: dict) -> bool:
         return False
     cmd = process_cmdline(pid)
     return cmd is not None and marker in cmd.split()
-
-
-def free_port_from(start: int, skip: set[int] | None = None) -> int:
-    p = first_free_port(start, skip=skip or set(), tries=PORT_TRIES)
-    if p is not None:
-        return p
-    raise ServiceError(f"no free port in {start}-{start + PORT_TRIES - 1} on {socket.gethostname()}",
-                       "stop what uses them, or pass another --port")
 
 
 def answers_http(port: int, timeout: float = 1.0) -> bool:
@@ -274,7 +266,7 @@ def _spawn(root: Path, service: str, target_dir: Path, first_port: int, python: 
     log = log_path(root, service)
     tried: set[int] = set()
     for _attempt in range(BIND_RETRIES):
-        port = free_port_from(first_port, tried)
+        port = free_port_from(first_port, skip=tried, tries=PORT_TRIES)
         tried.add(port)
         marker = f"{MARKER}{uuid.uuid4().hex[:12]}"
         env = dict(os.environ, PYTHONUNBUFFERED="1")

@@ -16,206 +16,34 @@ thread owns the model.
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
 import logging
-import math
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlconnect.serving.batcher import Batcher, Overloaded
+from mlconnect.serving.guards import ApiKeyMiddleware, BodyLimitMiddleware
+from mlconnect.serving.schemas import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_ITEMS,
+    MAX_K,
+    BatchRequest,
+    BatchResponse,
+    Health,
+    ModelInfo,
+    RecommendRequest,
+    RecommendResponse,
+    _error,
+    _json,
+)
 
 log = logging.getLogger("mlconnect.serving")
-
-DEFAULT_MAX_BATCH = 64          # requests in one POST /recommend/batch, and sequences per forward
-DEFAULT_MAX_ITEMS = 1000        # ids in one `items` sequence (the model reads the last max_len)
-DEFAULT_MAX_BODY_BYTES = 1 << 20
-MAX_K = 100
-
-ItemId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
-
-
-# -- request / response models (they also make the OpenAPI schema) ------------------------------
-
-class RecommendRequest(BaseModel):
-    """Exactly one of ``user_id`` (use that user's whole history) or ``items`` (a sequence)."""
-
-    # Numbers are accepted as ids (`{"user_id": 196}`): raw ids are strings in RecBole files.
-    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
-
-    user_id: ItemId | None = Field(None, description="A user of the training data (raw id).")
-    items: list[ItemId] | None = Field(None, min_length=1,
-                                       description="Raw item ids in time order, oldest first.")
-    # Strict: `"k": true` or `"exclude_seen": "yes"` are mistakes to report, not to coerce.
-    k: int = Field(10, ge=1, le=MAX_K, strict=True, description="How many items to return.")
-    exclude_seen: bool = Field(True, strict=True, description="Leave out items already in the sequence.")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> RecommendRequest:
-        if (self.user_id is None) == (self.items is None):
-            raise ValueError("give exactly one of user_id or items")
-        return self
-
-
-class BatchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    requests: list[RecommendRequest] = Field(min_length=1)
-
-
-class ScoredItem(BaseModel):
-    item_id: str
-    score: float
-    metadata: dict[str, Any] | None = Field(None, description="Fields of the .item file (details=true).")
-
-
-class RecommendResponse(BaseModel):
-    items: list[ScoredItem]
-    model: str
-    experiment: str
-
-
-class BatchResponse(BaseModel):
-    results: list[RecommendResponse]
-
-
-class Health(BaseModel):
-    status: str = Field(description="ok, loading or failed")
-    experiment: str
-    error: str | None = None
-
-
-class ModelInfo(BaseModel):
-    experiment: str
-    model: str
-    dataset: str
-    metrics: dict[str, Any]
-    created: str | None
-    n_items: int
-    device: str
-    max_batch: int
-    max_items: int
-
-
-# -- responses -----------------------------------------------------------------------------------
-
-def _finite(obj: Any) -> Any:
-    """NaN/inf (a diverged checkpoint, a metric that could not be computed) become null: JSON has none."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
-    # ensure_ascii: a lone surrogate echoed back from the input must not make encoding fail (500).
-    try:
-        data = json.dumps(body, ensure_ascii=True, separators=(",", ":"), allow_nan=False, default=str)
-    except ValueError:
-        data = json.dumps(_finite(body), ensure_ascii=True, separators=(",", ":"), default=str)
-    return Response(data, status_code=status, media_type="application/json", headers=headers)
-
-
-def _error(loc: list[Any], msg: str, kind: str, value: Any = None) -> dict[str, Any]:
-    # The same shape as FastAPI's own validation errors, so clients parse one format.
-    return {"type": kind, "loc": loc, "msg": msg, "input": value}
-
-
-class _Rejected(Exception):
-    """A request that passed the schema but not the model's vocabulary or the server's limits."""
-
-    def __init__(self, errors: list[dict[str, Any]]) -> None:
-        self.errors = errors
-
-
-# -- ASGI guards ---------------------------------------------------------------------------------
-
-async def _send_json(send: Send, status: int, body: dict[str, Any], extra: list[tuple[bytes, bytes]]) -> None:
-    data = json.dumps(body).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()), *extra]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": data})
-
-
-class ApiKeyMiddleware:
-    """Every request must carry ``X-API-Key``; compared in constant time."""
-
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
-        self.app, self.key = app, api_key.encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            given = next((v for k, v in scope["headers"] if k == b"x-api-key"), b"")
-            if not hmac.compare_digest(given, self.key):
-                what = "wrong" if given else "missing"
-                await _send_json(send, 401, {"detail": f"{what} API key: send it in the X-API-Key header"},
-                                 [(b"www-authenticate", b"ApiKey")])
-                return
-        await self.app(scope, receive, send)
-
-
-class BodyLimitMiddleware:
-    """413 for bodies over ``limit`` bytes: by Content-Length up front, and by counting as they stream.
-
-    The whole body is read here (it is small: the limit is a megabyte) and replayed to the app, so
-    a chunked upload that grows past the limit is refused before any handler sees it.
-    """
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
-            await self.app(scope, receive, send)
-            return
-        too_big = {"detail": f"request body is larger than {self.limit} bytes: send fewer or shorter "
-                             f"sequences, or split the batch"}
-        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-        if declared is not None:
-            try:
-                size = int(declared)
-            except ValueError:
-                await _send_json(send, 400, {"detail": "Content-Length is not a number"},
-                                 [(b"connection", b"close")])
-                return
-            if size > self.limit:
-                await _send_json(send, 413, too_big, [(b"connection", b"close")])
-                return
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            total += len(chunk)
-            if total > self.limit:
-                await _send_json(send, 413, too_big, [(b"connection", b"close")])
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body, replayed = b"".join(chunks), False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # afterwards: wait for the disconnect, as the server would
-
-        await self.app(scope, replay, send)
 
 
 # -- the model, loaded in the background ---------------------------------------------------------

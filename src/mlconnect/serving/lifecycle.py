@@ -1,0 +1,175 @@
+"""Serving an experiment on this machine: checks, the listening socket, uvicorn until stopped.
+
+Binds before uvicorn starts (a busy port is one line), loads the best checkpoint weights-only,
+answers until Ctrl-C or SIGTERM, then finishes in-flight requests and stops (uvicorn's graceful
+shutdown). Started by ``serving.hosted`` on a host, it prints ``PORT_MARK`` + where it listens as its
+first stdout line and stops when its stdin closes.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from mlconnect.errors import ExperimentError, MlconnectError, UsageError
+from mlconnect.layout import experiment_paths
+
+DEVICES = ("cpu", "cuda", "mps")
+DEFAULT_KEY_ENV = "MLCONNECT_API_KEY"
+PORT_MARK = "mlconnect-serve: "  # the host side's first stdout line: where it listens, its pid
+
+
+def check_experiment(name: str) -> Any:
+    """The experiment folder, or a one-line error saying what is missing."""
+    paths = experiment_paths(name)
+    if not paths.root.is_dir():
+        raise ExperimentError(f"no experiment {name!r} at {paths.root}",
+                              "check the name (ls experiments/) or train one with `mlconnect train`")
+    if not paths.config.is_file():
+        raise ExperimentError(f"{paths.root} has no config.yaml", "is this an experiment folder?")
+    if not (paths.checkpoint("best").is_file() or paths.checkpoint("last").is_file()):
+        raise ExperimentError(f"{paths.root} has no checkpoint yet",
+                              "wait for the first epoch to finish, or `mlconnect pull` it from the box")
+    if not paths.vocab.is_file():
+        raise ExperimentError(f"{paths.vocab} is missing", "the id map is written with the first checkpoint")
+    return paths
+
+
+def check_device(device: str) -> None:
+    if device not in DEVICES:
+        raise UsageError(f"unknown device {device!r}", f"use one of {', '.join(DEVICES)}")
+    if device == "cpu":
+        return
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise MlconnectError("CUDA is not available on this machine",
+                             "use --device cpu, or serve on the GPU box with --host")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise MlconnectError("MPS is not available on this machine", "use --device cpu")
+
+
+def read_api_key(api_key_env: str | None) -> str | None:
+    """``--api-key-env VAR`` must name a set variable; otherwise MLCONNECT_API_KEY if set; else none."""
+    if api_key_env:
+        key = os.environ.get(api_key_env, "")
+        if not key:
+            raise UsageError(f"--api-key-env {api_key_env}: that environment variable is empty or unset",
+                             f"export {api_key_env}=<a long random key> first")
+        return key
+    return os.environ.get(DEFAULT_KEY_ENV) or None
+
+
+def bind_socket(bind: str, port: int) -> socket.socket:
+    """Bind before uvicorn starts, so a busy port is one clear error line rather than a log record."""
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    # proto=IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted sockets only when the proto
+    # says TCP. Without it, Nagle holds the response body behind its headers until the client's
+    # delayed ACK: 40 ms per request on loopback.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((bind, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise MlconnectError(f"port {port} on {bind} is already in use",
+                                 "stop the other server or pick another --port") from None
+        raise MlconnectError(f"cannot listen on {bind}:{port}: {exc.strerror}",
+                             "use --bind 127.0.0.1 and a port above 1024") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _is_loopback(bind: str) -> bool:
+    try:
+        return ipaddress.ip_address(bind).is_loopback
+    except ValueError:
+        return bind == "localhost"
+
+
+def require_serve_extra() -> None:
+    """fastapi and uvicorn are the `serve` extra, not base dependencies: one line instead of a traceback."""
+    import importlib.util
+
+    missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MlconnectError(f"serving needs {' and '.join(missing)}, which {sys.executable} does not have",
+                             "pip install 'mlconnect[serve]' (`mlconnect bootstrap` installs it on a host)")
+
+
+def _to_stderr(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def serve_local(name: str, *, bind: str, port: int, device: str, api_key: str | None, max_batch: int,
+                max_items: int, max_body_bytes: int, batch_wait_ms: float, access_log: bool,
+                stop_on_stdin_eof: bool = False, log: Callable[[str], None] = _to_stderr) -> None:
+    """Serve experiment ``name`` on this machine until stopped; raises if the model cannot load."""
+    require_serve_extra()
+    paths = check_experiment(name)
+    check_device(device)
+    sock = bind_socket(bind, port)
+    port = sock.getsockname()[1]  # --port 0: the one the kernel picked
+    if stop_on_stdin_eof:  # tell serve_remote on the laptop where to forward to
+        import json
+
+        sys.stdout.write(PORT_MARK + json.dumps({"port": port, "pid": os.getpid()}) + "\n")
+        sys.stdout.flush()
+
+    import torch
+    import uvicorn
+
+    from mlconnect.serving.app import create_app
+
+    if device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # Leave a core to the event loop that parses HTTP: on the 2-core benchmark box one intra-op
+        # thread gives a lower p50 and more req/s than two (benchmarks/serve_bench.py --threads).
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+
+    load_error: list[str] = []
+    server: uvicorn.Server | None = None
+
+    def failed(reason: str) -> None:
+        load_error.append(reason)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(paths.root, device=device, api_key=api_key, max_batch=max_batch,
+                     max_body_bytes=max_body_bytes, max_items=max_items, batch_wait_ms=batch_wait_ms,
+                     on_load_error=failed)
+    # http/loop "auto": httptools and uvloop when installed (faster), h11 and asyncio otherwise.
+    config = uvicorn.Config(app, log_level="info", access_log=access_log, timeout_graceful_shutdown=10,
+                            lifespan="on", server_header=False)
+    server = uvicorn.Server(config)
+    if not _is_loopback(bind):
+        warn = "" if api_key else " without an API key (--api-key-env): anyone who can reach it can query it"
+        log(f"warning: listening on {bind}, not loopback{warn}")
+    if stop_on_stdin_eof:
+        threading.Thread(target=_stop_on_eof, args=(server,), daemon=True).start()
+    log(f"serving {paths.name} on http://{bind}:{port} (device {device}); Ctrl-C to stop")
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    if load_error:
+        raise ExperimentError(f"could not load {paths.name}: {load_error[0]}",
+                              "retrain it or pull a complete copy (`mlconnect pull`)")
+
+
+def _stop_on_eof(server: Any) -> None:
+    """Remote mode: the laptop's ssh closed our stdin (Ctrl-C, lost network): shut down gracefully."""
+    try:
+        while sys.stdin.buffer.read(4096):
+            pass
+    except OSError:
+        pass
+    server.should_exit = True
