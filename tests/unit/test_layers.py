@@ -14,8 +14,9 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[2] / "src"
 PKG = SRC / "mlconnect"
 
-# The base: small modules everything may use. `_root` is mlconnect/__init__.py (version, build id).
-BASE = frozenset({"_root", "_build", "errors", "fileio", "layout", "ports", "settings"})
+# The base: small modules everything may use. `_root` is mlconnect/__init__.py (version, build id); `wsl`
+# is the std-lib-only WSL inspection the host agent and doctor share.
+BASE = frozenset({"_root", "_build", "errors", "fileio", "layout", "ports", "settings", "wsl"})
 
 # What each part may import besides itself and BASE. The arrows of ARCHITECTURE.md:
 #   data <- engine <- runs <- sweeps <- cli;  serving <- engine (and remote, to serve on a host);
