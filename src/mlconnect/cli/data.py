@@ -1,6 +1,6 @@
 """``mlconnect data``: make datasets in RecBole's atomic-file format.
 
-* ``data synth`` — a deterministic synthetic sequential dataset (:mod:`mlconnect.engine.synth`).
+* ``data synth`` — a deterministic synthetic sequential dataset (:mod:`mlconnect.data.synth`).
 * ``data import-movielens PATH`` — MovieLens ``u.data`` / ``ratings.dat`` / ``ratings.csv``.
 * ``data fetch-movielens [NAME]`` — download from GroupLens, then import.
 
@@ -52,7 +52,7 @@ def synth(
     as_json: bool = JsonOpt,
 ) -> None:
     """Generate a synthetic sequential dataset (Zipf popularity, learnable item chains)."""
-    from mlconnect.engine.synth import generate
+    from mlconnect.data.synth import generate
 
     folder = generate(out, name, n_users=users, n_items=items, n_interactions=interactions, seed=seed,
                       noise=noise, overwrite=force)
@@ -70,7 +70,7 @@ def import_movielens_cmd(
     as_json: bool = JsonOpt,
 ) -> None:
     """Convert MovieLens ratings (plus movies and users when present) into RecBole atomic files."""
-    from mlconnect.engine.movielens import import_movielens
+    from mlconnect.data.movielens import import_movielens
 
     stats: dict[str, int] = {}
     folder = import_movielens(path, out, name, overwrite=force, stats=stats)
@@ -88,7 +88,7 @@ def fetch_movielens_cmd(
     as_json: bool = JsonOpt,
 ) -> None:
     """Download a MovieLens zip from GroupLens and convert it."""
-    from mlconnect.engine.movielens import fetch_movielens
+    from mlconnect.data.movielens import fetch_movielens
 
     stats: dict[str, int] = {}
     folder = fetch_movielens(name, out, url=url, timeout=timeout, overwrite=force, stats=stats)
