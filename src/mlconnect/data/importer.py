@@ -75,7 +75,8 @@ def parse_where(text: str) -> tuple[str, str, Any]:
 
 def _fail(src: Source, row: int, column: str, problem: str) -> DataError:
     path, line, where = row_location(src, row)
-    return DataError(path + (f", {where}" if where else ""), problem, line=line, column=column)
+    return DataError(path + (f", {where}" if where else ""), problem, line=line, column=column,
+                     hint="fix the value in the file, or pick the column with --time / --time-unit")
 
 
 def _strings(col: pa.ChunkedArray) -> pa.Array:

@@ -8,6 +8,7 @@ keep their exact text ("007" stays "007"); Parquet and JSON keep their own types
 
 from __future__ import annotations
 
+import csv
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -138,7 +139,9 @@ def open_source(path: Path, *, sep: str | None = None, header: bool | None = Non
     sep = {"tab": "\t", "\\t": "\t", "space": " "}.get(sep or "", sep) or sniff_separator(lines)
     if len(sep) != 1:
         raise DataError(str(path), f"separator {sep!r} must be one character", hint="pass --sep ',' or --sep tab")
-    split = (lambda s: s.split()) if sep == " " else (lambda s: s.split(sep))
+    def split(line: str) -> list[str]:  # the csv module only to read the header's quoting
+        return line.split() if sep == " " else next(csv.reader([line], delimiter=sep))
+
     first = [f.strip() for f in split(lines[0])]
     second = [f.strip() for f in split(lines[1])] if len(lines) > 1 else None
     if header is None:

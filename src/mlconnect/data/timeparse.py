@@ -91,16 +91,17 @@ def to_seconds(col: pa.ChunkedArray, unit: str | None = None) -> tuple[np.ndarra
     n_valid = len(arr) - arr.null_count
     if n_num == n_valid:
         return numeric_seconds(pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False), unit)
-    if n_num:
-        row, other = _first(is_num), _first(pc.invert(is_num))
-        raise TimeError(row, arr[row].as_py(), f"mixed time formats: this row is a number, row {other + 1} is "
-                        f"{arr[other].as_py()!r}")
+    if n_num:  # name the row where the format changes: the first of the class that starts later
+        a, b = sorted((_first(is_num), _first(pc.invert(is_num))))
+        raise TimeError(b, arr[b].as_py(), f"mixed time formats: this row is {arr[b].as_py()!r}, row {a + 1} is "
+                        f"{arr[a].as_py()!r} (one format per column: Unix time or ISO-8601)")
     zoned = pc.match_substring_regex(arr, _ZONE)
     n_zoned = pc.sum(zoned).as_py() or 0
     if n_zoned and n_zoned != n_valid:
-        row, other = _first(pc.invert(zoned)), _first(zoned)
-        raise TimeError(row, arr[row].as_py(), f"mixed time formats: this row has no time zone, row {other + 1} "
-                        f"({arr[other].as_py()!r}) has one")
+        a, b = sorted((_first(pc.invert(zoned)), _first(zoned)))
+        raise TimeError(b, arr[b].as_py(), f"mixed time formats: this row has a time zone, row {a + 1} "
+                        f"({arr[a].as_py()!r}) does not" if zoned[b].as_py() else
+                        f"mixed time formats: this row has no time zone, row {a + 1} ({arr[a].as_py()!r}) has one")
     target = pa.timestamp("ns", "UTC") if n_zoned else pa.timestamp("ns")
     try:
         stamps = pc.cast(arr, target)
