@@ -166,6 +166,53 @@ def _item_features(ddir: Path, name: str, keys: PrepKeys) -> tuple[pa.Table | No
     return f.table.select(cols), {c: f.types[c] for c in cols}
 
 
+class LazyFeatures(dict):  # type: ignore[type-arg]
+    """``feature_dict`` built on first use: a 200k-item catalog costs ~100 MB of Python dicts that a
+    training run only needs once (to write items.json), so loading does not pay for it up front."""
+
+    def __init__(self, table: pa.Table | None, types: dict[str, str], item_field: str, seq_sep: str = " ") -> None:
+        super().__init__()
+        self._args: tuple[Any, ...] | None = (table, types, item_field, seq_sep)
+
+    def _load(self) -> LazyFeatures:
+        if self._args is not None:
+            args, self._args = self._args, None
+            dict.update(self, feature_dict(*args))
+        return self
+
+    def __getitem__(self, k: str) -> dict[str, Any]:
+        return dict.__getitem__(self._load(), k)
+
+    def __contains__(self, k: object) -> bool:
+        return dict.__contains__(self._load(), k)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return dict.__iter__(self._load())
+
+    def __len__(self) -> int:
+        return dict.__len__(self._load())
+
+    def __eq__(self, other: object) -> bool:
+        return dict.__eq__(self._load(), other._load() if isinstance(other, LazyFeatures) else other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return dict.__repr__(self._load())
+
+    def get(self, k: str, default: Any = None) -> Any:
+        return dict.get(self._load(), k, default)
+
+    def keys(self):  # type: ignore[no-untyped-def]
+        return dict.keys(self._load())
+
+    def items(self):  # type: ignore[no-untyped-def]
+        return dict.items(self._load())
+
+    def values(self):  # type: ignore[no-untyped-def]
+        return dict.values(self._load())
+
+
 def feature_dict(table: pa.Table | None, types: dict[str, str], item_field: str,
                  seq_sep: str = " ") -> dict[str, dict[str, Any]]:
     """raw item id -> {field: value} (token_seq as one string, float_seq as a list of floats)."""

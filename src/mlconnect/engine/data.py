@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from mlconnect.data import cache
-from mlconnect.data.prepared import Prepared, PrepKeys, build, feature_dict, time_key
+from mlconnect.data.prepared import LazyFeatures, Prepared, PrepKeys, build, time_key
 from mlconnect.engine.config import Config, parse_interval
 from mlconnect.errors import ConfigError, DataError
 
@@ -148,7 +148,7 @@ def load_dataset(cfg: Config) -> Dataset:
 def to_dataset(name: str, p: Prepared, keys: PrepKeys, seq_sep: str = " ", source: str = "") -> Dataset:
     return Dataset(name=name, item_ids=[PAD, *p.item_ids.to_pylist()], user_ids=[PAD, *p.user_ids.to_pylist()],
                    sequences=Ragged.from_offsets(p.items, p.offsets),
-                   item_features=feature_dict(p.features, p.feature_types, keys.item_field, seq_sep),
+                   item_features=LazyFeatures(p.features, p.feature_types, keys.item_field, seq_sep),
                    user_field=keys.user_field, item_field=keys.item_field, source=source)
 
 
