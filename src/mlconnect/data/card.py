@@ -20,8 +20,9 @@ def make_card(*, source: str, fmt: str, columns: dict[str, str | None], time_ord
               n_catalog: int | None = None) -> dict[str, Any]:
     """The card of the kept interactions (``users`` / ``items`` are integer codes, one per kept row)."""
     n = len(users)
-    lengths = np.bincount(users)[np.unique(users)] if n else np.zeros(0, dtype=np.int64)
-    n_users, n_items = len(lengths), len(np.unique(items)) if n else 0
+    counts = np.bincount(users) if n else np.zeros(0, dtype=np.int64)
+    lengths = counts[counts > 0]
+    n_users, n_items = len(lengths), int(np.count_nonzero(np.bincount(items))) if n else 0
     card: dict[str, Any] = {
         "source": source, "format": fmt, "columns": columns, "time_order": time_order,
         "rows_read": rows_read, "rows_kept": n, "rows_dropped": sum(dropped.values()),

@@ -88,16 +88,43 @@ def _strings(col: pa.ChunkedArray) -> pa.Array:
     return arr
 
 
+def _clean(col: pa.Array) -> pa.Array:
+    """Tabs and line breaks inside a value become spaces (memchr scans first: most columns have none)."""
+    if any(pc.any(pc.match_substring(col, ch)).as_py() for ch in ("\t", "\n", "\r")):
+        return pc.replace_substring_regex(col, r"[\t\r\n]", " ")
+    return col
+
+
 def _write_rows(f: Any, columns: list[pa.Array]) -> None:
     """Tab-joined rows, vectorised in Arrow; tabs and newlines inside values become spaces."""
     n = len(columns[0])
-    cols = [pc.replace_substring_regex(pc.fill_null(c, ""), r"[\t\r\n]", " ") for c in columns]
+    cols = [_clean(pc.fill_null(c, "")) for c in columns]
     for a in range(0, n, WRITE_BATCH):
         parts = [c.slice(a, WRITE_BATCH) for c in cols]
         line = pc.binary_join_element_wise(*parts, "\t") if len(parts) > 1 else parts[0]
         line = pc.binary_join_element_wise(line, "", "\n").cast(pa.large_string())
         offsets = np.frombuffer(line.buffers()[1], dtype=np.int64)[line.offset:line.offset + len(line) + 1]
         f.write(memoryview(line.buffers()[2])[int(offsets[0]):int(offsets[-1])])
+
+
+def _drop_duplicates(mask: np.ndarray, users: np.ndarray, items: np.ndarray, seconds: np.ndarray) -> int:
+    """Unmask every repeat of a (user, item, time) after its first row in the file; return how many.
+
+    One plain sort of the (user, item) keys finds the pairs that occur more than once; only those
+    rows (usually few) get the exact three-key sort.
+    """
+    rows = np.flatnonzero(mask)
+    pair = users[rows] * (int(items.max(initial=0)) + 1) + items[rows]
+    order = np.argsort(pair)
+    eq = pair[order[1:]] == pair[order[:-1]]
+    cand = np.zeros(len(rows), dtype=bool)
+    cand[1:] |= eq
+    cand[:-1] |= eq
+    c = np.sort(order[cand])  # candidates in file order
+    c = c[np.lexsort((c, seconds[rows[c]], pair[c]))]
+    same = (pair[c[1:]] == pair[c[:-1]]) & (seconds[rows[c[1:]]] == seconds[rows[c[:-1]]])
+    mask[rows[c[1:][same]]] = False
+    return int(same.sum())
 
 
 def _codes(arr: pa.Array) -> np.ndarray:
@@ -190,12 +217,7 @@ def import_events(path: str | Path, out_dir: str | Path, name: str | None = None
         mask &= ~nulls
     ucodes, icodes = _codes(users), _codes(items)
     if dedup and seconds is not None:
-        rows = np.flatnonzero(mask)
-        order = rows[np.lexsort((seconds[rows], icodes[rows], ucodes[rows]))]  # stable: first in file order wins
-        same = ((ucodes[order[1:]] == ucodes[order[:-1]]) & (icodes[order[1:]] == icodes[order[:-1]])
-                & (seconds[order[1:]] == seconds[order[:-1]]))
-        dropped["duplicate (user, item, time)"] = int(same.sum())
-        mask[order[1:][same]] = False
+        dropped["duplicate (user, item, time)"] = _drop_duplicates(mask, ucodes, icodes, seconds)
     if min_user_inter > 1 or min_item_inter > 1:
         before = int(mask.sum())
         mask = kcore_mask(ucodes, icodes, mask,
