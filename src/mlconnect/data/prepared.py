@@ -78,6 +78,18 @@ def _sortable(key: np.ndarray) -> np.ndarray:
     return np.where(bits >> 31 == 1, ~bits, bits | np.uint32(0x80000000))
 
 
+def _user_time_order(uid: np.ndarray, tkey: np.ndarray) -> np.ndarray | None:
+    """Stable order by (user, float32 time key), ties in file order as RecBole's sort; None when the
+    rows already are in that order (files written user by user in time order need no sort at all)."""
+    du = np.diff(uid)
+    if bool(np.all((du > 0) | ((du == 0) & (tkey[1:] >= tkey[:-1])))):
+        return None
+    if bool(np.all(tkey[1:] >= tkey[:-1])):  # a log in global time order: sorting by user is enough
+        return np.argsort(uid, kind="stable")
+    # one stable integer sort on (user, time) packed into 64 bits
+    return np.argsort((uid.astype(np.uint64) << np.uint64(32)) | _sortable(tkey), kind="stable")
+
+
 def _codes(col: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     """(int32 codes, dictionary) of a dictionary-encoded column whose chunks share one dictionary."""
     chunks = col.chunks
@@ -115,20 +127,25 @@ def build(ddir: Path, name: str, keys: PrepKeys) -> Prepared:
     base = keys.inter_cols if keys.inter_cols is not None else [ufield, ifield, *([tfield] if has_time else [])]
     want = list(dict.fromkeys([*base, *keys.val_interval]))
     table = read_atomic_file(path, want, keys.field_sep, dictionary=(ufield, ifield)).table.unify_dictionaries()
-    users, user_dict = _codes(table.column(ufield))
-    items, item_dict = _codes(table.column(ifield))
+    # Column by column, each Arrow column freed as soon as its NumPy copy exists: the peak is the
+    # table plus one column, not the table plus all of them.
+    cols = {c: table.column(c) for c in table.column_names}
+    del table
+    users, user_dict = _codes(cols.pop(ufield))
+    items, item_dict = _codes(cols.pop(ifield))
     n = len(users)
-    times = (table.column(tfield).to_numpy() if has_time else np.arange(n, dtype=np.float64))
+    times = (cols.pop(tfield).to_numpy() if has_time else np.arange(n, dtype=np.float64))
     keep = np.ones(n, dtype=bool)
     if keys.rm_dup is not None:
         keep &= dedup_mask(users, items, times, keys.rm_dup)
     for f, ivs in keys.val_interval.items():
-        vals = table.column(f).to_numpy()
+        vals = cols[f].to_numpy()
         ok = np.zeros(n, dtype=bool)
         for iv in ivs:
             ok |= in_interval(vals, iv)
         keep &= ok
-    del table
+    del cols
+    pa.default_memory_pool().release_unused()  # hand the reader's buffers back before the sort
     keep = kcore_mask(users, items, keep, keys.user_iv, keys.item_iv)
     if not keep.all():
         users, items, times = users[keep], items[keep], times[keep]
@@ -140,12 +157,11 @@ def build(ddir: Path, name: str, keys: PrepKeys) -> Prepared:
     item_order, item_rank = _first_appearance(items, len(item_dict))
     uid = user_rank[users]
     del users
-    # One stable integer sort on (user, float32 time key): ties keep file order, as RecBole's sort.
-    sort_key = (uid.astype(np.uint64) << np.uint64(32)) | _sortable(time_key(times, keys.normalise_time))
+    tkey = time_key(times, keys.normalise_time)
     del times
-    order = np.argsort(sort_key, kind="stable")
-    del sort_key
-    flat = item_rank[items[order]]
+    order = _user_time_order(uid, tkey)
+    del tkey
+    flat = item_rank[items if order is None else items[order]]
     del order, items
     counts = np.bincount(uid, minlength=len(user_order) + 1)
     offsets = np.zeros(len(counts) + 1, dtype=np.int64)

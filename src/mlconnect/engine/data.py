@@ -67,16 +67,24 @@ class Ragged(Sequence[np.ndarray]):
             return out
         take = np.minimum(ends, width) if take is None else take
         first = self.starts[rows] + ends - take
+        # Each row is a slice of the flat array: read it through a sliding-window view (no index
+        # matrix), then blank what is not part of the row. Only a block that runs off the end of
+        # the flat array pays for explicit indices.
+        n_flat = len(self.flat)
+        view = np.lib.stride_tricks.sliding_window_view(self.flat, width) if n_flat >= width else None
         pos = np.arange(width)[None, :]
         for a in range(0, len(rows), WINDOW_CHUNK):
-            b = a + WINDOW_CHUNK
+            b = min(a + WINDOW_CHUNK, len(rows))
+            f = first[a:b]
             valid = pos < take[a:b, None]
             if skip is not None:
                 valid &= pos >= skip[a:b, None]
-            idx = np.where(valid, first[a:b, None] + pos, 0)
-            out[a:b] = np.where(valid, self.flat[idx], 0)
+            if view is not None and int(f.max()) + width <= n_flat:
+                vals = view[f]
+            else:
+                vals = self.flat[np.minimum(f[:, None] + pos, n_flat - 1)]
+            out[a:b] = np.where(valid, vals, 0)
         return out
-
 
 @dataclass
 class Dataset:
