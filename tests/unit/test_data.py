@@ -133,3 +133,10 @@ def test_bom_and_crlf_in_atomic_files(tmp_path: Path) -> None:
                                   .replace("\n", "\r\n").encode())
     ds = load_dataset(cfg_for(tmp_path))
     assert ds.user_ids == ["[PAD]", "u1"] and [ds.item_ids[i] for i in ds.sequences[1]] == ["b", "a"]
+
+
+def test_a_log_in_global_time_order_groups_by_user_and_keeps_ties_in_file_order(tmp_path: Path) -> None:
+    body = rows([("u1", "a", 1, 1), ("u2", "b", 1, 2), ("u1", "c", 1, 3), ("u2", "d", 1, 3), ("u1", "e", 1, 3)])
+    ds = load_dataset(cfg_for(write(tmp_path, body)))
+    seqs = {ds.user_ids[u]: [ds.item_ids[i] for i in ds.sequences[u]] for u in (1, 2)}
+    assert seqs == {"u1": ["a", "c", "e"], "u2": ["b", "d"]}

@@ -82,7 +82,8 @@ def to_seconds(col: pa.ChunkedArray, unit: str | None = None) -> tuple[np.ndarra
         days = pc.cast(pc.cast(arr, pa.timestamp("s")), pa.int64())
         return days.to_numpy(zero_copy_only=False).astype(np.float64), "date (UTC midnight)"
     if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
-        return numeric_seconds(pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False), unit)
+        # safe=False: ns since 1970 exceed 2**53; float64 keeps them to ~0.2 µs, plenty for ordering
+        return numeric_seconds(pc.cast(arr, pa.float64(), safe=False).to_numpy(zero_copy_only=False), unit)
     if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
         raise TimeError(0, None, f"a time column of type {t} cannot be read as a time")
     arr = pc.utf8_trim_whitespace(arr)
