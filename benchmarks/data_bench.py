@@ -11,6 +11,9 @@ in its own subprocess and reports that process's wall time and peak RSS (``ru_ma
 * cached load: the same again, memory-mapping the cache;
 * bytes per interaction: the first load's peak RSS / interactions (the target is <= 60 at 10M).
 
+Times are wall seconds with the process's CPU seconds (user + system, all threads) in brackets: on
+a shared machine the wall time moves with the load average, the CPU time much less.
+
 The training-epoch column of issue 11 (large-catalog config) is not measured here: the chunked
 losses live with the large-catalog work; run ``benchmarks/train_bench.py`` on the imported data.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -45,7 +49,8 @@ else:
     from mlconnect.data.importer import import_events
     _, card = import_events(**arg)
     extra = {"interactions": card["rows_kept"]}
-print(json.dumps({"s": time.perf_counter() - t0, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+ru = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"s": time.perf_counter() - t0, "cpu_s": ru.ru_utime + ru.ru_stime, "rss_mb": ru.ru_maxrss / 1024,
                   **extra}))
 """
 
@@ -128,11 +133,15 @@ def main() -> None:
     print("| interactions | items | import CSV | import Parquet | first load (build cache) | cached load "
           "| peak RSS first load | bytes / interaction | peak RSS cached load | peak RSS import CSV | epoch RSS |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    def t(m: dict[str, float]) -> str:
+        return f"{m['s']:.1f} s ({m['cpu_s']:.1f})"
+
     for r in rows:
         n, f, c = r["n"], r["first"], r["cached"]
-        print(f"| {n:,} | {args.items:,} | {r['imp_csv']['s']:.1f} s | {r['imp_pq']['s']:.1f} s | {f['s']:.1f} s "
-              f"| {c['s']:.2f} s | {f['rss_mb']:,.0f} MB | {f['rss_mb'] * 2**20 / n:.0f} | {c['rss_mb']:,.0f} MB "
+        print(f"| {n:,} | {args.items:,} | {t(r['imp_csv'])} | {t(r['imp_pq'])} | {t(f)} | {t(c)} "
+              f"| {f['rss_mb']:,.0f} MB | {f['rss_mb'] * 2**20 / n:.0f} | {c['rss_mb']:,.0f} MB "
               f"| {r['imp_csv']['rss_mb']:,.0f} MB | not measured |")
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f} (this machine has {os.cpu_count()} cores)")
 
 
 if __name__ == "__main__":
