@@ -73,3 +73,15 @@ def test_kill_9_during_the_write_leaves_nothing_usable(tmp_path: Path) -> None:
     cached = load_dataset(_cfg(tmp_path))
     assert cached.source == "cached"
     _same(ds, cached)
+
+
+def test_a_read_only_data_folder_gets_no_cache(tmp_path: Path) -> None:
+    generate(tmp_path, "s", n_users=20, n_items=30, n_interactions=200, seed=3)
+    folder = tmp_path / "s"
+    folder.chmod(0o555)  # read-only by its bits, which even root honours here
+    try:
+        ds = load_dataset(_cfg(tmp_path))
+        assert ds.source == "built, not cached: the data folder is read-only"
+        assert not (folder / CACHE_DIR).exists()
+    finally:
+        folder.chmod(0o755)

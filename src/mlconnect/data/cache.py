@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -74,6 +75,8 @@ def load_or_build(ddir: Path, name: str, keys: PrepKeys, build: Callable[[], Pre
         except (OSError, ValueError, pa.ArrowException):
             shutil.rmtree(final, ignore_errors=True)  # unreadable (foreign edit, disk error): rebuild it
     prepared = build()
+    if not _writable(ddir):
+        return prepared, "built, not cached: the data folder is read-only"
     try:
         root.mkdir(exist_ok=True)
         _clean(root, src)
@@ -82,6 +85,16 @@ def load_or_build(ddir: Path, name: str, keys: PrepKeys, build: Callable[[], Pre
     except OSError as exc:
         return prepared, f"built, not cached: {exc.strerror or exc}"
     return prepared, "built"
+
+
+def _writable(folder: Path) -> bool:
+    """Writable by its permission bits, not only by our uid: root may write anywhere, but a folder
+    marked read-only (a shared reference copy) is not ours to add files to."""
+    try:
+        mode = folder.stat().st_mode
+    except OSError:
+        return False
+    return bool(mode & stat.S_IWUSR) and os.access(folder, os.W_OK)
 
 
 def _clean(root: Path, src: str) -> None:
