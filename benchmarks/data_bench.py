@@ -9,7 +9,9 @@ in its own subprocess and reports that process's wall time and peak RSS (``ru_ma
 * import CSV / import Parquet: ``mlconnect data import`` of the file (with the rating kept);
 * first load: ``load_dataset`` + ``split_leave_one_out`` + ``training_windows`` with no cache (it builds one);
 * cached load: the same again, memory-mapping the cache;
-* bytes per interaction: the first load's peak RSS / interactions (the target is <= 60 at 10M).
+* bytes per interaction: the first load's peak RSS / interactions (the target is <= 60 at 10M), and in
+  brackets the same above the RSS the process had before loading (Python, NumPy, pyarrow and torch,
+  which ``load_config`` imports: ~260 MB that every training process pays anyway).
 
 Times are wall seconds with the process's CPU seconds (user + system, all threads) in brackets: on
 a shared machine the wall time moves with the load average, the CPU time much less.
@@ -40,11 +42,12 @@ kind, arg = sys.argv[1], json.loads(sys.argv[2])
 if kind == "load":
     from mlconnect.engine.config import load_config
     from mlconnect.engine.data import load_dataset, split_leave_one_out, training_windows
-    cfg = load_config(None, arg)
+    cfg = load_config(None, arg)  # imports torch (config validation reads the metric names)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     ds = load_dataset(cfg)
     sp = split_leave_one_out(ds, cfg.max_len)
     x, y = training_windows(sp.train, cfg.max_len)
-    extra = {"source": ds.source, "interactions": ds.n_interactions, "windows": len(x)}
+    extra = {"source": ds.source, "interactions": ds.n_interactions, "windows": len(x), "base_mb": base}
 else:
     from mlconnect.data.importer import import_events
     _, card = import_events(**arg)
@@ -131,7 +134,8 @@ def main() -> None:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
     print("| interactions | items | import CSV | import Parquet | first load (build cache) | cached load "
-          "| peak RSS first load | bytes / interaction | peak RSS cached load | peak RSS import CSV | epoch RSS |")
+          "| peak RSS first load | bytes / interaction (above imports) | peak RSS cached load | peak RSS import CSV "
+          "| epoch RSS |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     def t(m: dict[str, float]) -> str:
         return f"{m['s']:.1f} s ({m['cpu_s']:.1f})"
@@ -139,7 +143,9 @@ def main() -> None:
     for r in rows:
         n, f, c = r["n"], r["first"], r["cached"]
         print(f"| {n:,} | {args.items:,} | {t(r['imp_csv'])} | {t(r['imp_pq'])} | {t(f)} | {t(c)} "
-              f"| {f['rss_mb']:,.0f} MB | {f['rss_mb'] * 2**20 / n:.0f} | {c['rss_mb']:,.0f} MB "
+              f"| {f['rss_mb']:,.0f} MB | {f['rss_mb'] * 2**20 / n:.0f} "
+              f"({(f['rss_mb'] - f['base_mb']) * 2**20 / n:.0f}) "
+              f"| {c['rss_mb']:,.0f} MB "
               f"| {r['imp_csv']['rss_mb']:,.0f} MB | not measured |")
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f} (this machine has {os.cpu_count()} cores)")
 
