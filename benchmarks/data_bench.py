@@ -39,7 +39,12 @@ CHILD = r"""
 import json, resource, sys, time
 t0 = time.perf_counter()
 kind, arg = sys.argv[1], json.loads(sys.argv[2])
-if kind == "load":
+if kind == "prepare":
+    sys.path.insert(0, arg["bench_dir"])
+    from data_bench import prepare
+    prepare(**{k: v for k, v in arg.items() if k != "bench_dir"})
+    extra = {}
+elif kind == "load":
     from mlconnect.engine.config import load_config
     from mlconnect.engine.data import load_dataset, split_leave_one_out, training_windows
     cfg = load_config(None, arg)  # imports torch (config validation reads the metric names)
@@ -73,7 +78,9 @@ def parse_size(text: str) -> int:
     return int(float(text.rstrip("KM")) * mult)
 
 
-def prepare(work: Path, n: int, items: int) -> tuple[Path, Path]:
+def prepare(work: str, n: int, items: int) -> None:
+    """Synthetic log -> ``syn<n>.csv`` and ``syn<n>.parquet`` in ``work`` (run in a child process:
+    a child inherits its parent's resident size into ``ru_maxrss``, so the parent stays small)."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
@@ -81,7 +88,7 @@ def prepare(work: Path, n: int, items: int) -> tuple[Path, Path]:
     from mlconnect.data.synth import generate
 
     name = f"syn{n}"
-    folder = generate(work / "synth", name, n_users=max(1, n // 50), n_items=items, n_interactions=n, seed=0,
+    folder = generate(Path(work) / "synth", name, n_users=max(1, n // 50), n_items=items, n_interactions=n, seed=0,
                       overwrite=True)
     inter = folder / f"{name}.inter"
     table = pacsv.read_csv(inter, parse_options=pacsv.ParseOptions(delimiter="\t"),
@@ -90,16 +97,15 @@ def prepare(work: Path, n: int, items: int) -> tuple[Path, Path]:
                            convert_options=pacsv.ConvertOptions(column_types={
                                "user_id": pa.string(), "item_id": pa.string(), "rating": pa.int8(),
                                "timestamp": pa.int64()}))
-    csv_path, pq_path = work / f"{name}.csv", work / f"{name}.parquet"
-    pacsv.write_csv(table, csv_path, pacsv.WriteOptions(quoting_style="none"))
-    pq.write_table(table, pq_path)
+    pacsv.write_csv(table, Path(work) / f"{name}.csv", pacsv.WriteOptions(quoting_style="none"))
+    pq.write_table(table, Path(work) / f"{name}.parquet")
     shutil.rmtree(folder.parent)
-    return csv_path, pq_path
 
 
 def run(n: int, items: int, work: Path) -> dict[str, object]:
     t0 = time.perf_counter()
-    csv_path, pq_path = prepare(work, n, items)
+    child("prepare", {"bench_dir": str(Path(__file__).resolve().parent), "work": str(work), "n": n, "items": items})
+    csv_path, pq_path = work / f"syn{n}.csv", work / f"syn{n}.parquet"
     gen_s = time.perf_counter() - t0
     data = work / "data"
     imp_csv = child("import", {"path": str(csv_path), "out_dir": str(data), "name": "from_csv",
