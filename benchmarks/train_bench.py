@@ -153,7 +153,7 @@ def main() -> None:
                       f"{statistics.median(r['seconds_per_epoch'] for r in rs):.2f} | | |")
         print(recbole_row())
         if not args.skip_synthetic:
-            from mlconnect.engine.synth import generate
+            from mlconnect.data.synth import generate
 
             n = args.synthetic_interactions
             data = Path(tmp) / "synth"

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mlconnect.engine.synth import generate
+from mlconnect.data.synth import generate
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "MLCONNECT_HOST": "", "COLUMNS": "400"}
 

@@ -54,7 +54,7 @@ def _train_argv(tmp_path, name, epochs):
 def test_once_on_real_finished_and_running_runs(tmp_path):
     import time
 
-    from mlconnect.engine.synth import generate
+    from mlconnect.data.synth import generate
 
     generate(tmp_path / "data", "tiny", n_users=120, n_items=80, n_interactions=4000, seed=3)
     env = dict(os.environ, OMP_NUM_THREADS="1", MLCONNECT_HOST="")

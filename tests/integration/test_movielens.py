@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mlconnect.engine.movielens import (
+from mlconnect.data.movielens import (
     ML100K_GENRES,
     URL_ENV,
     fetch_movielens,

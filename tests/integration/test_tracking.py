@@ -60,7 +60,7 @@ def test_real_training_logs_to_file_store(tmp_path, monkeypatch):
     import subprocess
     import sys
 
-    from mlconnect.engine.synth import generate
+    from mlconnect.data.synth import generate
 
     try:
         from mlflow.tracking import MlflowClient

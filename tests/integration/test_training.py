@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
+from mlconnect.data.synth import generate
 from mlconnect.engine.checkpoint import load_checkpoint, save_checkpoint
 from mlconnect.engine.config import load_config
 from mlconnect.engine.data import load_dataset, split_leave_one_out
 from mlconnect.engine.inference import Recommender
 from mlconnect.engine.metrics import MetricAccumulator
-from mlconnect.engine.synth import generate
 from mlconnect.engine.trainer import train
 from mlconnect.errors import ExperimentError
 

@@ -124,3 +124,19 @@ def test_cli_prints_one_line_and_exits_1(tmp_path: Path) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "line 2, column 'timestamp'" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_bom_and_crlf_in_atomic_files(tmp_path: Path) -> None:
+    d = tmp_path / "toy"
+    d.mkdir()
+    (d / "toy.inter").write_bytes(b"\xef\xbb\xbf" + (HEADER + rows([("u1", "a", 1, 2), ("u1", "b", 1, 1)]))
+                                  .replace("\n", "\r\n").encode())
+    ds = load_dataset(cfg_for(tmp_path))
+    assert ds.user_ids == ["[PAD]", "u1"] and [ds.item_ids[i] for i in ds.sequences[1]] == ["b", "a"]
+
+
+def test_a_log_in_global_time_order_groups_by_user_and_keeps_ties_in_file_order(tmp_path: Path) -> None:
+    body = rows([("u1", "a", 1, 1), ("u2", "b", 1, 2), ("u1", "c", 1, 3), ("u2", "d", 1, 3), ("u1", "e", 1, 3)])
+    ds = load_dataset(cfg_for(write(tmp_path, body)))
+    seqs = {ds.user_ids[u]: [ds.item_ids[i] for i in ds.sequences[u]] for u in (1, 2)}
+    assert seqs == {"u1": ["a", "c", "e"], "u2": ["b", "d"]}

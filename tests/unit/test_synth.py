@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from mlconnect.engine.synth import INTER_HEADER, MIN_LEN, format_int_rows, generate
+from mlconnect.data.synth import INTER_HEADER, MIN_LEN, format_int_rows, generate
 from mlconnect.errors import MlconnectError, UsageError
 
 SMALL = dict(n_users=400, n_items=300, n_interactions=30_000)

@@ -1,8 +1,9 @@
 """``mlconnect data``: make datasets in RecBole's atomic-file format.
 
-* ``data synth`` — a deterministic synthetic sequential dataset (:mod:`mlconnect.engine.synth`).
+* ``data synth`` — a deterministic synthetic sequential dataset (:mod:`mlconnect.data.synth`).
 * ``data import-movielens PATH`` — MovieLens ``u.data`` / ``ratings.dat`` / ``ratings.csv``.
 * ``data fetch-movielens [NAME]`` — download from GroupLens, then import.
+* ``data import PATH`` — your own event log (CSV / TSV / Parquet / JSON Lines), with a dataset card.
 
 Each prints the folder it wrote and its size (users, items, interactions); ``--json`` prints the
 same fields as one JSON object. The engine modules are imported inside the commands so that
@@ -52,7 +53,7 @@ def synth(
     as_json: bool = JsonOpt,
 ) -> None:
     """Generate a synthetic sequential dataset (Zipf popularity, learnable item chains)."""
-    from mlconnect.engine.synth import generate
+    from mlconnect.data.synth import generate
 
     folder = generate(out, name, n_users=users, n_items=items, n_interactions=interactions, seed=seed,
                       noise=noise, overwrite=force)
@@ -70,7 +71,7 @@ def import_movielens_cmd(
     as_json: bool = JsonOpt,
 ) -> None:
     """Convert MovieLens ratings (plus movies and users when present) into RecBole atomic files."""
-    from mlconnect.engine.movielens import import_movielens
+    from mlconnect.data.movielens import import_movielens
 
     stats: dict[str, int] = {}
     folder = import_movielens(path, out, name, overwrite=force, stats=stats)
@@ -88,11 +89,48 @@ def fetch_movielens_cmd(
     as_json: bool = JsonOpt,
 ) -> None:
     """Download a MovieLens zip from GroupLens and convert it."""
-    from mlconnect.engine.movielens import fetch_movielens
+    from mlconnect.data.movielens import fetch_movielens
 
     stats: dict[str, int] = {}
     folder = fetch_movielens(name, out, url=url, timeout=timeout, overwrite=force, stats=stats)
     _report(_info(folder, stats), as_json)
+
+
+@data_app.command("import")
+def import_cmd(
+    path: Path = typer.Argument(..., help="CSV / TSV (gzip or zstd too), Parquet file or folder, JSON Lines."),
+    out: Path = OutOpt,
+    name: str | None = typer.Option(None, "--name", help="Dataset name (default: the file name)."),
+    user: str | None = typer.Option(None, "--user", help="User column: a name or 0-based position."),
+    item: str | None = typer.Option(None, "--item", help="Item column: a name or 0-based position."),
+    time: str | None = typer.Option(None, "--time", help="Time column (none found: row order is time order)."),
+    time_unit: str | None = typer.Option(None, "--time-unit", help="s, ms, us or ns (default: by magnitude)."),
+    sep: str | None = typer.Option(None, "--sep", help="Separator (default: detected; 'tab' for a tab)."),
+    where: list[str] = typer.Option([], "--where", help='Keep rows where e.g. \'event == "buy"\' (repeatable).'),
+    keep: list[str] = typer.Option([], "--keep", help="Carry a column as a RecBole field: COL or COL=NAME."),
+    items: Path | None = typer.Option(None, "--items", help="An item table to write as the .item file."),
+    min_user: int = typer.Option(0, "--min-user-inter", help="k-core: users need at least N interactions."),
+    min_item: int = typer.Option(0, "--min-item-inter", help="k-core: items need at least N interactions."),
+    dedup: bool = typer.Option(True, "--dedup/--no-dedup", help="Drop repeated (user, item, time) rows."),
+    force: bool = ForceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Import an event log into RecBole atomic files, print its dataset card."""
+    from mlconnect.data.card import card_rows
+    from mlconnect.data.importer import import_events
+
+    if time_unit not in (None, "s", "ms", "us", "ns"):
+        raise typer.BadParameter("use s, ms, us or ns", param_hint="--time-unit")
+    folder, card = import_events(path, out, name, user=user, item=item, time=time, time_unit=time_unit, sep=sep,
+                                 where=where, keep=keep, items_file=items, min_user_inter=min_user,
+                                 min_item_inter=min_item, dedup=dedup, overwrite=force)
+    if as_json:
+        typer.echo(json.dumps({**_info(folder, {}), "card": card}, indent=2))
+        return
+    rows = card_rows(card)
+    width = max(len(k) for k, _ in rows)
+    typer.echo("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+    typer.echo(f"wrote {folder} (card.json, suggested.yaml); train: mlconnect train -c {folder / 'suggested.yaml'}")
 
 
 def register(app: typer.Typer) -> None:

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from mlconnect.engine.synth import generate, staging_dir
+from mlconnect.data.synth import generate, staging_dir
 from mlconnect.errors import DataError, MlconnectError
 from mlconnect.fileio import fsync_dir
 

@@ -1,0 +1,115 @@
+"""A time column -> Unix seconds (float64, NaN where missing), whatever it was written as.
+
+* Native timestamps (Parquet, Arrow) and dates: exact; a zone-less timestamp is taken as UTC.
+* Numbers (or strings that are all numbers): Unix seconds, ms, µs or ns, chosen by magnitude
+  (``--time-unit`` overrides); a column whose values fall in different magnitude classes is
+  refused (mixed units), naming the first odd row.
+* ISO-8601 strings, with or without a zone (``Z``, ``+01:00``); zone-less ones are UTC. A column
+  mixing numbers and dates, or zoned and zone-less strings, is refused (mixed formats).
+
+Errors raise ``TimeError(row, value, problem)`` with the 0-based row; the importer names the file.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+# Unix time in seconds stays below 1e11 until the year 5138; each finer unit is 1000x larger.
+_LIMITS = (("s", 1e11), ("ms", 1e14), ("us", 1e17), ("ns", float("inf")))
+_NUMBER = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
+_ZONE = r"(Z|z|[+-]\d\d:?\d\d)\s*$"
+
+
+class TimeError(ValueError):
+    def __init__(self, row: int, value: object, problem: str) -> None:
+        super().__init__(f"{problem} (value {value!r})")
+        self.row, self.value, self.problem = row, value, problem
+
+
+def _first(mask: pa.ChunkedArray | pa.Array) -> int:
+    idx = np.flatnonzero(np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool))
+    return int(idx[0]) if len(idx) else -1
+
+
+def unit_of(values: np.ndarray) -> np.ndarray:
+    """Index into ``_LIMITS`` of each value's magnitude class."""
+    return np.searchsorted(np.array([lim for _, lim in _LIMITS[:-1]]), np.abs(values), side="right")
+
+
+def numeric_seconds(values: np.ndarray, unit: str | None) -> tuple[np.ndarray, str]:
+    """Seconds from numbers in ``unit`` (detected by magnitude when None)."""
+    ok = ~np.isnan(values)
+    if unit is None:
+        cls = unit_of(values[ok])
+        if len(cls) and (cls != cls[0]).any():
+            odd = int(np.flatnonzero(ok)[np.flatnonzero(cls != cls[0])[0]])
+            first = int(np.flatnonzero(ok)[0])
+            raise TimeError(odd, values[odd], f"mixed time units: this row looks like Unix "
+                            f"{_LIMITS[int(cls[np.flatnonzero(cls != cls[0])[0]])][0]}, row {first + 1} like "
+                            f"Unix {_LIMITS[int(cls[0])][0]} (pass --time-unit to say which)")
+        unit = _LIMITS[int(cls[0])][0] if len(cls) else "s"
+        how = f"Unix {unit} (by magnitude)"
+    else:
+        how = f"Unix {unit}"
+    return values * UNITS[unit], how
+
+
+def _bad_row(arr: pa.Array, target: pa.DataType) -> int:
+    """The first row of ``arr`` that does not cast to ``target`` (bisection: O(n) casts in total)."""
+    lo, hi = 0, len(arr)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        try:
+            pc.cast(arr.slice(lo, mid - lo), target)
+            lo = mid
+        except pa.ArrowInvalid:
+            hi = mid
+    return lo
+
+
+def to_seconds(col: pa.ChunkedArray, unit: str | None = None) -> tuple[np.ndarray, str]:
+    """(seconds as float64 with NaN for nulls, how the column was read)."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    t = arr.type
+    if pa.types.is_timestamp(t):
+        tz = f", zone {t.tz}" if t.tz else " (no zone: UTC)"
+        ints = pc.cast(arr, pa.int64()).to_numpy(zero_copy_only=False).astype(np.float64)
+        return ints * UNITS[t.unit], f"timestamp{tz}"
+    if pa.types.is_date(t):
+        days = pc.cast(pc.cast(arr, pa.timestamp("s")), pa.int64())
+        return days.to_numpy(zero_copy_only=False).astype(np.float64), "date (UTC midnight)"
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
+        # safe=False: ns since 1970 exceed 2**53; float64 keeps them to ~0.2 µs, plenty for ordering
+        return numeric_seconds(pc.cast(arr, pa.float64(), safe=False).to_numpy(zero_copy_only=False), unit)
+    if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
+        raise TimeError(0, None, f"a time column of type {t} cannot be read as a time")
+    arr = pc.utf8_trim_whitespace(arr)
+    is_num = pc.match_substring_regex(arr, _NUMBER)
+    n_num = pc.sum(is_num).as_py() or 0
+    n_valid = len(arr) - arr.null_count
+    if n_num == n_valid:
+        return numeric_seconds(pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False), unit)
+    if n_num:  # name the row where the format changes: the first of the class that starts later
+        a, b = sorted((_first(is_num), _first(pc.invert(is_num))))
+        raise TimeError(b, arr[b].as_py(), f"mixed time formats: this row is {arr[b].as_py()!r}, row {a + 1} is "
+                        f"{arr[a].as_py()!r} (one format per column: Unix time or ISO-8601)")
+    zoned = pc.match_substring_regex(arr, _ZONE)
+    n_zoned = pc.sum(zoned).as_py() or 0
+    if n_zoned and n_zoned != n_valid:
+        a, b = sorted((_first(pc.invert(zoned)), _first(zoned)))
+        raise TimeError(b, arr[b].as_py(), f"mixed time formats: this row has a time zone, row {a + 1} "
+                        f"({arr[a].as_py()!r}) does not" if zoned[b].as_py() else
+                        f"mixed time formats: this row has no time zone, row {a + 1} ({arr[a].as_py()!r}) has one")
+    target = pa.timestamp("ns", "UTC") if n_zoned else pa.timestamp("ns")
+    try:
+        stamps = pc.cast(arr, target)
+    except pa.ArrowInvalid:
+        row = _bad_row(arr, target)
+        raise TimeError(row, arr[row].as_py(), "not a time: expected ISO-8601 (2024-05-01T12:00:00Z) or Unix "
+                        "seconds/ms") from None
+    secs = pc.cast(stamps, pa.int64()).to_numpy(zero_copy_only=False).astype(np.float64) * 1e-9
+    return secs, "ISO-8601" + (" with zone" if n_zoned else " (no zone: UTC)")
+
