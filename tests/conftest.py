@@ -76,8 +76,8 @@ SYNTH_DATASET = {"n_users": 300, "n_items": 200, "n_interactions": 20_000, "seed
 
 @pytest.fixture(scope="session")
 def synth_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """``(data_path, dataset)`` of a small synthetic dataset (mlconnect.engine.synth), made once per session."""
-    from mlconnect.engine.synth import generate
+    """``(data_path, dataset)`` of a small synthetic dataset (mlconnect.data.synth), made once per session."""
+    from mlconnect.data.synth import generate
 
     data = tmp_path_factory.mktemp("synth-data")
     generate(data, "synth", **SYNTH_DATASET)

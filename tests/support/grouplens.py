@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mlconnect.engine.movielens import ML100K_GENRES
+from mlconnect.data.movielens import ML100K_GENRES
 
 N_USERS, N_ITEMS = 943, 1682  # ml-100k's sizes, so counts read the same as on the real files
 OCCUPATIONS = ("technician", "writer", "educator", "student", "engineer", "other")
