@@ -364,7 +364,9 @@ def _stop_host_side(proc: Any) -> None:
 def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
-        name: str = typer.Argument(..., help="Experiment name (experiments/NAME) or folder."),
+        name: str | None = typer.Argument(None, help="Experiment name (experiments/NAME) or folder."),
+        bundle: str | None = typer.Option(None, "--bundle", metavar="DIR",
+                                          help="Serve an exported bundle instead (ONNX Runtime, no torch)."),
         host: str | None = HostOpt,
         port: int = typer.Option(8000, "--port", min=0, max=65535,
                                  help="Port on this machine (the next free one when busy, with --host; "
@@ -391,6 +393,14 @@ def register(app: typer.Typer) -> None:
         """Serve an experiment as a recommendation API (FastAPI + uvicorn)."""
         limits = dict(max_batch=max_batch, max_items=max_items, max_body_bytes=max_body_bytes,
                       batch_wait_ms=batch_wait_ms)
+        if (name is None) == (bundle is None):
+            raise UsageError("give an experiment NAME or --bundle DIR", "exactly one of the two")
+        if bundle is not None:  # mlconnect.deploy: here only, like the image's command
+            from mlconnect.deploy.server import serve_bundle
+
+            serve_bundle(bundle, bind=bind, port=port, api_key=read_api_key(api_key_env),
+                         log=lambda m: typer.echo(m, err=True), **limits)
+            return
         if stdin_control:  # we were started by serve_remote on the laptop
             key = sys.stdin.buffer.readline().decode().strip() or None
             serve_local(name, bind=bind, port=port, device=device, api_key=key, access_log=access_log,
