@@ -96,4 +96,3 @@ def write_docker_files(folder: Path, log: Callable[[str], None] = lambda _m: Non
     else:
         log(f"installed from a wheel: the Dockerfile installs mlconnect=={__version__} from the package index")
     atomic_write_text(folder / "Dockerfile", dockerfile(wheel))
-    (folder / ".dockerignore").write_text("Dockerfile\n.dockerignore\n")
