@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from mlconnect.cli.common import JsonOpt, info, print_json
+from mlconnect.cli.common import JsonOpt, SshConfigOpt, info, print_json
 from mlconnect.errors import MlconnectError, UsageError
 
 
@@ -22,10 +22,16 @@ def _require(*modules: str) -> None:
                              "pip install 'mlconnect[deploy]'")
 
 
-def _local_host(host: str | None) -> None:
-    if host not in (None, "local"):
-        raise UsageError(f"--host {host}: export and predict run on this machine in this version",
-                         "run the command on the box, then `mlconnect pull` or rsync the output folder")
+HOST_HELP = "Run on this host (an ~/.ssh/config alias or [hosts.NAME]); default: this machine."
+
+
+def _remote(host: str | None, ssh_config: str | None) -> object | None:
+    """The Target for an explicit --host (never the project's default host: these write local files)."""
+    if host in (None, "local"):
+        return None
+    from mlconnect.cli.common import target_from
+
+    return target_from(host, ssh_config)
 
 
 def register(app: typer.Typer) -> None:
@@ -35,11 +41,20 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to create (must not exist)."),
         fmt: str = typer.Option("onnx", "--format", help="onnx (the torch-free server's) or torch (torch.export)."),
         docker: bool = typer.Option(False, "--docker", help="Add a Dockerfile and a pinned requirements.txt."),
-        host: str | None = typer.Option(None, "--host", "-H", help="Run on this host ('local': here)."),
+        host: str | None = typer.Option(None, "--host", "-H", help=HOST_HELP),
+        ssh_config: str | None = SshConfigOpt,
         as_json: bool = JsonOpt,
     ) -> None:
         """Write a verified, self-contained model bundle (ONNX graph, id maps, histories, card.json)."""
-        _local_host(host)
+        target = _remote(host, ssh_config)
+        if target is not None:  # export there, then pull the bundle (checked again here) into --out
+            from mlconnect.deploy.jobs import export_on_host
+
+            extra = ["--format", fmt] + (["--docker"] if docker else [])
+            res = export_on_host(target, name, out, extra)
+            info(f"exported on {target.name} ({res['remote_dir']}) and pulled")
+            print_json(res) if as_json else typer.echo(str(out))
+            return
         _require("onnx", "onnxruntime")
         from mlconnect.deploy.export import export_bundle
         from mlconnect.layout import experiment_paths
@@ -65,13 +80,30 @@ def register(app: typer.Typer) -> None:
         threads: int | None = typer.Option(None, "--threads", min=1, help="ONNX Runtime threads (default: all)."),
         chunk_users: int | None = typer.Option(None, "--chunk-users", min=1, hidden=True,
                                                help="Users per scoring chunk (default: ~64 MB of scores)."),
-        host: str | None = typer.Option(None, "--host", "-H", help="Run on this host ('local': here)."),
+        host: str | None = typer.Option(None, "--host", "-H", help=HOST_HELP + " Detached; fetch with pull."),
+        ssh_config: str | None = SshConfigOpt,
         as_json: bool = JsonOpt,
     ) -> None:
         """Top-k for every user (or a list of users), written as Parquet or CSV."""
-        _local_host(host)
         if (name is None) == (bundle is None):
             raise UsageError("give an experiment NAME or --bundle DIR", "exactly one of the two")
+        target = _remote(host, ssh_config)
+        if target is not None:
+            if bundle is not None:
+                raise UsageError("--host predicts with an experiment on the box", "give its NAME, not --bundle")
+            from mlconnect.deploy.jobs import predict_on_host
+
+            args = ["--users", users, "--k", str(k)] + [f for f, on in (("--exclude-seen", exclude_seen),
+                                                                      ("--wide", wide)) if on]
+            st = predict_on_host(target, name, str(out), args)  # type: ignore[arg-type]
+            if as_json:
+                print_json(st)
+                return
+            job, flag = st["job"], f" --host {host}"
+            typer.echo(f"{job}: {st.get('state')} on {target.name}; the table: {st['remote_out']} there")
+            typer.echo(f"  follow:  mlconnect logs {job} -f{flag}")
+            typer.echo(f"  fetch:   mlconnect pull {job}{flag}   (into experiments/{job}/)")
+            return
         _require("pyarrow", *(["onnxruntime"] if bundle else []))
         from mlconnect.deploy.predict import Source, predict
         from mlconnect.layout import experiment_paths
