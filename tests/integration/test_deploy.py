@@ -22,6 +22,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 import torch
+from tests.conftest import need_or_skip
 
 from mlconnect.deploy.bundle import Bundle, BundleError, sha256_file
 from mlconnect.deploy.export import compare_topk, export_bundle
@@ -118,6 +119,27 @@ def test_export_cli_and_its_errors(base: Path) -> None:
         export_bundle(exp, base / "y", fmt="pickle")
     with pytest.raises(ExperimentError):
         export_bundle(base / "missing", base / "z")
+
+
+def test_export_registers_an_mlflow_model_version_when_the_config_asks(base: Path, tmp_path: Path) -> None:
+    try:
+        from mlflow.tracking import MlflowClient
+    except ImportError:
+        need_or_skip(False, "mlflow not installed (pip install 'mlconnect[mlflow]')")
+    exp = tmp_path / "exp-mlflow"
+    shutil.copytree(deploy.trained(base, "GRU4Rec"), exp)
+    store = tmp_path / "mlruns"
+    with open(exp / "config.yaml", "a") as f:
+        f.write(f"mlflow_tracking_uri: {store}\nmlflow_experiment: deploy-test\n")
+    first = export_bundle(exp, tmp_path / "b1")["mlflow"]
+    second = export_bundle(exp, tmp_path / "b2")["mlflow"]
+    assert (first["registered_model"], first["version"], second["version"]) == ("GRU4Rec-syn", 1, 2)
+    client = MlflowClient(tracking_uri=store.as_uri(), registry_uri=store.as_uri())
+    mv = client.get_model_version("GRU4Rec-syn", "2")
+    assert mv.run_id == second["run_id"] and mv.tags["mlconnect.experiment"] == "exp-mlflow"
+    logged = Path(mv.source.removeprefix("file://"))
+    assert sha256_file(logged / "model.onnx") == sha256_file(tmp_path / "b2" / "model.onnx")
+    assert Bundle.load(logged).card["verification"]["ok"]
 
 
 # -- reading a bundle --------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ def register(app: typer.Typer) -> None:
         card = export_bundle(experiment_paths(name).root, out, fmt=fmt, docker=docker, log=info)
         v = card["verification"]
         if as_json:
-            print_json({"out": str(out), "verification": v, "files": card["files"]})
+            print_json({"out": str(out), "verification": v, "files": card["files"], "mlflow": card.get("mlflow")})
             return
         info(f"verified: top-{v['k']} of {v['users']} users equal the engine's (largest score difference "
              f"{v['max_abs_score_diff']:.2g}, {v['tie_swaps']} tie swaps)")

@@ -143,13 +143,15 @@ def pad_batch(histories: list[np.ndarray] | list[list[int]], max_len: int) -> tu
 class Scorer:
     """The ONNX graph under ONNX Runtime: on CUDA when this onnxruntime has it, else the CPU."""
 
-    def __init__(self, model_path: Path, threads: int | None = None) -> None:
+    def __init__(self, model_path: Path, threads: int | None = None, spin: bool = True) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        if not spin:  # a server: idle pool threads must not busy-wait on the cores the event loop needs
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         wanted = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
         try:
             self.session = ort.InferenceSession(str(model_path), opts, providers=wanted)

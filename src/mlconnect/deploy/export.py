@@ -234,4 +234,19 @@ def export_bundle(experiment_dir: str | os.PathLike[str], out: str | os.PathLike
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if rec.cfg.get("mlflow_tracking_uri"):
+        card["mlflow"] = _register(rec, out, card, log)
     return card
+
+
+def _register(rec: Recommender, out: Path, card: dict[str, Any], log: Log) -> dict[str, Any]:
+    """The bundle is complete and stays whatever MLflow answers: a failure here is reported, not fatal."""
+    from mlconnect.deploy.registry import register_bundle
+
+    try:
+        res = register_bundle(str(rec.cfg["mlflow_tracking_uri"]), out, card, rec.cfg.get("mlflow_experiment"))
+    except Exception as exc:  # an unreachable server, a refused write: the bundle is still good
+        log(f"warning: the bundle is written, but registering it in MLflow failed: {exc}")
+        return {"error": str(exc)}
+    log(f"registered in MLflow as {res['registered_model']} version {res['version']}")
+    return res

@@ -32,7 +32,9 @@ class BundleRecommender:
 
     def __init__(self, bundle: Bundle, threads: int | None = None) -> None:
         self.bundle = bundle
-        self.scorer = Scorer(bundle.root / bundle.card["model_file"], threads=threads)
+        # Like `serve NAME`: leave a core to the event loop that parses HTTP (serve_bench.py measures it).
+        threads = threads or max(1, (os.cpu_count() or 2) - 1)
+        self.scorer = Scorer(bundle.root / bundle.card["model_file"], threads=threads, spin=False)
         self.item_ids, self.max_len = bundle.item_ids, bundle.max_len
         self.known_items = set(bundle.item_index)
         self.known_users = set(bundle.user_index)
