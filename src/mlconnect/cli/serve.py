@@ -398,6 +398,8 @@ def register(app: typer.Typer) -> None:
         if bundle is not None:  # mlconnect.deploy: here only, like the image's command
             from mlconnect.deploy.server import serve_bundle
 
+            if host not in (None, "local"):
+                raise UsageError("--bundle serves on this machine", "copy the bundle to the box and serve it there")
             serve_bundle(bundle, bind=bind, port=port, api_key=read_api_key(api_key_env),
                          log=lambda m: typer.echo(m, err=True), **limits)
             return

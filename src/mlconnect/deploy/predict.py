@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from mlconnect.deploy.bundle import Bundle, Scorer, pad_batch
-from mlconnect.errors import MlconnectError, UsageError
+from mlconnect.errors import UsageError
 from mlconnect.fileio import fsync_dir
 
 TopK = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
@@ -216,7 +216,7 @@ def _progress(total: int) -> tuple[Any, Any]:
         def render(self, task: Any) -> Any:  # users/s, which rich has no column for
             from rich.text import Text
 
-            return Text(f"{task.speed or 0:,.0f} users/s")
+            return Text(f"{task.finished_speed or task.speed or 0:,.0f} users/s")
 
     p = Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(), _Rate(""),
                  TextColumn("ETA"), TimeRemainingColumn(), console=Console(file=sys.stderr), transient=False)
@@ -224,9 +224,3 @@ def _progress(total: int) -> tuple[Any, Any]:
     p.start()
     return p, task
 
-
-def check_output(out: str | os.PathLike[str]) -> None:
-    """Refuse an output path inside a folder we cannot write, before any scoring starts."""
-    parent = Path(out).parent
-    if parent.exists() and not os.access(parent, os.W_OK):
-        raise MlconnectError(f"cannot write to {parent}", "choose another --out")
