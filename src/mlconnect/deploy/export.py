@@ -98,7 +98,7 @@ def export_onnx(rec: Recommender, path: Path) -> None:
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
         torch.onnx.export(graph, _example(rec), str(path), dynamo=False, opset_version=OPSET,
                           input_names=list(INPUTS), output_names=list(OUTPUTS),
-                          dynamic_axes={"items": {0: "batch"}, "seen": {0: "batch", 1: "n_seen"},
+                          dynamic_axes={"items": {0: "batch", 1: "length"}, "seen": {0: "batch", 1: "n_seen"},
                                         "k": {0: "k"}, "scores": {0: "batch", 1: "k"}, "ids": {0: "batch", 1: "k"}})
 
 
@@ -154,14 +154,16 @@ def _exported_runner(root: Path, fmt: str) -> Callable[[np.ndarray, np.ndarray, 
 
 def verify(rec: Recommender, root: Path, fmt: str, users: np.ndarray) -> dict[str, Any]:
     """The exported program against the engine, read back from ``root`` as a consumer reads it."""
-    bundle = Bundle(root, {"max_len": rec.max_len})  # no card yet: it will record this result
+    # No card yet (it will record this result). ONNX graphs take any length up to max_len: check them
+    # the way they are fed, trimmed to each chunk's longest history (see pad_batch).
+    bundle = Bundle(root, {"max_len": rec.max_len, "dynamic_length": fmt == "onnx"})
     run = _exported_runner(root, fmt)
-    histories = [bundle.history(int(u)) for u in users]
+    histories = sorted((bundle.history(int(u)) for u in users), key=len)  # chunks of every trimmed width
     k = min(VERIFY_K, len(bundle.item_ids) - 1)
     parts: list[tuple[np.ndarray, ...]] = []
     for lo in range(0, len(histories), 256):
         chunk = histories[lo: lo + 256]
-        items, seen = pad_batch(chunk, bundle.max_len)
+        items, seen = pad_batch(chunk, bundle.max_len, trim=bundle.trim)
         parts.append((*engine_topk(rec, chunk, min(k + 5, len(bundle.item_ids) - 1)), *run(items, seen, k)))
     es, ei, xs, xi = (np.concatenate([p[n] for p in parts]) for n in range(4))
     return compare_topk((es, ei), (xs, xi))
@@ -181,6 +183,7 @@ def build_card(rec: Recommender, fmt: str, verification: dict[str, Any], files: 
     return {"format_version": FORMAT_VERSION, "format": fmt, "model_file": ONNX_MODEL if fmt == "onnx" else TORCH_MODEL,
             "experiment": rec.paths.name, "model": rec.info["model"], "dataset": rec.info["dataset"],
             "n_items": rec.info["n_items"], "n_users": len(rec.user_ids) - 1, "max_len": rec.max_len,
+            "dynamic_length": fmt == "onnx",
             "created": rec.info["created"], "metrics": rec.info["metrics"], "config": dict(rec.cfg.items()),
             "mlconnect_version": __version__, "git_commit": meta.get("git_commit") or _git_commit(),
             "torch_version": torch.__version__, "inputs": list(INPUTS), "outputs": list(OUTPUTS), "opset": OPSET,

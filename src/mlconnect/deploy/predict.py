@@ -6,8 +6,10 @@ Parquet row group (or CSV rows) written to a hidden temp file next to the output
 over the final name only once complete: a killed job leaves the old file (or none), never half of one.
 
 Long format: ``user_id, rank, item_id, score`` (rank 1 is best); ``wide``: one row per user with
-``item_ids`` and ``scores`` lists. The scorer is a bundle's ONNX graph under ONNX Runtime (CUDA when
-that onnxruntime has it) or, for an experiment, the engine itself (on the GPU when there is one).
+``item_ids`` and ``scores`` lists. A user's rows are contiguous; users come in order of history
+length for a bundle (shorter padding, see bundle.pad_batch), in the order asked for otherwise.
+The scorer is a bundle's ONNX graph under ONNX Runtime (CUDA when that onnxruntime has it) or, for
+an experiment, the engine itself (on the GPU when there is one).
 """
 
 from __future__ import annotations
@@ -33,15 +35,16 @@ class Source:
     """Users, histories and a top-k function: from a bundle (ONNX Runtime) or an experiment (engine)."""
 
     def __init__(self, user_ids: list[str], item_ids: list[str], history: Callable[[int], np.ndarray],
-                 max_len: int, topk: TopK, device: str) -> None:
+                 max_len: int, topk: TopK, device: str, trim: bool = False) -> None:
         self.user_ids, self.item_ids, self.history = user_ids, item_ids, history
-        self.max_len, self.topk, self.device = max_len, topk, device
+        self.max_len, self.topk, self.device, self.trim = max_len, topk, device, trim
 
     @classmethod
     def from_bundle(cls, root: str | os.PathLike[str], threads: int | None = None) -> Source:
         b = Bundle.load(root)
         scorer = Scorer(b.root / b.card["model_file"], threads=threads)
-        return cls(b.user_ids, b.item_ids, b.history, b.max_len, scorer.topk, f"onnxruntime {scorer.device}")
+        return cls(b.user_ids, b.item_ids, b.history, b.max_len, scorer.topk, f"onnxruntime {scorer.device}",
+                   trim=b.trim)
 
     @classmethod
     def from_experiment(cls, experiment_dir: str | os.PathLike[str]) -> Source:
@@ -170,6 +173,8 @@ def predict(source: Source, out: str | os.PathLike[str], *, users: str = "all", 
     if not 1 <= k <= len(source.item_ids) - 1:
         raise UsageError(f"--k {k} is out of range", f"use 1..{len(source.item_ids) - 1} (the number of items)")
     wanted = read_users(users, source)
+    if source.trim:  # similar lengths share a chunk, so most chunks are padded to far less than max_len
+        wanted = wanted[np.argsort([len(source.history(int(u))) for u in wanted], kind="stable")]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     item_ids, user_ids = pa.array(source.item_ids), pa.array(source.user_ids)
@@ -179,7 +184,7 @@ def predict(source: Source, out: str | os.PathLike[str], *, users: str = "all", 
         writer = _Writer(tmp, out, wide)
         for part in chunks(wanted, len(source.item_ids), chunk_users):
             hist = [source.history(int(u)) for u in part]
-            items, seen = pad_batch(hist, source.max_len)
+            items, seen = pad_batch(hist, source.max_len, trim=source.trim)
             if not exclude_seen:
                 seen = np.zeros((len(part), 1), dtype=np.int64)
             scores, ids = source.topk(items, seen, k)
