@@ -3,9 +3,9 @@
     python benchmarks/predict_bench.py                  # 100k users, 50k items: generate, train 1 epoch, export
     python benchmarks/predict_bench.py --quick          # 20k users, 10k items
 
-The model is a 1-epoch SASRec (hidden 64, 2 layers, 50 positions, RecBole's defaults) trained with
-sampled softmax (256 shared negatives) so that training fits a few minutes on a laptop CPU: the cost
-of predict depends on the architecture and the catalog, not on how well or how it was trained. Each
+The model is SASRec (hidden 64, 2 layers, 50 positions, RecBole's defaults) with its initial weights
+(``--train``: one epoch of sampled softmax): the cost of predict depends on the architecture and the
+catalog, not on the weights. Each
 measurement is the real command in a fresh process (`mlconnect predict --bundle ... --json`); its
 peak RSS comes from the kernel (getrusage of the finished child). Runs once for a 10%-of-users file
 and once for all users: a flat peak RSS between the two shows the chunking keeps memory independent
@@ -39,11 +39,14 @@ def ensure(args: argparse.Namespace) -> tuple[Path, Path]:
         print(f"generated {name} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
     if not (exp / "checkpoints" / "best.pt").is_file():
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "mlconnect", "train", "--model", "SASRec", "--dataset", name,
-                        "--data-path", str(data), "--experiment", str(exp), "--set", "epochs=1",
-                        "--set", "MAX_ITEM_LIST_LENGTH=50", "--set", "sampled_negatives=256"],
-                       check=True, cwd=REPO, stdout=subprocess.DEVNULL)
-        print(f"trained in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+        if args.train:
+            subprocess.run([sys.executable, "-m", "mlconnect", "train", "--model", "SASRec", "--dataset", name,
+                            "--data-path", str(data), "--experiment", str(exp), "--set", "epochs=1",
+                            "--set", "MAX_ITEM_LIST_LENGTH=50", "--set", "sampled_negatives=256"],
+                           check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+        else:
+            initialised_experiment(exp, name, data)
+        print(f"{'trained' if args.train else 'initialised'} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
     if not (bundle / "card.json").is_file():
         t = time.perf_counter()
         subprocess.run([sys.executable, "-m", "mlconnect", "export", str(exp), "--out", str(bundle)], check=True,
@@ -57,6 +60,27 @@ _WRAP = ("import resource, runpy, sys\n"
          "out = sys.argv.pop(1); sys.argv[0] = 'mlconnect'\n"
          "try:\n    runpy.run_module('mlconnect', run_name='__main__')\n"
          "finally:\n    open(out, 'w').write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n")
+
+
+def initialised_experiment(exp: Path, name: str, data: Path) -> None:
+    """An experiment folder exactly as training leaves it, with the model's initial weights: what predict
+    costs depends on the architecture and the catalog, not on the weights (training 50k items on a
+    shared 2-core box would take most of the hour). `--train` trains one epoch instead."""
+    import torch
+
+    from mlconnect.engine.checkpoint import save_checkpoint
+    from mlconnect.engine.config import load_config
+    from mlconnect.engine.data import load_dataset
+    from mlconnect.engine.experiment import create_experiment, write_vocab
+    from mlconnect.engine.models import build_model
+
+    cfg = load_config(None, {"model": "SASRec", "dataset": name, "data_path": str(data), "MAX_ITEM_LIST_LENGTH": 50})
+    ds = load_dataset(cfg)
+    paths = create_experiment(cfg, exp)
+    paths.checkpoints.mkdir(parents=True, exist_ok=True)
+    write_vocab(paths, ds)
+    torch.manual_seed(0)
+    save_checkpoint(paths.checkpoint("best"), {"model": build_model(cfg, ds.n_items).state_dict()})
 
 
 def run(argv: list[str], scratch: Path) -> dict:
@@ -81,6 +105,7 @@ def main() -> None:
     p.add_argument("--k", type=int, default=50)
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
     p.add_argument("--quick", action="store_true", help="20k users, 10k items")
+    p.add_argument("--train", action="store_true", help="train 1 epoch (sampled softmax) instead of initial weights")
     p.add_argument("--engine", action="store_true", help="also predict with the engine (torch) for comparison")
     args = p.parse_args()
     if args.quick:
