@@ -2,6 +2,7 @@
 
     python benchmarks/serve_bench.py                      # train (or reuse) the model, measure, print
     python benchmarks/serve_bench.py --compare-batching   # also run with micro-batching off
+    python benchmarks/serve_bench.py --bundle             # the torch server next to the ONNX bundle server
 
 The server is the real command (`python -m mlconnect serve ... --host local`) in its own process;
 the load comes from another process: a raw asyncio HTTP/1.1 client with one keep-alive connection
@@ -59,12 +60,13 @@ def get_json(url: str) -> Any:
         return json.loads(r.read())
 
 
-def start_server(exp: Path, port: int, extra: list[str], threads: int | None) -> subprocess.Popen[bytes]:
+def start_server(exp: Path, port: int, extra: list[str], threads: int | None,
+                 argv: list[str] | None = None) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    proc = subprocess.Popen([sys.executable, "-m", "mlconnect", "serve", str(exp), "--host", "local",
-                             "--port", str(port), *extra], env=env, cwd=REPO,
+    argv = argv or [sys.executable, "-m", "mlconnect", "serve", str(exp), "--host", "local"]
+    proc = subprocess.Popen([*argv, "--port", str(port), *extra], env=env, cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -157,6 +159,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the server")
     p.add_argument("--server-args", default="", help="extra `mlconnect serve` flags, e.g. '--batch-wait-ms 1'")
     p.add_argument("--compare-batching", action="store_true", help="also run with --max-batch 1")
+    p.add_argument("--bundle", action="store_true",
+                   help="also export the model and serve it with the ONNX bundle server (mlconnect.deploy)")
     p.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--bodies", help=argparse.SUPPRESS)
@@ -179,20 +183,27 @@ def main() -> None:
     bodies_file = exp / "bench-bodies.json"
     bodies_file.write_text(json.dumps(bodies))
 
-    configs = [("micro-batching", args.server_args.split())]
+    configs: list[tuple[str, list[str], list[str] | None]] = [("micro-batching", args.server_args.split(), None)]
     if args.compare_batching:
-        configs.append(("one forward per request", [*args.server_args.split(), "--max-batch", "1"]))
+        configs.append(("one forward per request", [*args.server_args.split(), "--max-batch", "1"], None))
+    if args.bundle:
+        configs[0] = ("torch (serve NAME)", configs[0][1], None)
+        bundle = ensure_bundle(exp)
+        configs.append(("ONNX bundle (serve --bundle)", [], [sys.executable, "-m", "mlconnect.deploy.server",
+                                                             "--bundle", str(bundle)]))
     levels = [int(c) for c in args.concurrency.split(",")]
-    rows = []
-    for label, extra in configs:
+    rows, memory = [], {}
+    for label, extra, argv in configs:
         port = free_port()
-        server = start_server(exp, port, extra, args.threads)
+        server = start_server(exp, port, extra, args.threads, argv)
         try:
+            memory[label] = rss_mb(server.pid)
             for c in levels:
                 r = run_level(port, bodies_file, c, args)
                 r["server"] = label
                 rows.append(r)
                 print(f"{label} c={c}: {r['rps']:.0f} req/s p50 {r['p50_ms']:.2f} ms", file=sys.stderr)
+            memory[label] = {"idle": memory[label]["rss"], **rss_mb(server.pid)}
         finally:
             server.terminate()
             server.wait(30)
@@ -205,6 +216,46 @@ def main() -> None:
     for r in rows:
         print(f"| {r['server']} | {r['concurrency']} | {r['requests']} | {r['errors']} | {r['p50_ms']:.2f} | "
               f"{r['p99_ms']:.2f} | {r['rps']:.0f} | {r['mean_batch']:.1f} |")
+    if args.bundle:
+        sizes = install_sizes_mb()
+        print("\n| server | RSS when ready MB | peak RSS MB | installed packages MB |")
+        print("|---|---:|---:|---:|")
+        for (label, mem), size in zip(memory.items(), sizes):
+            print(f"| {label} | {mem['idle']:.0f} | {mem['peak']:.0f} | {size:.0f} |")
+
+
+def ensure_bundle(exp: Path) -> Path:
+    """`mlconnect export` of the same experiment (reused when there)."""
+    out = exp.parent / f"{exp.name}-bundle"
+    if not (out / "card.json").is_file():
+        subprocess.run([sys.executable, "-m", "mlconnect", "export", str(exp), "--out", str(out)], check=True,
+                       cwd=REPO, stdout=subprocess.DEVNULL)
+    return out
+
+
+def rss_mb(pid: int) -> dict[str, float]:
+    fields = dict(ln.split(":", 1) for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in ln)
+    return {"rss": int(fields["VmRSS"].split()[0]) / 1024, "peak": int(fields["VmHWM"].split()[0]) / 1024}
+
+
+def install_sizes_mb() -> tuple[float, float]:
+    """Disk taken by what each server needs installed (the packages and everything they require), from
+    this environment's package records: mlconnect[serve] for the torch server, the bundle image's
+    requirements.txt (mlconnect.deploy.docker) for the bundle server. The Python interpreter is not counted."""
+    from importlib.metadata import distribution
+
+    from mlconnect.deploy.docker import SERVER_PACKAGES, pinned_closure
+
+    def size(names: dict[str, str]) -> float:
+        total = 0
+        for name in names:
+            for f in distribution(name).files or []:
+                path = Path(f.locate())
+                total += path.stat().st_size if path.is_file() else 0
+        return total / 2**20
+
+    torch_side = ("torch", "numpy", "pyyaml", "typer", "rich", "tensorboard", "watchfiles", "fastapi", "uvicorn")
+    return size(pinned_closure(torch_side)), size(pinned_closure(SERVER_PACKAGES))
 
 
 def get_info(exp: Path) -> str:

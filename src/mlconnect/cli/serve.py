@@ -51,7 +51,9 @@ def _serve_on_host(name: str, host: str, ssh_config: str | None, bind: str, port
 def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
-        name: str = typer.Argument(..., help="Experiment name (experiments/NAME) or folder."),
+        name: str | None = typer.Argument(None, help="Experiment name (experiments/NAME) or folder."),
+        bundle: str | None = typer.Option(None, "--bundle", metavar="DIR",
+                                          help="Serve an exported bundle instead (ONNX Runtime, no torch)."),
         host: str | None = HostOpt,
         port: int = typer.Option(8000, "--port", min=0, max=65535,
                                  help="Port on this machine (the next free one when busy, with --host; "
@@ -80,6 +82,16 @@ def register(app: typer.Typer) -> None:
 
         limits = dict(max_batch=max_batch, max_items=max_items, max_body_bytes=max_body_bytes,
                       batch_wait_ms=batch_wait_ms)
+        if (name is None) == (bundle is None):
+            raise UsageError("give an experiment NAME or --bundle DIR", "exactly one of the two")
+        if bundle is not None:  # mlconnect.deploy: here only, like the image's command
+            from mlconnect.deploy.server import serve_bundle
+
+            if host not in (None, "local"):
+                raise UsageError("--bundle serves on this machine", "copy the bundle to the box and serve it there")
+            serve_bundle(bundle, bind=bind, port=port, api_key=read_api_key(api_key_env),
+                         log=lambda m: typer.echo(m, err=True), **limits)
+            return
         if stdin_control:  # we were started by serve_remote on the laptop
             _serve_for_laptop(name, bind, port, device, access_log, limits)
             return

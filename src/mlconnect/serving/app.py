@@ -52,8 +52,8 @@ class _Served:
     """What the handlers share: the recommender once loaded, its batcher, and the load state."""
 
     def __init__(self, experiment_dir: Path, device: str, max_batch: int, max_items: int,
-                 wait_ms: float) -> None:
-        self.experiment_dir, self.device = experiment_dir, device
+                 wait_ms: float, loader: Callable[[], Any] | None = None) -> None:
+        self.experiment_dir, self.device, self.loader = experiment_dir, device, loader
         self.max_batch, self.max_items, self.wait_ms = max_batch, max_items, wait_ms
         self.name = experiment_dir.resolve().name  # "experiments/exp_001/" and "." name it too
         self.rec: Any = None
@@ -63,16 +63,20 @@ class _Served:
 
     def load(self) -> None:
         """Runs in a worker thread: load weights-only, warm up, then start the batcher."""
-        import torch
+        if self.loader is not None:  # a bundle (mlconnect.deploy.server): ONNX Runtime, torch never imported
+            rec = self.loader()
+            run = rec.recommend
+        else:
+            import torch
 
-        from mlconnect.engine.inference import Recommender
+            from mlconnect.engine.inference import Recommender
 
-        rec = Recommender.load(self.experiment_dir, device=self.device)
-        rec.model.eval()  # Recommender.load does this already; serving must never run in train mode
+            rec = Recommender.load(self.experiment_dir, device=self.device)
+            rec.model.eval()  # Recommender.load does this already; serving must never run in train mode
 
-        def run(histories: list[list[str]], k: int, exclude_seen: bool) -> list[list[tuple[str, float]]]:
-            with torch.inference_mode():
-                return rec.recommend(histories, k=k, exclude_seen=exclude_seen)
+            def run(histories: list[list[str]], k: int, exclude_seen: bool) -> list[list[tuple[str, float]]]:
+                with torch.inference_mode():
+                    return rec.recommend(histories, k=k, exclude_seen=exclude_seen)
 
         if not rec.known_items:
             raise ValueError(f"{self.experiment_dir} has an empty item vocabulary")
@@ -125,13 +129,16 @@ def _not_ready(served: _Served) -> Response:
 def create_app(experiment_dir: str | Path, *, device: str = "cpu", api_key: str | None = None,
                max_batch: int = DEFAULT_MAX_BATCH, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                max_items: int = DEFAULT_MAX_ITEMS, batch_wait_ms: float = 0.0,
-               on_load_error: Callable[[str], None] | None = None) -> FastAPI:
+               on_load_error: Callable[[str], None] | None = None,
+               loader: Callable[[], Any] | None = None) -> FastAPI:
     """The API for one experiment folder. The model loads when the server starts (lifespan).
 
     ``max_batch`` caps both ``POST /recommend/batch`` and the sequences in one forward pass.
     ``on_load_error`` is called with the reason if loading fails (the CLI uses it to exit).
+    ``loader`` replaces the engine: it returns an object with Recommender's serving interface
+    (mlconnect.deploy.server's bundle recommender).
     """
-    served = _Served(Path(experiment_dir), device, max_batch, max_items, batch_wait_ms)
+    served = _Served(Path(experiment_dir), device, max_batch, max_items, batch_wait_ms, loader)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:

@@ -1,0 +1,140 @@
+"""Throughput and memory of `mlconnect predict` (top-50 for every user) on a large synthetic catalog.
+
+    python benchmarks/predict_bench.py                  # 100k users, 50k items: generate, train 1 epoch, export
+    python benchmarks/predict_bench.py --quick          # 20k users, 10k items
+
+The model is SASRec (hidden 64, 2 layers, 50 positions, RecBole's defaults) with its initial weights
+(``--train``: one epoch of sampled softmax): the cost of predict depends on the architecture and the
+catalog, not on the weights. Each
+measurement is the real command in a fresh process (`mlconnect predict --bundle ... --json`); its
+peak RSS comes from the kernel (getrusage of the finished child). Runs once for a 10%-of-users file
+and once for all users: a flat peak RSS between the two shows the chunking keeps memory independent
+of the number of users. Prints a markdown table; nothing here asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = REPO / "experiments"
+
+
+def ensure(args: argparse.Namespace) -> tuple[Path, Path]:
+    tag = f"{args.users // 1000}k-{args.items // 1000}k"
+    data, exp, bundle = BASE / "bench-predict-data", BASE / f"bench-predict-{tag}", BASE / f"bench-predict-{tag}-bundle"
+    name = f"synth-{tag}"
+    if not (data / name / f"{name}.inter").is_file():
+        from mlconnect.engine.synth import generate  # the one place this benchmark reads the generator from
+
+        t = time.perf_counter()
+        generate(data, name, n_users=args.users, n_items=args.items, n_interactions=args.users * args.per_user,
+                 seed=0)
+        print(f"generated {name} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    if not (exp / "checkpoints" / "best.pt").is_file():
+        t = time.perf_counter()
+        if args.train:
+            subprocess.run([sys.executable, "-m", "mlconnect", "train", "--model", "SASRec", "--dataset", name,
+                            "--data-path", str(data), "--experiment", str(exp), "--set", "epochs=1",
+                            "--set", "MAX_ITEM_LIST_LENGTH=50", "--set", "sampled_negatives=256"],
+                           check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+        else:
+            initialised_experiment(exp, name, data)
+        print(f"{'trained' if args.train else 'initialised'} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    if not (bundle / "card.json").is_file():
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "mlconnect", "export", str(exp), "--out", str(bundle)], check=True,
+                       cwd=REPO, stdout=subprocess.DEVNULL)
+        print(f"exported and verified in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    return exp, bundle
+
+
+# Runs the CLI in this process and records its own peak RSS on the way out (ru_maxrss of RUSAGE_SELF).
+_WRAP = ("import resource, runpy, sys\n"
+         "out = sys.argv.pop(1); sys.argv[0] = 'mlconnect'\n"
+         "try:\n    runpy.run_module('mlconnect', run_name='__main__')\n"
+         "finally:\n    open(out, 'w').write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n")
+
+
+def initialised_experiment(exp: Path, name: str, data: Path) -> None:
+    """An experiment folder exactly as training leaves it, with the model's initial weights: what predict
+    costs depends on the architecture and the catalog, not on the weights (training 50k items on a
+    shared 2-core box would take most of the hour). `--train` trains one epoch instead."""
+    import torch
+
+    from mlconnect.engine.checkpoint import save_checkpoint
+    from mlconnect.engine.config import load_config
+    from mlconnect.engine.data import load_dataset
+    from mlconnect.engine.experiment import create_experiment, write_vocab
+    from mlconnect.engine.models import build_model
+
+    cfg = load_config(None, {"model": "SASRec", "dataset": name, "data_path": str(data), "MAX_ITEM_LIST_LENGTH": 50})
+    ds = load_dataset(cfg)
+    paths = create_experiment(cfg, exp)
+    paths.checkpoints.mkdir(parents=True, exist_ok=True)
+    write_vocab(paths, ds)
+    torch.manual_seed(0)
+    save_checkpoint(paths.checkpoint("best"), {"model": build_model(cfg, ds.n_items).state_dict()})
+
+
+def run(argv: list[str], scratch: Path) -> dict:
+    """One `mlconnect predict` in a fresh process; its JSON summary plus that process's peak RSS."""
+    peak_file = scratch / "bench-peak-rss.txt"
+    t = time.perf_counter()
+    cp = subprocess.run([sys.executable, "-c", _WRAP, str(peak_file), "predict", *argv, "--json"],
+                        capture_output=True, text=True, cwd=REPO)
+    wall = time.perf_counter() - t
+    if cp.returncode != 0:
+        sys.exit(cp.stderr.strip().splitlines()[-1])
+    res = json.loads(cp.stdout)
+    res.update(peak_rss_mb=int(peak_file.read_text()) / 1024, wall_s=wall)
+    return res
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--users", type=int, default=100_000)
+    p.add_argument("--items", type=int, default=50_000)
+    p.add_argument("--per-user", type=int, default=5, help="mean interactions per user")
+    p.add_argument("--k", type=int, default=50)
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
+    p.add_argument("--quick", action="store_true", help="20k users, 10k items")
+    p.add_argument("--train", action="store_true", help="train 1 epoch (sampled softmax) instead of initial weights")
+    p.add_argument("--engine", action="store_true", help="also predict with the engine (torch) for comparison")
+    args = p.parse_args()
+    if args.quick:
+        args.users, args.items = 20_000, 10_000
+    exp, bundle = ensure(args)
+    out = exp / "bench-recs.parquet"
+    users_file = exp / "bench-users-10pct.txt"
+    vocab = json.loads((bundle / "vocab.json").read_text())
+    users = vocab["user_ids"][1:]
+    users_file.write_text("".join(f"{u}\n" for u in users[: max(1, len(users) // 10)]))
+    threads = ["--threads", str(args.threads)] if args.threads else []
+    rows = []
+    for label, src in [("ONNX bundle", ["--bundle", str(bundle)])] + ([("engine (torch)", [str(exp)])]
+                                                                     if args.engine else []):
+        for which in (str(users_file), "all"):
+            r = run([*src, "--out", str(out), "--users", which, "--k", str(args.k), *threads], exp)
+            r["source"] = label
+            rows.append(r)
+            print(f"{label} {r['users']} users: {r['users_per_s']:.0f} users/s, peak RSS {r['peak_rss_mb']:.0f} MB",
+                  file=sys.stderr)
+    out.unlink(missing_ok=True)
+    print(f"\n`mlconnect predict` — SASRec (hidden 64, 2 layers, 50 positions), {len(users):,} users, "
+          f"{len(vocab['item_ids']) - 1:,} items, top-{args.k}, Parquet, {os.cpu_count()} CPUs\n")
+    print("| scorer | users | rows | scoring+writing s | users/s | process wall s | peak RSS MB |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['source']} ({r['device']}) | {r['users']:,} | {r['rows']:,} | {r['seconds']:.1f} | "
+              f"{r['users_per_s']:,.0f} | {r['wall_s']:.1f} | {r['peak_rss_mb']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""A model bundle on disk: what ``mlconnect export`` writes and the bundle server, ``predict`` and the
+Docker image read.
+
+A bundle is a folder: ``model.onnx`` (the scoring graph), ``vocab.json`` (raw ids in internal-id
+order), ``histories.npz`` (every user's items, for ``user_id`` requests and ``--exclude-seen``),
+``items.json`` (item metadata) and ``card.json``, which records where the model came from and a
+sha256 of every other file. Reading a bundle checks those digests first, so a changed byte or a
+missing file is one error line naming the file rather than a wrong answer later.
+
+Imports numpy and onnxruntime only (never torch or the engine): this module runs in the slim
+serving image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlconnect.errors import MlconnectError
+
+FORMAT_VERSION = 1
+CARD = "card.json"
+ONNX_MODEL = "model.onnx"
+TORCH_MODEL = "model.pt2"
+VOCAB = "vocab.json"
+HISTORIES = "histories.npz"
+ITEMS = "items.json"
+# The graph's interface (export.py writes it, Scorer reads it).
+INPUTS = ("items", "seen", "k")  # [B, max_len] right-padded ids, [B, S] ids to rank last, [k] (only its length counts)
+OUTPUTS = ("scores", "ids")      # [B, k] best first
+
+
+class BundleError(MlconnectError):
+    """A bundle folder that is missing, incomplete or changed since export."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` except the card itself, by relative POSIX path."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if p.is_file() and rel != CARD:
+            out[rel] = sha256_file(p)
+    return out
+
+
+def read_card(root: Path) -> dict[str, Any]:
+    path = root / CARD
+    if not root.is_dir():
+        raise BundleError(f"no bundle at {root}", "export one with `mlconnect export NAME --out DIR`")
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError(f"{path} is missing: {root} is not a complete bundle",
+                          "export it again with `mlconnect export NAME --out DIR`") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path} is not valid JSON ({exc})", "export the bundle again") from None
+    if not isinstance(card, dict) or not isinstance(card.get("files"), dict):
+        raise BundleError(f"{path} has no 'files' digests", "export the bundle again")
+    if card.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"{path} has format_version {card.get('format_version')!r}; this mlconnect reads "
+                          f"{FORMAT_VERSION}", "export it again with this mlconnect version")
+    return card
+
+
+def verify_files(root: Path, card: dict[str, Any]) -> None:
+    """Every file the card lists is there with the same sha256 (the first one that is not is the error)."""
+    for rel, digest in card["files"].items():
+        path = root / rel
+        if not path.is_file():
+            raise BundleError(f"{path} is missing from the bundle", "copy the whole bundle folder, or export again")
+        if sha256_file(path) != digest:
+            raise BundleError(f"{path} does not match its sha256 in {CARD} (changed after export)",
+                              "copy the bundle again from its source, or export again")
+
+
+class Bundle:
+    """A verified bundle's id maps, histories and metadata. Build it with :meth:`load`."""
+
+    def __init__(self, root: Path, card: dict[str, Any]) -> None:
+        self.root, self.card = root, card
+        vocab = json.loads((root / VOCAB).read_text(encoding="utf-8"))
+        self.item_ids: list[str] = [str(i) for i in vocab["item_ids"]]
+        self.user_ids: list[str] = [str(u) for u in vocab["user_ids"]]
+        self.item_index = {raw: i for i, raw in enumerate(self.item_ids) if i > 0}
+        self.user_index = {raw: i for i, raw in enumerate(self.user_ids) if i > 0}
+        with np.load(root / HISTORIES, allow_pickle=False) as h:
+            self.flat, lengths = h["items"].astype(np.int64), h["lengths"].astype(np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)])
+        items_path = root / ITEMS
+        self.items_meta: dict[str, dict[str, Any]] = (
+            json.loads(items_path.read_text(encoding="utf-8")) if items_path.is_file() else {})
+        self.max_len = int(card["max_len"])
+        self.trim = bool(card.get("dynamic_length"))  # see pad_batch
+
+    @classmethod
+    def load(cls, root: str | os.PathLike[str], *, check: bool = True) -> Bundle:
+        root = Path(root)
+        card = read_card(root)
+        if check:
+            verify_files(root, card)
+        try:
+            return cls(root, card)
+        except (OSError, ValueError, KeyError) as exc:
+            raise BundleError(f"{root}: cannot read the bundle ({exc})", "export it again") from None
+
+    @property
+    def n_users(self) -> int:
+        return len(self.offsets) - 1
+
+    def history(self, user: int) -> np.ndarray:
+        """Internal item ids of internal user ``user``, oldest first."""
+        return self.flat[self.offsets[user]: self.offsets[user + 1]]
+
+
+def pad_batch(histories: list[np.ndarray] | list[list[int]], max_len: int,
+              trim: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The graph's two inputs: the last ``max_len`` ids right-padded (as the engine feeds them), and the
+    whole history to rank last (``exclude_seen``), 0-padded; padding id 0 is never ranked anyway.
+
+    ``trim`` (a graph with a dynamic length): pad only to the longest history plus one instead of
+    ``max_len``. Right padding is never attended to, so the answer is the same and short histories
+    cost a fraction of the compute (the +1 is BERT4Rec's mask slot after the last item).
+    """
+    b = len(histories)
+    longest = max((len(h) for h in histories), default=1)
+    items = np.zeros((b, min(max_len, longest + 1) if trim else max_len), dtype=np.int64)
+    width = max(1, longest)
+    seen = np.zeros((b, width), dtype=np.int64)
+    for row, h in enumerate(histories):
+        h = np.asarray(h, dtype=np.int64)
+        tail = h[-max_len:]
+        items[row, : len(tail)] = tail
+        seen[row, : len(h)] = h
+    return items, seen
+
+
+class Scorer:
+    """The ONNX graph under ONNX Runtime: on CUDA when this onnxruntime has it, else the CPU."""
+
+    def __init__(self, model_path: Path, threads: int | None = None, spin: bool = True) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        if not spin:  # a server: idle pool threads must not busy-wait on the cores the event loop needs
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        wanted = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+        try:
+            self.session = ort.InferenceSession(str(model_path), opts, providers=wanted)
+        except Exception as exc:  # onnxruntime raises its own types for a corrupt or foreign file
+            raise BundleError(f"{model_path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:200]})",
+                              "export the bundle again with this mlconnect version") from None
+        self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+
+    def topk(self, items: np.ndarray, seen: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores [B, k] float32, internal ids [B, k] int64), best first; seen ids score -inf."""
+        scores, ids = self.session.run(list(OUTPUTS), {"items": items, "seen": seen,
+                                                        "k": np.zeros(k, dtype=np.int64)})
+        return scores, ids

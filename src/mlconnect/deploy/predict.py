@@ -1,0 +1,231 @@
+"""``mlconnect predict``: the top-k for every user (or a list of users), written as a table.
+
+Users go through in chunks sized so one chunk's score matrix stays near 64 MB whatever the number of
+users: memory is flat in users (benchmarks/predict_bench.py measures it). Each chunk becomes a
+Parquet row group (or CSV rows) written to a hidden temp file next to the output, which is renamed
+over the final name only once complete: a killed job leaves the old file (or none), never half of one.
+
+Long format: ``user_id, rank, item_id, score`` (rank 1 is best); ``wide``: one row per user with
+``item_ids`` and ``scores`` lists. A user's rows are contiguous; users come in order of history
+length for a bundle (shorter padding, see bundle.pad_batch), in the order asked for otherwise.
+The scorer is a bundle's ONNX graph under ONNX Runtime (CUDA when that onnxruntime has it) or, for
+an experiment, the engine itself (on the GPU when there is one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlconnect.deploy.bundle import Bundle, Scorer, pad_batch
+from mlconnect.errors import UsageError
+from mlconnect.fileio import fsync_dir
+
+TopK = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+SCORE_BUDGET = 1 << 24  # floats in one chunk's [users, items] score matrix (64 MB)
+
+
+class Source:
+    """Users, histories and a top-k function: from a bundle (ONNX Runtime) or an experiment (engine)."""
+
+    def __init__(self, user_ids: list[str], item_ids: list[str], history: Callable[[int], np.ndarray],
+                 max_len: int, topk: TopK, device: str, trim: bool = False) -> None:
+        self.user_ids, self.item_ids, self.history = user_ids, item_ids, history
+        self.max_len, self.topk, self.device, self.trim = max_len, topk, device, trim
+
+    @classmethod
+    def from_bundle(cls, root: str | os.PathLike[str], threads: int | None = None) -> Source:
+        b = Bundle.load(root)
+        scorer = Scorer(b.root / b.card["model_file"], threads=threads)
+        return cls(b.user_ids, b.item_ids, b.history, b.max_len, scorer.topk, f"onnxruntime {scorer.device}",
+                   trim=b.trim)
+
+    @classmethod
+    def from_experiment(cls, experiment_dir: str | os.PathLike[str]) -> Source:
+        import torch
+
+        from mlconnect.engine.inference import Recommender
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        rec = Recommender.load(experiment_dir, device=device)
+        hist = rec.histories
+
+        def topk(items: np.ndarray, seen: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+            with torch.inference_mode():
+                xb = torch.from_numpy(items).to(rec.device)
+                scores = rec.model.full_scores(xb, (xb > 0).sum(1))
+                scores.scatter_(1, torch.from_numpy(seen).to(rec.device), float("-inf"))
+                top = torch.topk(scores, k, dim=1)
+                return top.values.float().cpu().numpy(), top.indices.cpu().numpy()
+
+        return cls(rec.user_ids, rec.item_ids, lambda u: np.asarray(hist[u], dtype=np.int64), rec.max_len,
+                   topk, f"torch {device}")
+
+
+def read_users(spec: str, source: Source) -> np.ndarray:
+    """Internal user ids: ``all``, or a file with one raw user id per line (a ``user_id`` header is allowed)."""
+    if spec == "all":
+        return np.arange(1, len(source.user_ids), dtype=np.int64)
+    path = Path(spec)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--users {spec}: cannot read it ({exc})",
+                         "give a file with one user id per line, or all") from None
+    index = {raw: i for i, raw in enumerate(source.user_ids) if i > 0}
+    out, unknown = [], []
+    for n, line in enumerate(lines, 1):
+        raw = line.strip().split(",")[0].strip()
+        if not raw or (n == 1 and raw == "user_id"):
+            continue
+        if raw in index:
+            out.append(index[raw])
+        else:
+            unknown.append(f"{raw!r} (line {n})")
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise UsageError(f"{path}: unknown user ids {shown}", "list only users of the model's training data")
+    if not out:
+        raise UsageError(f"{path} lists no users", "one raw user id per line, or --users all")
+    return np.asarray(out, dtype=np.int64)
+
+
+def chunks(users: np.ndarray, n_items: int, size: int | None = None) -> Iterator[np.ndarray]:
+    size = size or int(np.clip(SCORE_BUDGET // max(n_items, 1), 64, 8192))
+    for lo in range(0, len(users), size):
+        yield users[lo: lo + size]
+
+
+class _Writer:
+    """Row groups to Parquet, or rows to CSV, chosen by the output's extension."""
+
+    def __init__(self, tmp: Path, out: Path, wide: bool) -> None:
+        import pyarrow as pa
+
+        self.pa, self.tmp, self.wide = pa, tmp, wide
+        self.csv = out.suffix.lower() == ".csv"
+        if wide and not self.csv:
+            fields = [("user_id", pa.string()), ("item_ids", pa.list_(pa.string())), ("scores", pa.list_(pa.float32()))]
+        elif wide:  # CSV has no lists: space-separated ids and scores
+            fields = [("user_id", pa.string()), ("item_ids", pa.string()), ("scores", pa.string())]
+        else:
+            fields = [("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()), ("score", pa.float32())]
+        self.schema = pa.schema(fields)
+        if self.csv:
+            import pyarrow.csv as pcsv
+
+            self.writer: Any = pcsv.CSVWriter(str(tmp), self.schema)
+        else:
+            import pyarrow.parquet as pq
+
+            self.writer = pq.ParquetWriter(str(tmp), self.schema, compression="zstd")
+        self.rows = 0
+
+    def write(self, users: Any, scores: np.ndarray, ids: Any, item_ids: Any) -> None:
+        """``users`` [B] raw ids (arrow), ``scores``/``ids`` [B, k]; -inf entries are dropped (a user with
+        fewer than k unseen items)."""
+        pa = self.pa
+        keep = np.isfinite(scores)
+        counts = keep.sum(1)
+        items = item_ids.take(pa.array(ids[keep]))
+        vals = scores[keep].astype(np.float32)
+        if self.wide:
+            offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
+            if self.csv:
+                id_lists = [" ".join(x) for x in pa.ListArray.from_arrays(offsets, items).to_pylist()]
+                sc_lists = [" ".join(f"{v:.6g}" for v in x) for x in
+                            pa.ListArray.from_arrays(offsets, pa.array(vals)).to_pylist()]
+                cols = [users, pa.array(id_lists), pa.array(sc_lists)]
+            else:
+                cols = [users, pa.ListArray.from_arrays(offsets, items),
+                        pa.ListArray.from_arrays(offsets, pa.array(vals))]
+        else:
+            rank = (np.cumsum(keep, axis=1)[keep]).astype(np.int32)
+            rows = pa.array(np.repeat(np.arange(len(counts)), counts))
+            cols = [users.take(rows), pa.array(rank), items, pa.array(vals)]
+        table = pa.Table.from_arrays(cols, schema=self.schema)
+        self.writer.write_table(table) if not self.csv else self.writer.write(table)
+        self.rows += table.num_rows
+
+    def close(self) -> None:
+        self.writer.close()
+        with open(self.tmp, "rb+") as f:
+            os.fsync(f.fileno())
+
+
+def predict(source: Source, out: str | os.PathLike[str], *, users: str = "all", k: int = 50,
+            exclude_seen: bool = False, wide: bool = False, chunk_users: int | None = None,
+            progress: bool = True) -> dict[str, Any]:
+    """Write the top-``k`` of ``users`` to ``out`` (.parquet or .csv) and return a summary."""
+    import time
+
+    import pyarrow as pa
+
+    out = Path(out)
+    if out.suffix.lower() not in (".parquet", ".csv"):
+        raise UsageError(f"--out {out}: the extension picks the format", "name it .parquet or .csv")
+    if not 1 <= k <= len(source.item_ids) - 1:
+        raise UsageError(f"--k {k} is out of range", f"use 1..{len(source.item_ids) - 1} (the number of items)")
+    wanted = read_users(users, source)
+    if source.trim:  # similar lengths share a chunk, so most chunks are padded to far less than max_len
+        wanted = wanted[np.argsort([len(source.history(int(u))) for u in wanted], kind="stable")]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    item_ids, user_ids = pa.array(source.item_ids), pa.array(source.user_ids)
+    started = time.monotonic()
+    bar = _progress(len(wanted)) if progress else None
+    try:
+        writer = _Writer(tmp, out, wide)
+        for part in chunks(wanted, len(source.item_ids), chunk_users):
+            hist = [source.history(int(u)) for u in part]
+            items, seen = pad_batch(hist, source.max_len, trim=source.trim)
+            if not exclude_seen:
+                seen = np.zeros((len(part), 1), dtype=np.int64)
+            scores, ids = source.topk(items, seen, k)
+            writer.write(user_ids.take(pa.array(part)), scores, ids, item_ids)
+            if bar is not None:
+                bar[0].update(bar[1], advance=len(part))
+        writer.close()
+        os.replace(tmp, out)
+        fsync_dir(out.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    finally:
+        if bar is not None:
+            bar[0].stop()
+    elapsed = time.monotonic() - started
+    return {"out": str(out), "users": len(wanted), "rows": writer.rows, "k": k, "seconds": round(elapsed, 3),
+            "users_per_s": round(len(wanted) / elapsed, 1) if elapsed else None, "device": source.device}
+
+
+def _progress(total: int) -> tuple[Any, Any]:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    class _Rate(TextColumn):
+        def render(self, task: Any) -> Any:  # users/s, which rich has no column for
+            from rich.text import Text
+
+            return Text(f"{task.finished_speed or task.speed or 0:,.0f} users/s")
+
+    p = Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(), _Rate(""),
+                 TextColumn("ETA"), TimeRemainingColumn(), console=Console(file=sys.stderr), transient=False)
+    task = p.add_task("predict", total=total)
+    p.start()
+    return p, task
+

@@ -1,0 +1,150 @@
+"""The bundle server: the recommendation API of ``mlconnect serve`` from a bundle, torch-free.
+
+It is serving/app.py's app (same routes, schema, limits, API key, micro-batching) with the engine
+swapped for :class:`BundleRecommender`, which scores with ONNX Runtime and numpy. Nothing here or
+in what it imports loads torch or mlconnect.engine (tests/integration/test_deploy_docker.py runs it
+in a venv that has no torch), which is what lets the serving image stay small.
+
+``python -m mlconnect.deploy.server --bundle DIR`` is the Docker image's command;
+``mlconnect serve --bundle DIR`` calls :func:`serve_bundle` too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlconnect.deploy.bundle import Bundle, BundleError, Scorer, pad_batch
+from mlconnect.errors import MlconnectError
+
+DEFAULT_KEY_ENV = "MLCONNECT_API_KEY"
+
+
+class BundleRecommender:
+    """The serving interface of engine.inference.Recommender, over a bundle."""
+
+    def __init__(self, bundle: Bundle, threads: int | None = None) -> None:
+        self.bundle = bundle
+        # Like `serve NAME`: leave a core to the event loop that parses HTTP (serve_bench.py measures it).
+        threads = threads or max(1, (os.cpu_count() or 2) - 1)
+        self.scorer = Scorer(bundle.root / bundle.card["model_file"], threads=threads, spin=False)
+        self.item_ids, self.max_len = bundle.item_ids, bundle.max_len
+        self.known_items = set(bundle.item_index)
+        self.known_users = set(bundle.user_index)
+        card = bundle.card
+        self.info = {"experiment": card["experiment"], "model": card["model"], "dataset": card["dataset"],
+                     "metrics": card["metrics"], "created": card["created"], "n_items": card["n_items"],
+                     "bundle": {"format": card["format"], "mlconnect_version": card["mlconnect_version"],
+                                "git_commit": card["git_commit"], "runtime": f"onnxruntime ({self.scorer.device})"}}
+
+    def user_history(self, user_id: str) -> list[str]:
+        ids = self.item_ids
+        return [ids[i] for i in self.bundle.history(self.bundle.user_index[str(user_id)])]
+
+    def item_metadata(self, item_id: str) -> dict[str, Any]:
+        return dict(self.bundle.items_meta.get(str(item_id), {}))
+
+    def recommend(self, histories: list[list[str]], k: int = 10,
+                  exclude_seen: bool = True) -> list[list[tuple[str, float]]]:
+        """Raw item ids in, ``[(item_id, score), ...]`` per history out (best first), like the engine."""
+        index = self.bundle.item_index
+        internal = [[index[str(i)] for i in h] for h in histories]
+        items, seen = pad_batch(internal, self.max_len, trim=self.bundle.trim)
+        if not exclude_seen:
+            seen = np.zeros((len(internal), 1), dtype=np.int64)  # padding only: it scores -inf anyway
+        k = min(k, len(self.item_ids) - 1)
+        scores, ids = self.scorer.topk(items, seen, k)
+        out = []
+        for vals, idx in zip(scores.tolist(), ids.tolist()):
+            out.append([(self.item_ids[i], float(v)) for v, i in zip(vals, idx) if v != float("-inf")])
+        return out
+
+
+def create_bundle_app(bundle_dir: str | os.PathLike[str], *, threads: int | None = None, **kwargs: Any) -> Any:
+    """serving.app's FastAPI app over a bundle. The bundle is verified here, before the app exists, so a
+    tampered bundle fails the command with one line rather than a 503 later."""
+    from mlconnect.serving.app import create_app
+
+    bundle = Bundle.load(bundle_dir)
+    app = create_app(bundle.root, loader=lambda: BundleRecommender(bundle, threads=threads), **kwargs)
+    app.state.served.name = bundle.card["experiment"]  # answers name the experiment, as `serve NAME` does
+    return app
+
+
+def _bind(bind: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((bind, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise MlconnectError(f"port {port} on {bind} is already in use",
+                                 "stop the other server or pick another --port") from None
+        raise MlconnectError(f"cannot listen on {bind}:{port}: {exc.strerror}", "check --bind and --port") from None
+    sock.listen(2048)
+    return sock
+
+
+def serve_bundle(bundle_dir: str | os.PathLike[str], *, bind: str = "127.0.0.1", port: int = 8000,
+                 api_key: str | None = None, threads: int | None = None, log: Any = print, **limits: Any) -> None:
+    """Serve a bundle under uvicorn until stopped (SIGTERM/Ctrl-C: graceful)."""
+    import uvicorn
+
+    errors: list[str] = []
+    server: Any = None
+
+    def failed(reason: str) -> None:
+        errors.append(reason)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_bundle_app(bundle_dir, threads=threads, api_key=api_key, on_load_error=failed, **limits)
+    sock = _bind(bind, port)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="info", access_log=False, lifespan="on",
+                                           timeout_graceful_shutdown=10, server_header=False))
+    log(f"serving bundle {Path(bundle_dir).resolve()} on http://{bind}:{sock.getsockname()[1]}; Ctrl-C to stop")
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    if errors:
+        raise BundleError(f"could not load the bundle {bundle_dir}: {errors[0]}", "export it again")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The image's entry point (no typer, no torch): ``python -m mlconnect.deploy.server``."""
+    p = argparse.ArgumentParser(prog="python -m mlconnect.deploy.server", description=__doc__.splitlines()[0])
+    p.add_argument("--bundle", default=".", help="bundle folder (default: the working directory)")
+    p.add_argument("--bind", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key-env", default=None, metavar="VAR",
+                   help=f"require X-API-Key equal to $VAR (default: ${DEFAULT_KEY_ENV} when set)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--max-items", type=int, default=1000)
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    a = p.parse_args(argv)
+    key = os.environ.get(a.api_key_env) if a.api_key_env else os.environ.get(DEFAULT_KEY_ENV)
+    try:
+        if a.api_key_env and not key:
+            raise MlconnectError(f"--api-key-env {a.api_key_env}: that variable is empty or unset",
+                                 f"set {a.api_key_env} to a long random key")
+        serve_bundle(a.bundle, bind=a.bind, port=a.port, api_key=key or None, threads=a.threads,
+                     log=lambda m: print(m, file=sys.stderr, flush=True), max_batch=a.max_batch,
+                     max_items=a.max_items, max_body_bytes=a.max_body_bytes)
+    except MlconnectError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""`mlconnect export` / `predict` / `serve --bundle` on one-epoch models of a tiny synthetic dataset.
+
+Real torch export, real ONNX Runtime, real Parquet files, real uvicorn in subprocesses; the engine's
+own Recommender is the reference every answer is compared with.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+import pytest
+import torch
+from tests.conftest import need_or_skip
+
+from mlconnect.deploy.bundle import Bundle, BundleError, sha256_file
+from mlconnect.deploy.export import compare_topk, export_bundle
+from mlconnect.deploy.predict import Source, predict
+from mlconnect.deploy.server import BundleRecommender
+from mlconnect.engine.inference import Recommender
+from mlconnect.errors import ExperimentError, UsageError
+from support import deploy
+from support.sshd import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.getbasetemp() / "deploy"  # test_deploy_docker.py reuses what is built here
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def _cli(*args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mlconnect", *args], capture_output=True, text=True,
+                          timeout=timeout, env=ENV, **kw)
+
+
+# -- export ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("model", deploy.MODELS)
+def test_export_verifies_and_equals_the_engine_for_every_user(base: Path, model: str) -> None:
+    out = deploy.bundle(base, model)
+    card = json.loads((out / "card.json").read_text())
+    v = card["verification"]
+    assert v["ok"] and v["users"] == deploy.N_USERS and v["k"] == 10 and v["max_abs_score_diff"] <= 1e-4
+    assert card["model"] == model and card["dataset"] == "syn" and card["mlconnect_version"]
+    assert card["metrics"]["test"] and card["config"]["hidden_size"] == 16
+    files = {p.name for p in out.iterdir()} - {"card.json"}
+    assert set(card["files"]) == files >= {"model.onnx", "vocab.json", "histories.npz", "items.json"}
+    assert all(sha256_file(out / f) == d for f, d in card["files"].items())
+
+    # Independently of the export's own check: every user, through the bundle server's recommender.
+    rec, served = Recommender.load(deploy.trained(base, model)), BundleRecommender(Bundle.load(out))
+    users = sorted(rec.known_users, key=int)
+    for lo in range(0, len(users), 128):
+        hist = [rec.user_history(u) for u in users[lo: lo + 128]]
+        for exclude in (True, False):
+            want, got = rec.recommend(hist, 10, exclude), served.recommend(hist, 10, exclude)
+            assert [[i for i, _ in r] for r in got] == [[i for i, _ in r] for r in want]
+            assert np.allclose([[s for _, s in r] for r in got], [[s for _, s in r] for r in want], atol=1e-4)
+    # One short sequence per call: the graph runs at its smallest lengths (pad_batch trims to longest + 1).
+    for user in users[:20]:
+        for seq in (rec.user_history(user)[:1], rec.user_history(user)[:3]):
+            assert [i for i, _ in served.recommend([seq], 10)[0]] == [i for i, _ in rec.recommend([seq], 10)[0]]
+    assert card["dynamic_length"] is True
+
+
+def test_compare_topk_allows_tie_swaps_only() -> None:
+    eng = (np.array([[3.0, 2.0, 1.0, 1.0]]), np.array([[5, 6, 7, 8]]))  # the engine ranks one further
+    ids, scores = np.array([[5, 6, 7]]), np.array([[3.0, 2.0, 1.0]])
+    same = compare_topk(eng, (scores, ids))
+    assert same["ok"] and same["identical_ids"]
+    tie = compare_topk(eng, (scores, np.array([[5, 6, 8]])))  # 7 and 8 tie: either may come third
+    assert tie["ok"] and tie["tie_swaps"] == 1 and not tie["identical_ids"]
+    assert not compare_topk(eng, (scores, np.array([[5, 7, 6]])))["ok"]  # 6 and 7 do not tie
+    assert not compare_topk(eng, (scores, np.array([[5, 6, 9]])))["ok"]  # 9 is nowhere near
+    assert not compare_topk(eng, (np.array([[3.0, 2.001, 1.0]]), ids))["ok"]
+
+
+def test_export_refuses_a_graph_that_does_not_reproduce_the_engine(base: Path, monkeypatch) -> None:
+    """A real export of a perturbed copy of the model must fail verification and leave no folder."""
+    import mlconnect.deploy.export as ex
+
+    real = ex.export_onnx
+
+    def perturbed(rec: Recommender, path: Path) -> None:
+        other = copy.copy(rec)
+        other.model = copy.deepcopy(rec.model)
+        with torch.no_grad():
+            other.model.item_table().mul_(1.5).add_(0.01)
+        real(other, path)
+
+    monkeypatch.setattr(ex, "export_onnx", perturbed)
+    out = base / "refused"
+    with pytest.raises(BundleError, match="does not reproduce the engine"):
+        export_bundle(deploy.trained(base, "SASRec"), out)
+    assert not out.exists() and not list(base.glob(".refused.partial-*"))
+
+
+def test_export_cli_and_its_errors(base: Path) -> None:
+    exp = deploy.trained(base, "GRU4Rec")
+    out = base / "cli-bundle"
+    r = _cli("export", str(exp), "--out", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["verification"]["ok"] and Bundle.load(out)
+    with pytest.raises(ExperimentError, match="already exists"):
+        export_bundle(exp, out)
+    with pytest.raises(UsageError):
+        export_bundle(exp, base / "y", fmt="pickle")
+    with pytest.raises(ExperimentError):
+        export_bundle(base / "missing", base / "z")
+
+
+def test_export_registers_an_mlflow_model_version_when_the_config_asks(base: Path, tmp_path: Path) -> None:
+    try:
+        from mlflow.tracking import MlflowClient
+    except ImportError:
+        need_or_skip(False, "mlflow not installed (pip install 'mlconnect[mlflow]')")
+    exp = tmp_path / "exp-mlflow"
+    shutil.copytree(deploy.trained(base, "GRU4Rec"), exp)
+    store = tmp_path / "mlruns"
+    with open(exp / "config.yaml", "a") as f:
+        f.write(f"mlflow_tracking_uri: {store}\nmlflow_experiment: deploy-test\n")
+    first = export_bundle(exp, tmp_path / "b1")["mlflow"]
+    second = export_bundle(exp, tmp_path / "b2")["mlflow"]
+    assert (first["registered_model"], first["version"], second["version"]) == ("GRU4Rec-syn", 1, 2)
+    client = MlflowClient(tracking_uri=store.as_uri(), registry_uri=store.as_uri())
+    mv = client.get_model_version("GRU4Rec-syn", "2")
+    assert mv.run_id == second["run_id"] and mv.tags["mlconnect.experiment"] == "exp-mlflow"
+    logged = Path(mv.source.removeprefix("file://"))
+    assert sha256_file(logged / "model.onnx") == sha256_file(tmp_path / "b2" / "model.onnx")
+    assert Bundle.load(logged).card["verification"]["ok"]
+
+
+# -- reading a bundle --------------------------------------------------------------------------------
+
+def test_tampered_or_incomplete_bundle_is_one_error_line_naming_the_file(base: Path, tmp_path: Path) -> None:
+    good = deploy.bundle(base, "SASRec")
+    flipped = tmp_path / "flipped"
+    shutil.copytree(good, flipped)
+    data = bytearray((flipped / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (flipped / "model.onnx").write_bytes(bytes(data))
+    r = _cli("predict", "--bundle", str(flipped), "--out", str(tmp_path / "r.parquet"))
+    assert r.returncode == 1, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "model.onnx" in lines[0] and "sha256" in lines[0]
+    assert not (tmp_path / "r.parquet").exists()
+
+    missing = tmp_path / "missing"
+    shutil.copytree(good, missing)
+    (missing / "vocab.json").unlink()
+    r = subprocess.run([sys.executable, "-m", "mlconnect.deploy.server", "--bundle", str(missing),
+                        "--port", str(free_port())], capture_output=True, text=True, timeout=60, env=ENV)
+    assert r.returncode == 1 and r.stderr.strip().count("\n") == 0
+    assert r.stderr.startswith("error:") and "vocab.json is missing" in r.stderr
+    with pytest.raises(BundleError, match="card.json is missing"):
+        Bundle.load(base / "exp-sasrec")
+
+
+# -- serve --bundle ---------------------------------------------------------------------------------
+
+def test_serve_bundle_cli_answers_like_the_engine_without_importing_torch(base: Path, tmp_path: Path) -> None:
+    out, exp = deploy.bundle(base, "BERT4Rec"), deploy.trained(base, "BERT4Rec")
+    port, key = free_port(), "k-0123456789"
+    # -X importtime lists every module the process imports, on stderr: torch must not be among them.
+    proc = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "mlconnect", "serve", "--bundle", str(out),
+                             "--port", str(port)], env={**ENV, "MLCONNECT_API_KEY": key},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url, h = f"http://127.0.0.1:{port}", {"X-API-Key": key}
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/health", headers=h, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        rec = Recommender.load(exp)
+        for user in ("1", "17", str(deploy.N_USERS)):
+            got = httpx.post(url + "/recommend", json={"user_id": user, "k": 10}, headers=h).json()
+            want = rec.recommend([rec.user_history(user)], 10, True)[0]
+            assert [i["item_id"] for i in got["items"]] == [i for i, _ in want]
+            assert got["experiment"] == exp.name and got["model"] == "BERT4Rec"
+        assert httpx.post(url + "/recommend", json={"user_id": "1"}).status_code == 401
+        bad = httpx.post(url + "/recommend", json={"items": ["1", "zzz"]}, headers=h)
+        assert bad.status_code == 422 and "zzz" in bad.text
+        assert httpx.post(url + "/recommend", json={"user_id": "1", "k": 101}, headers=h).status_code == 422
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode in (0, 130, -signal.SIGINT), err[-2000:]  # uvicorn re-raises the signal once done
+    assert "Application shutdown complete" in err and "Traceback" not in err
+    imported = {ln.rsplit("|", 1)[-1].strip() for ln in err.splitlines() if ln.startswith("import time:")}
+    assert "onnxruntime" in imported and "fastapi" in imported
+    assert not {m for m in imported if m == "torch" or m.startswith(("torch.", "mlconnect.engine"))}
+
+
+# -- predict -----------------------------------------------------------------------------------------
+
+def _engine_seen(base: Path) -> dict[str, set[str]]:
+    rec = Recommender.load(deploy.trained(base, "SASRec"))
+    return {u: set(rec.user_history(u)) for u in rec.known_users}
+
+
+def test_predict_long_wide_csv_and_exclude_seen(base: Path, tmp_path: Path) -> None:
+    src = Source.from_bundle(deploy.bundle(base, "SASRec"), threads=1)
+    seen = _engine_seen(base)
+    res = predict(src, tmp_path / "recs.parquet", k=25, exclude_seen=True, chunk_users=64, progress=False)
+    t = pq.read_table(tmp_path / "recs.parquet")
+    assert t.column_names == ["user_id", "rank", "item_id", "score"]
+    assert res["rows"] == t.num_rows == deploy.N_USERS * 25
+    rows = t.to_pylist()
+    by_user: dict[str, list[dict]] = {}
+    for r in rows:
+        by_user.setdefault(r["user_id"], []).append(r)
+    assert set(by_user) == set(seen)
+    for u, recs in by_user.items():
+        items = [r["item_id"] for r in recs]
+        assert len(set(items)) == 25 and [r["rank"] for r in recs] == list(range(1, 26))
+        assert not set(items) & seen[u]
+        assert all(a["score"] >= b["score"] for a, b in zip(recs, recs[1:]))
+
+    # The experiment (engine) and the bundle (ONNX Runtime) write the same table.
+    predict(Source.from_experiment(deploy.trained(base, "SASRec")), tmp_path / "eng.parquet", k=25,
+            exclude_seen=True, progress=False)
+    order = [("user_id", "ascending"), ("rank", "ascending")]  # the bundle goes by history length
+    assert pq.read_table(tmp_path / "eng.parquet").sort_by(order).column("item_id").equals(
+        t.sort_by(order).column("item_id"))
+
+    predict(src, tmp_path / "inc.parquet", k=25, exclude_seen=False, progress=False)
+    inc = pq.read_table(tmp_path / "inc.parquet").to_pylist()
+    assert any(r["item_id"] in seen[r["user_id"]] for r in inc)  # without the flag seen items may come back
+
+    users = tmp_path / "users.txt"
+    users.write_text("user_id\n3\n5\n")
+    predict(src, tmp_path / "wide.csv", users=str(users), k=5, wide=True, progress=False)
+    wide = pcsv.read_csv(tmp_path / "wide.csv").to_pylist()
+    assert sorted(str(r["user_id"]) for r in wide) == ["3", "5"] and len(str(wide[0]["item_ids"]).split()) == 5
+    predict(src, tmp_path / "wide.parquet", k=5, wide=True, progress=False)
+    assert pq.read_table(tmp_path / "wide.parquet").num_rows == deploy.N_USERS
+
+    users.write_text("3\nghost\n")
+    with pytest.raises(UsageError, match="ghost"):
+        predict(src, tmp_path / "x.parquet", users=str(users), progress=False)
+    with pytest.raises(UsageError, match=r"\.parquet or \.csv"):
+        predict(src, tmp_path / "x.json", progress=False)
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_predict_killed_mid_write_leaves_the_old_file(base: Path, tmp_path: Path) -> None:
+    out = tmp_path / "recs.parquet"
+    out.write_bytes(b"yesterday's table")
+    users = tmp_path / "users.txt"
+    users.write_text("".join(f"{u}\n" for u in range(1, deploy.N_USERS + 1)) * 40)  # 16,000 rows of work
+    bundle = deploy.bundle(base, "SASRec")
+    proc = subprocess.Popen([sys.executable, "-m", "mlconnect", "predict", "--bundle", str(bundle),
+                             "--out", str(out), "--users", str(users), "--chunk-users", "8", "--threads", "1"],
+                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    partial: list[Path] = []
+    while time.monotonic() < deadline and not partial and proc.poll() is None:
+        partial = [p for p in tmp_path.glob(".recs.parquet.partial-*") if p.stat().st_size > 0]
+        time.sleep(0.01)
+    assert partial, f"predict finished before it could be killed: {proc.stderr.read() if proc.stderr else ''}"
+    proc.kill()
+    proc.wait(10)
+    assert out.read_bytes() == b"yesterday's table"
+    # And run to the end, the table replaces it whole.
+    r = _cli("predict", "--bundle", str(deploy.bundle(base, "SASRec")), "--out", str(out), "--k", "3", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["rows"] == pq.read_table(out).num_rows == deploy.N_USERS * 3

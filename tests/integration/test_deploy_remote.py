@@ -1,0 +1,76 @@
+"""`predict --host` and `export --host` over a real OpenSSH server on 127.0.0.1.
+
+The "box" is this machine through sshd with throwaway keys, running the same venv, with its project
+root a temp folder holding a trained experiment. predict runs detached there as a job (ps, logs,
+pull); export runs there and the bundle comes back checked.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+
+import pyarrow.parquet as pq
+import pytest
+from runs_sshd import start_sshd, stop_sshd
+from runs_support import cli_env, mlc, ps_json, wait_for
+from tests.conftest import require_tool
+
+from mlconnect.deploy.bundle import Bundle
+from support import deploy
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory: pytest.TempPathFactory):
+    require_tool("sshd", "ssh", "rsync", "ssh-keygen")
+    tmp = tmp_path_factory.mktemp("deploy_remote")
+    sshd = start_sshd(tmp / "sshd")
+    remote, laptop = tmp / "remote_root", tmp / "laptop"
+    laptop.mkdir()
+    base = tmp_path_factory.getbasetemp() / "deploy"  # the trained experiments test_deploy.py shares
+    base.mkdir(exist_ok=True)
+    shutil.copytree(deploy.trained(base, "SASRec"), remote / "experiments" / "exp")
+    (laptop / "mlconnect.toml").write_text(
+        f'[hosts.{sshd.alias}]\nremote_root = "{remote}"\npython = "{sys.executable}"\n')
+    env = cli_env(tmp)
+    env["MLCONNECT_CONTROL_DIR"] = tempfile.mkdtemp(prefix="mlc-dep-", dir="/tmp")  # short unix socket paths
+    yield {"laptop": laptop, "remote": remote, "env": env,
+           "host": ["--host", sshd.alias, "--ssh-config", str(sshd.ssh_config)]}
+    stop_sshd(sshd, env["MLCONNECT_CONTROL_DIR"])
+
+
+def test_predict_host_runs_detached_and_pull_brings_the_table(box) -> None:
+    laptop, env, host = box["laptop"], box["env"], box["host"]
+    st = json.loads(mlc(["predict", "exp", *host, "--out", "recs.parquet", "--k", "7", "--exclude-seen", "--json"],
+                        laptop, env).stdout)
+    job = st["job"]
+    assert job.startswith("predict-exp-") and st["state"] in ("running", "succeeded")
+    assert not (laptop / "experiments").exists()  # nothing here until pull
+    wait_for(lambda: ps_json(laptop, env, host)[job]["state"] == "succeeded", timeout=120, what="the job to finish")
+    mlc(["pull", job, *host], laptop, env)
+    table = pq.read_table(laptop / "experiments" / job / "recs.parquet")
+    assert table.num_rows == deploy.N_USERS * 7 and table.column_names == ["user_id", "rank", "item_id", "score"]
+    assert "users/s" in (laptop / "experiments" / job / "training.log").read_text()
+
+    # Detached: an unknown experiment is the job's failure (its log says why), as for a training run.
+    job2 = json.loads(mlc(["predict", "nope", *host, "--out", "r.parquet", "--json"], laptop, env).stdout)["job"]
+    wait_for(lambda: ps_json(laptop, env, host)[job2]["state"] == "failed", timeout=120, what="the job to fail")
+
+
+def test_export_host_pulls_a_verified_bundle(box) -> None:
+    laptop, env, host = box["laptop"], box["env"], box["host"]
+    out = laptop / "bundles" / "exp"
+    r = mlc(["export", "exp", *host, "--out", str(out)], laptop, env, timeout=240)
+    assert r.stdout.strip() == str(out)
+    b = Bundle.load(out)
+    assert b.card["verification"]["ok"] and b.card["experiment"] == "exp"
+    assert list((box["remote"] / "experiments" / "exp" / "exports").iterdir())  # made there, kept there
+    again = mlc(["export", "exp", *host, "--out", str(out)], laptop, env, check=False)
+    assert again.returncode == 1 and "already exists" in again.stderr
+    missing = mlc(["export", "ghost", *host, "--out", str(laptop / "g")], laptop, env, check=False)
+    assert missing.returncode == 1 and missing.stderr.count("error:") == 1 and "ghost" in missing.stderr
+    assert not (laptop / "g").exists()
