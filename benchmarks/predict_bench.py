@@ -31,7 +31,7 @@ def ensure(args: argparse.Namespace) -> tuple[Path, Path]:
     data, exp, bundle = BASE / "bench-predict-data", BASE / f"bench-predict-{tag}", BASE / f"bench-predict-{tag}-bundle"
     name = f"synth-{tag}"
     if not (data / name / f"{name}.inter").is_file():
-        from mlconnect.engine.synth import generate  # the one place this benchmark reads the generator from
+        from mlconnect.data.synth import generate  # the one place this benchmark reads the generator from
 
         t = time.perf_counter()
         generate(data, name, n_users=args.users, n_items=args.items, n_interactions=args.users * args.per_user,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mlconnect.engine.synth import generate
+from mlconnect.data.synth import generate
 
 MODELS = ("SASRec", "GRU4Rec", "BERT4Rec")
 N_USERS, N_ITEMS = 400, 300

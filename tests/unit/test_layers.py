@@ -33,7 +33,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "compare": BASE | {"data", "engine", "runs"},  # reads experiment folders, as `ls` does
     "watch": BASE | {"data", "engine", "runs"},  # monitor's snapshot and rendering
     "sweeps": BASE | {"data", "engine", "runs", "remote"},
-    "deploy": BASE | {"data", "engine", "serving"},
+    "deploy": BASE | {"data", "engine", "serving", "runs", "remote"},  # predict/export --host run as detached jobs
     "setup": BASE | {"remote"},
     "cli": BASE | {"data", "engine", "runs", "remote", "serving", "compare", "watch", "sweeps", "deploy",
                    "setup", "cli"},
@@ -42,7 +42,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
 # deploy's bundle server runs in a venv with numpy + onnxruntime only: no torch, no engine, at any depth;
 # serving's wire format and guards stay the same way so that it can speak the same API with them.
 TORCH_FREE = ("mlconnect.deploy.server", "mlconnect.deploy.bundle_server", "mlconnect.deploy.serve",
-              "mlconnect.serving.schemas", "mlconnect.serving.guards")
+              "mlconnect.serving.schemas", "mlconnect.serving.guards", "mlconnect.serving.api")
 TORCH_FREE_FORBIDS = ("torch", "mlconnect.engine", "mlconnect.data.torch")
 
 

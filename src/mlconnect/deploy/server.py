@@ -1,6 +1,6 @@
 """The bundle server: the recommendation API of ``mlconnect serve`` from a bundle, torch-free.
 
-It is serving/app.py's app (same routes, schema, limits, API key, micro-batching) with the engine
+It is serving/api.py's app (same routes, schema, limits, API key, micro-batching) with the engine
 swapped for :class:`BundleRecommender`, which scores with ONNX Runtime and numpy. Nothing here or
 in what it imports loads torch or mlconnect.engine (tests/integration/test_deploy_docker.py runs it
 in a venv that has no torch), which is what lets the serving image stay small.
@@ -68,12 +68,16 @@ class BundleRecommender:
 
 
 def create_bundle_app(bundle_dir: str | os.PathLike[str], *, threads: int | None = None, **kwargs: Any) -> Any:
-    """serving.app's FastAPI app over a bundle. The bundle is verified here, before the app exists, so a
+    """serving.api's FastAPI app over a bundle. The bundle is verified here, before the app exists, so a
     tampered bundle fails the command with one line rather than a 503 later."""
-    from mlconnect.serving.app import create_app
+    from mlconnect.serving.api import build_app
+
+    def loader() -> tuple[BundleRecommender, Any]:
+        rec = BundleRecommender(bundle, threads=threads)
+        return rec, rec.recommend
 
     bundle = Bundle.load(bundle_dir)
-    app = create_app(bundle.root, loader=lambda: BundleRecommender(bundle, threads=threads), **kwargs)
+    app = build_app(bundle.root, loader=loader, **kwargs)
     app.state.served.name = bundle.card["experiment"]  # answers name the experiment, as `serve NAME` does
     return app
 
