@@ -109,15 +109,21 @@ def _make_optimizer(cfg: Config, params: Any) -> torch.optim.Optimizer:
     }[cfg["learner"]]()
 
 
-def train(cfg: Config, experiment_dir: str | Path, *, resume: bool = False, force: bool = False) -> dict[str, Any]:
-    """Train ``cfg`` into ``experiment_dir``; returns the results written to results/metrics.json."""
+def train(cfg: Config, experiment_dir: str | Path, *, resume: bool = False, force: bool = False,
+          on_eval: Any = None) -> dict[str, Any]:
+    """Train ``cfg`` into ``experiment_dir``; returns the results written to results/metrics.json.
+
+    ``on_eval(epoch, value)`` is called after each validation (sweeps report it to Optuna's pruner;
+    an exception it raises ends the run, recorded with the exception's ``run_state``).
+    """
     paths = prepare_experiment(cfg, experiment_dir, resume=resume, force=force)
-    return Trainer(cfg, paths, resume=resume).run()
+    return Trainer(cfg, paths, resume=resume, on_eval=on_eval).run()
 
 
 class Trainer:
-    def __init__(self, cfg: Config, paths: ExperimentPaths, resume: bool) -> None:
+    def __init__(self, cfg: Config, paths: ExperimentPaths, resume: bool, on_eval: Any = None) -> None:
         self.cfg, self.paths, self.resume = cfg, paths, resume
+        self.on_eval = on_eval  # hook: sweeps (per-epoch report for pruning)
         self.stop_signal: int | None = None
         self.started = now_iso()
 
@@ -237,11 +243,12 @@ class Trainer:
             if self.tracker:
                 self.tracker.finish("stopped")
             raise
-        except BaseException:
-            self._write_progress("failed", force=True)
-            write_meta(self.paths, device=str(self.device), started=self.started, ended=now_iso(), state="failed")
+        except BaseException as exc:
+            state = getattr(exc, "run_state", "failed")  # hook: sweeps (a pruned trial says "pruned")
+            self._write_progress(state, force=True)
+            write_meta(self.paths, device=str(self.device), started=self.started, ended=now_iso(), state=state)
             if self.tracker:
-                self.tracker.finish("failed")
+                self.tracker.finish(state)
             raise
         finally:
             _restore_signals(previous)
@@ -332,6 +339,8 @@ class Trainer:
         note = "  early stop" if self.state["stopped_early"] else ""
         self.reporter.log(f"epoch {self.epoch} valid {key} {value:.4f} (best {self.state['best_valid']:.4f} "
                           f"at epoch {self.state['best_epoch']}){note}")
+        if self.on_eval is not None:  # hook: sweeps (may raise to prune this run)
+            self.on_eval(self.epoch, value)
 
     def _finish(self) -> dict[str, Any]:
         cfg = self.cfg
