@@ -62,7 +62,10 @@ class Param:
 
 def _number(value: Any, kind: str) -> float | int:
     if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
-        value = float(value)
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a number") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{value!r} is not a number")
     if kind == "int":
