@@ -161,7 +161,7 @@ def is_active(paths: ExperimentPaths) -> bool:
 def train_argv(experiment: str, *, run_id: str, config: str | None = None, model: str | None = None,
                dataset: str | None = None, data_path: str | None = None,
                overrides: list[str] | tuple[str, ...] = (), resume: bool = False, force: bool = False,
-               python: str | None = None) -> list[str]:
+               python: str | None = None, nproc: int | None = None, gpus: str | None = None) -> list[str]:
     """The foreground ``mlconnect train`` command line, carrying the run-id marker."""
     argv = [python or sys.executable, "-X", f"{MARKER}{run_id}", "-m", "mlconnect", "train",
             "--experiment", experiment]
@@ -175,6 +175,7 @@ def train_argv(experiment: str, *, run_id: str, config: str | None = None, model
         argv.append("--resume")
     if force:
         argv.append("--force")
+    argv += [x for f, v in (("--nproc", nproc), ("--gpus", gpus)) if v for x in (f, str(v))]  # hook: ddp
     return argv
 
 
