@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import sys
+import time
 import traceback
 from datetime import datetime
 from pathlib import Path
@@ -64,6 +65,7 @@ def train_trial(spec: dict[str, Any], paths: st.SweepPaths, trial: Any, params: 
     class Pruned(optuna.TrialPruned):
         run_state = "pruned"  # what the trainer writes into progress.json / meta.json
 
+    t_ask = time.perf_counter()
     seeds = spec.get("seeds") or [None]
     names = [st.trial_experiment(spec["name"], trial.number, s if len(seeds) > 1 else None) for s in seeds]
     trial.set_user_attr("experiments", names)
@@ -77,6 +79,8 @@ def train_trial(spec: dict[str, Any], paths: st.SweepPaths, trial: Any, params: 
         record = {"sweep": spec["name"], "trial": trial.number, "params": params, "seed": cfg["seed"]}
 
         def report(epoch: int, value: float, first: bool = i == 0, exp: Any = exp, record: dict = record) -> None:
+            if first and "first_eval_s" not in trial.user_attrs:  # ask -> first validation (the benchmark)
+                trial.set_user_attr("first_eval_s", round(time.perf_counter() - t_ask, 3))
             if STOP:
                 raise KeyboardInterrupt  # SIGTERM arrived before the trainer took the signal over
             # Only the first seed's curve is reported: the pruner compares like with like.
