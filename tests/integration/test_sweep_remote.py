@@ -79,7 +79,8 @@ def test_remote_sweep_survives_disconnects_stop_resume_and_best_trains(box):
     _kill_clients(box)
     wait_for(lambda: (read_json(remote / "sweeps" / "rs" / "status.json") or {}).get("state") == "succeeded",
              timeout=240, interval=0.5, what="the resumed sweep to finish")
-    final = _status(box, "rs")
+    final = json.loads(mlc(["sweep", "status", "rs", "--json", "--plot", "plots", *host], laptop, env).stdout)
+    assert (laptop / "plots" / "rs-history.png").stat().st_size > 1000  # Optuna's matplotlib plots, brought home
     done = [t for t in final["trials"] if t["state"] == "complete"]
     requeued = [t for t in final["trials"] if t["state"] == "requeued"]
     assert len(done) == 6 and {t["number"] for t in requeued} == {t["number"] for t in interrupted}
@@ -93,6 +94,9 @@ def test_remote_sweep_survives_disconnects_stop_resume_and_best_trains(box):
     ps = {r["name"]: r for r in json.loads(mlc(["ps", "--json", *host], laptop, env).stdout)}
     assert all(ps[t["experiments"][0]]["state"] == "succeeded" for t in done)
     assert all(ps[f"rs-t{t['number']:03d}"]["state"] == "stopped" for t in interrupted)
+    for t in done:  # every trial is an ordinary experiment, with the sweep's record next to it
+        assert read_json(remote / "experiments" / t["experiments"][0] / "sweep.json")["params"] == t["params"]
+    assert "2 worker(s)" in log.read_text()
     mlc(["sweep", "best", "rs", "--write", "best.yaml", *host], laptop, env)
     assert "best trial" in (laptop / "best.yaml").read_text()
     mlc(["train", "--config", "best.yaml", "--experiment", "best-local", "--set", "epochs=1"], laptop, env)

@@ -54,6 +54,10 @@ def start(*, name: str, config: str | None, space_path: str, trials: int, overri
     if paths.spec.exists():
         raise ExperimentError(f"sweep {name} already exists ({paths.root})",
                               f"`mlconnect sweep resume {name}` continues it, or pick another --name")
+    taken = sorted(p.name for p in Path("experiments").glob(f"{name}-t[0-9][0-9][0-9]*"))
+    if taken:  # the trials' folders would be overwritten: they belong to an earlier sweep of this name
+        raise ExperimentError(f"experiments from an earlier sweep named {name} exist ({', '.join(taken[:3])}"
+                              f"{', ...' if len(taken) > 3 else ''})", "pick another --name")
     if trials < 1 or parallel < 1:
         raise UsageError("--trials and --parallel must be at least 1", "e.g. --trials 20 --parallel 2")
     if sampler not in st.SAMPLERS:

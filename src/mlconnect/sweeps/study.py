@@ -178,11 +178,11 @@ def trial_rows(study: Any, sweep_active: bool) -> list[dict[str, Any]]:
             state = "requeued"
         elif state == "running" and not sweep_active:
             state = "interrupted"  # resume queues it again
+        attrs = t.user_attrs
         rows.append({"number": t.number, "state": state, "params": dict(t.params), "value": t.value,
-                     "pruned_at": t.user_attrs.get("pruned_at"), "experiments": t.user_attrs.get("experiments", []),
-                     "seed_values": t.user_attrs.get("seed_values"), "host": t.user_attrs.get("host"),
-                     "error": t.user_attrs.get("error"), "first_eval_s": t.user_attrs.get("first_eval_s"),
-                     "requeued_from": t.user_attrs.get("requeued_from"),
+                     **{k: attrs.get(k) for k in ("pruned_at", "seed_values", "host", "gpu", "error",
+                                                  "first_eval_s", "requeued_from")},
+                     "experiments": attrs.get("experiments", []),
                      "started": t.datetime_start, "completed": t.datetime_complete})
     return rows
 
