@@ -93,7 +93,12 @@ def test_remote_sweep_survives_disconnects_stop_resume_and_best_trains(box):
         assert res["epochs"] == 5 and res["best_valid"]["mrr@10"] == pytest.approx(t["value"])
     ps = {r["name"]: r for r in json.loads(mlc(["ps", "--json", *host], laptop, env).stdout)}
     assert all(ps[t["experiments"][0]]["state"] == "succeeded" for t in done)
-    assert all(ps[f"rs-t{t['number']:03d}"]["state"] == "stopped" for t in interrupted)
+    for t in requeued:  # its config ran on from the interrupted experiment's checkpoint, not from scratch
+        again = next(d for d in done if d["requeued_from"] == t["number"])
+        assert again["experiments"] == t["experiments"] == [f"rs-t{t['number']:03d}"]
+        assert "resuming SASRec" in (remote / "experiments" / t["experiments"][0] / "training.log").read_text()
+    assert sorted(p.name for p in (remote / "experiments").iterdir()) == sorted(ps)  # 6 folders, one per config
+    assert len(ps) == 6 and all(r["state"] == "succeeded" for r in ps.values())
     for t in done:  # every trial is an ordinary experiment, with the sweep's record next to it
         assert read_json(remote / "experiments" / t["experiments"][0] / "sweep.json")["params"] == t["params"]
     assert "2 worker(s)" in log.read_text()

@@ -162,7 +162,8 @@ def requeue_interrupted(study: Any, alive: Any = None) -> list[int]:
             continue
         study._storage.set_trial_user_attr(t._trial_id, "requeued", True)
         study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-        study.enqueue_trial(dict(t.params), user_attrs={"requeued_from": t.number})
+        study.enqueue_trial(dict(t.params), user_attrs={"requeued_from": t.number,
+                                                        "resume_experiments": t.user_attrs.get("experiments")})
         out.append(t.number)
     return out
 

@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from mlconnect.fileio import atomic_write_json
+from mlconnect.fileio import atomic_write_json, read_json
 from mlconnect.layout import experiment_paths
 from mlconnect.sweeps import study as st
 from mlconnect.sweeps.space import parse_space, suggest
@@ -68,7 +68,9 @@ def train_trial(spec: dict[str, Any], paths: st.SweepPaths, trial: Any, params: 
 
     t_ask = time.perf_counter()
     seeds = spec.get("seeds") or [None]
-    names = [st.trial_experiment(spec["name"], trial.number, s if len(seeds) > 1 else None) for s in seeds]
+    # A trial queued again after a stop or a reboot continues the interrupted one's experiments.
+    names = trial.user_attrs.get("resume_experiments") or [
+        st.trial_experiment(spec["name"], trial.number, s if len(seeds) > 1 else None) for s in seeds]
     trial.set_user_attr("experiments", names)
     trial.set_user_attr("host", socket.gethostname())
     trial.set_user_attr("worker_pid", os.getpid())
@@ -94,12 +96,18 @@ def train_trial(spec: dict[str, Any], paths: st.SweepPaths, trial: Any, params: 
                 atomic_write_json(exp.root / "sweep.json", {**record, "state": "pruned", "pruned_at": epoch})
                 raise Pruned(f"pruned at epoch {epoch}")
 
-        # config.yaml alone is a "fresh" experiment: the trainer keeps the files written next to it.
-        create_experiment(cfg, exp.root, force=True)
+        finished = read_json(exp.results) if trial.user_attrs.get("resume_experiments") else None
+        if finished:  # this seed had ended before the interruption
+            values.append(finished["best_valid"][spec["metric"]])
+            continue
+        resume = exp.checkpoint("last").is_file() and bool(trial.user_attrs.get("resume_experiments"))
+        if not resume:
+            # config.yaml alone is a "fresh" experiment: the trainer keeps the files written next to it.
+            create_experiment(cfg, exp.root, force=True)
         atomic_write_json(exp.root / "sweep.json", {**record, "state": "running"})
         _trial_status(exp, state="running", created=_now(), started=_now(), heartbeat=_now())
         try:
-            results = train(cfg, exp.root, on_eval=report)
+            results = train(cfg, exp.root, resume=resume, on_eval=report)
         except BaseException as exc:
             _trial_status(exp, state=getattr(exc, "run_state", None) or _end_state(exc), ended=_now())
             raise
