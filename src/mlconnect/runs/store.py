@@ -94,6 +94,7 @@ def experiment_row(paths: ExperimentPaths) -> dict:
         "pid": status.get("pid") if state in ("running", "queued") else None,
         "exit_code": status.get("exit_code"),
         "world_size": progress.get("world_size") or results.get("world_size"),  # hook: ddp
+        "gpu_index": status.get("gpu_index"),  # hook: GPU-aware queue / sweeps (the GPU the run holds)
     }
 
 

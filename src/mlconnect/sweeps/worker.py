@@ -42,6 +42,11 @@ def run_id() -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _gpu_index() -> int | None:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    return int(visible) if visible.isdigit() else None
+
+
 def _trial_status(exp: Any, **fields: Any) -> None:
     """The trial's status.json, tied to this worker: ``reconcile`` reads a dead worker as ``lost``."""
     from mlconnect.runs import launcher
@@ -50,7 +55,7 @@ def _trial_status(exp: Any, **fields: Any) -> None:
     base = {"run_id": rid, "pid": os.getpid(), "pgid": os.getpid(), "supervisor_pid": os.getppid(),
             "queue": False, "exit_code": None, "boot_id": launcher.boot_id(),
             "host": socket.gethostname(), "cwd": os.getcwd(), "command": list(sys.orig_argv), "sweep_trial": True,
-            "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}  # the GPU this trial holds (None on a CPU box)
+            "gpu_index": _gpu_index()}  # the GPU this trial holds (None on a CPU box)
     if rid:  # a worker started by hand (tests, debugging) has no run to tie the trial to
         launcher.update_status(exp, **{**base, **fields})
 
@@ -75,7 +80,7 @@ def train_trial(spec: dict[str, Any], paths: st.SweepPaths, trial: Any, params: 
     trial.set_user_attr("host", socket.gethostname())
     trial.set_user_attr("worker_pid", os.getpid())
     trial.set_user_attr("run_id", run_id())
-    trial.set_user_attr("gpu", os.environ.get("CUDA_VISIBLE_DEVICES"))
+    trial.set_user_attr("gpu", _gpu_index())
     values = []
     for i, (seed, name) in enumerate(zip(seeds, names)):
         cfg = load_config(None, {**spec["base"], **params, **({"seed": seed} if seed is not None else {})})
