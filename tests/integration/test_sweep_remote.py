@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -66,7 +67,10 @@ def test_remote_sweep_survives_disconnects_stop_resume_and_best_trains(box):
     # here only to poll cheaply; every assertion below goes through `sweep status` over ssh).
     def mid_sweep() -> bool:
         text = log.read_text()
-        return text.count(" finished: ") >= 1 and text.count(" started on ") - text.count(" finished: ") == 2
+        started = set(re.findall(r"trial (\d+) started on", text))
+        running = started - set(re.findall(r"trial (\d+) finished", text))
+        return len(started) > len(running) and len(running) == 2 and all(
+            (remote / "experiments" / f"rs-t{int(n):03d}" / "checkpoints" / "last.json").is_file() for n in running)
 
     wait_for(mid_sweep, timeout=150, interval=0.2, what="one trial done and two running")
     mlc(["sweep", "stop", "rs", *host], laptop, env)
@@ -74,6 +78,10 @@ def test_remote_sweep_survives_disconnects_stop_resume_and_best_trains(box):
     assert stopped["state"] == "stopped"
     interrupted = [t for t in stopped["trials"] if t["state"] == "interrupted"]
     assert interrupted and "running" not in stopped["counts"]
+    exp_dir = remote / "experiments"
+    had_checkpoint = {t["number"] for t in interrupted
+                      if (exp_dir / t["experiments"][0] / "checkpoints" / "last.pt").is_file()}
+    assert had_checkpoint  # at least the trials seen mid-training
     assert "interrupted (stop)" in log.read_text()
     mlc(["sweep", "resume", "rs", *host], laptop, env)
     _kill_clients(box)
@@ -96,7 +104,8 @@ def test_remote_sweep_survives_disconnects_stop_resume_and_best_trains(box):
     for t in requeued:  # its config ran on from the interrupted experiment's checkpoint, not from scratch
         again = next(d for d in done if d["requeued_from"] == t["number"])
         assert again["experiments"] == t["experiments"] == [f"rs-t{t['number']:03d}"]
-        assert "resuming SASRec" in (remote / "experiments" / t["experiments"][0] / "training.log").read_text()
+        resumed = "resuming SASRec" in (exp_dir / t["experiments"][0] / "training.log").read_text()
+        assert resumed == (t["number"] in had_checkpoint)
     assert sorted(p.name for p in (remote / "experiments").iterdir()) == sorted(ps)  # 6 folders, one per config
     assert len(ps) == 6 and all(r["state"] == "succeeded" for r in ps.values())
     for t in done:  # every trial is an ordinary experiment, with the sweep's record next to it
