@@ -28,7 +28,8 @@ app = typer.Typer(
 )
 
 # Each module exposes ``register(app)``; the order is the order of ``--help``.
-COMMAND_MODULES = ("train", "data", "hosts", "runs", "tunnels", "services", "setup", "serve", "watch", "deploy")
+COMMAND_MODULES = ("train", "data", "hosts", "runs", "tunnels", "services", "setup", "serve", "watch", "sweep",
+                   "deploy")
 
 _err = Console(stderr=True, highlight=False)
 

@@ -174,7 +174,7 @@ def _takes_two(fn: Any) -> bool:
 def launch_train(*, host: str | None, ssh_config: str | None, config: str | None,
                  experiment: str | None, model: str | None, dataset: str | None,
                  data_path: str | None, overrides: list[str], queue: bool, resume: bool,
-                 force: bool) -> dict:
+                 force: bool, nproc: int | None = None, gpus: str | None = None) -> dict:
     """Sync, start the run detached on the host (or here), print what to do next, return its status.
 
     Returns within seconds: the agent answers once the supervisor has recorded the training pid
@@ -195,6 +195,7 @@ def launch_train(*, host: str | None, ssh_config: str | None, config: str | None
     for ov in overrides:
         args += ["--set", ov]
     args += [f for f, on in (("--queue", queue), ("--resume", resume), ("--force", force)) if on]
+    args += [x for f, v in (("--nproc", nproc), ("--gpus", gpus)) if v for x in (f, str(v))]  # hook: ddp
     st = call_agent(target, "start", *args, timeout=60)
     for w in st.get("warnings") or []:  # e.g. a WSL2 host that would stop with its last window (#14)
         typer.echo(f"warning: {w}", err=True)

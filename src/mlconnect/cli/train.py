@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mlconnect.cli.common import HostOpt, SshConfigOpt
+from mlconnect.engine.ddp_launch import exec_torchrun  # hook: ddp (--nproc / --gpus: become torchrun)
 from mlconnect.errors import UsageError
 from mlconnect.layout import default_experiment_name, experiment_paths
 
@@ -24,8 +25,8 @@ _out = Console(highlight=False)
 
 
 def _launched_by_runs_layer() -> bool:
-    """True inside a run the launcher started (it marks the interpreter with ``-X mlconnect-run=``)."""
-    return any(k.startswith("mlconnect-run") for k in getattr(sys, "_xoptions", {}))
+    """True inside a run the launcher started (``-X mlconnect-run=``), or a rank torchrun started."""
+    return any(k.startswith("mlconnect-run") for k in getattr(sys, "_xoptions", {})) or "LOCAL_RANK" in os.environ
 
 
 def _remote_wanted(host: str | None, detach: bool, queue: bool, ssh_config: str | None) -> bool:
@@ -111,6 +112,8 @@ def register(app: typer.Typer) -> None:
         detach: bool = typer.Option(False, "--detach", help="Start detached on this machine and return."),
         queue: bool = typer.Option(False, "--queue", help="Wait for the GPU: start when earlier runs finish."),
         json_out: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+        nproc: int = typer.Option(None, "--nproc", help="DDP: N processes (torchrun; gloo on CPU, NCCL on GPUs)."),
+        gpus: str = typer.Option(None, "--gpus", help="DDP on these GPUs, one process each: --gpus 0,1."),
     ) -> None:
         """Train a model: in the foreground here, or detached on the GPU box with --host."""
         if _remote_wanted(host, detach, queue, ssh_config):
@@ -120,8 +123,9 @@ def register(app: typer.Typer) -> None:
                 sets = [*sets, f"device={device}"]
             launch_train(host=host, ssh_config=ssh_config, config=str(config) if config else None,
                          experiment=experiment, model=model, dataset=dataset, data_path=data_path,
-                         overrides=list(sets), queue=queue, resume=resume, force=force)
+                         overrides=list(sets), queue=queue, resume=resume, force=force, nproc=nproc, gpus=gpus)
             return
+        exec_torchrun(nproc, gpus, config, experiment, model, dataset, data_path, sets, resume, force, device, json_out)
         run_foreground(config, experiment, model, dataset, data_path, sets, resume, force, device, json_out)
 
     @app.command()

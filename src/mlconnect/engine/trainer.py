@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mlconnect.engine import distributed
 from mlconnect.engine.checkpoint import load_checkpoint, save_checkpoint
 from mlconnect.engine.config import Config
 from mlconnect.engine.data import Split, load_dataset, split_leave_one_out, training_windows
@@ -28,7 +29,7 @@ from mlconnect.engine.metrics import MetricAccumulator, mask_history_
 from mlconnect.engine.models import SequentialRecommender, build_model
 from mlconnect.engine.progress import Reporter
 from mlconnect.errors import MlconnectError
-from mlconnect.fileio import atomic_write_json
+from mlconnect.fileio import atomic_write_json, read_json
 from mlconnect.layout import ExperimentPaths
 
 CHECKPOINT_FORMAT = 1
@@ -109,15 +110,23 @@ def _make_optimizer(cfg: Config, params: Any) -> torch.optim.Optimizer:
     }[cfg["learner"]]()
 
 
-def train(cfg: Config, experiment_dir: str | Path, *, resume: bool = False, force: bool = False) -> dict[str, Any]:
-    """Train ``cfg`` into ``experiment_dir``; returns the results written to results/metrics.json."""
-    paths = prepare_experiment(cfg, experiment_dir, resume=resume, force=force)
-    return Trainer(cfg, paths, resume=resume).run()
+def train(cfg: Config, experiment_dir: str | Path, *, resume: bool = False, force: bool = False,
+          on_eval: Any = None) -> dict[str, Any]:
+    """Train ``cfg`` into ``experiment_dir``; returns the results written to results/metrics.json.
+
+    ``on_eval(epoch, value)`` is called after each validation (sweeps report it to Optuna's pruner;
+    an exception it raises ends the run, recorded with the exception's ``run_state``).
+    """
+    info = distributed.env_info()  # hook: ddp (rank 0 alone makes the folder; the others wait)
+    paths = (prepare_experiment(cfg, experiment_dir, resume=resume, force=force) if info.is_main
+             else ExperimentPaths(Path(experiment_dir)))
+    return Trainer(cfg, paths, resume=resume, on_eval=on_eval).run()
 
 
 class Trainer:
-    def __init__(self, cfg: Config, paths: ExperimentPaths, resume: bool) -> None:
+    def __init__(self, cfg: Config, paths: ExperimentPaths, resume: bool, on_eval: Any = None) -> None:
         self.cfg, self.paths, self.resume = cfg, paths, resume
+        self.on_eval = on_eval  # hook: sweeps (per-epoch report for pruning)
         self.stop_signal: int | None = None
         self.started = now_iso()
 
@@ -128,7 +137,8 @@ class Trainer:
             torch.set_num_threads(cfg["num_threads"])
         torch.manual_seed(cfg["seed"])
         np.random.seed(cfg["seed"] % 2**32)
-        self.device = select_device(cfg["device"])
+        self.dist, rank_device = distributed.setup(cfg["device"])  # hook: ddp
+        self.device = rank_device or select_device(cfg["device"])
         self.amp = amp_dtype(cfg, self.device)
         t0 = time.perf_counter()
         self.ds = load_dataset(cfg)
@@ -145,8 +155,12 @@ class Trainer:
         self.window_tokens = (targets > 0).sum(1)
         self.per_batch = max(1, cfg["train_batch_size"] // cfg.max_len)
         self.steps_per_epoch = math.ceil(len(inputs) / self.per_batch)
+        # hook: ddp (each rank takes 1/world of every global batch, of its 1/world of the windows)
+        self.per_batch = distributed.per_rank_batch(self.per_batch, self.dist)
+        self.steps_per_epoch = math.ceil(-(-len(inputs) // self.dist.world_size) / self.per_batch)
         self.model = build_model(cfg, self.ds.n_items).to(self.device)
         self.forward_model = torch.compile(self.model) if cfg["compile"] else self.model
+        self.forward_model = distributed.wrap(self.model, self.forward_model, self.dist, self.device)  # hook: ddp
         self.optimizer = _make_optimizer(cfg, self.model.parameters())
         # An exponential moving average of the weights evaluates smoother than the raw weights.
         self.ema = (torch.optim.swa_utils.AveragedModel(
@@ -158,6 +172,11 @@ class Trainer:
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         if self.resume:
             self._restore(load_checkpoint(self.paths.checkpoint("last"), map_location=self.device))
+        distributed.barrier(self.dist)  # hook: ddp (rank 0 has made the folder)
+        if not self.dist.is_main:  # hook: ddp (only rank 0 writes files)
+            self.progress = self.tb = distributed.Null()
+            self.tracker = None
+            return
         write_vocab(self.paths, self.ds)
         self.progress = ProgressFile(self.paths, cfg["progress_interval_s"])
         from torch.utils.tensorboard import SummaryWriter
@@ -200,6 +219,8 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     def _save(self, which: str) -> None:
+        if not self.dist.is_main:  # hook: ddp
+            return
         if not self.cfg["save_checkpoints"] and which == "last" and self.stop_signal is None:
             return
         save_checkpoint(self.paths.checkpoint(which), self._checkpoint_state())
@@ -211,6 +232,8 @@ class Trainer:
     # --- the loop -------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         self._setup()
+        if not self.dist.is_main:  # hook: ddp (ranks above 0 train and stay silent)
+            return self._run_rank()
         self.reporter = Reporter(self.paths.log, self.cfg["epochs"])
         write_meta(self.paths, device=str(self.device), started=self.started)
         self.reporter.log(f"{'resuming' if self.resume else 'training'} {self.cfg['model']} on {self.ds.name}: "
@@ -230,6 +253,7 @@ class Trainer:
                 self._save("last")
                 self._write_progress("running", force=True)
             results = self._finish()
+            distributed.barrier(self.dist)  # hook: ddp (the other ranks wait for the results file)
         except TrainingInterrupted:
             self._save("last")
             self._write_progress("stopped", force=True)
@@ -237,23 +261,43 @@ class Trainer:
             if self.tracker:
                 self.tracker.finish("stopped")
             raise
-        except BaseException:
-            self._write_progress("failed", force=True)
-            write_meta(self.paths, device=str(self.device), started=self.started, ended=now_iso(), state="failed")
+        except BaseException as exc:
+            state = getattr(exc, "run_state", "failed")  # hook: sweeps (a pruned trial says "pruned")
+            self._write_progress(state, force=True)
+            write_meta(self.paths, device=str(self.device), started=self.started, ended=now_iso(), state=state)
             if self.tracker:
-                self.tracker.finish("failed")
+                self.tracker.finish(state)
             raise
         finally:
             _restore_signals(previous)
             self.tb.close()
             self.reporter.close()
+            distributed.teardown(self.dist)  # hook: ddp
         return results
+
+    def _run_rank(self) -> dict[str, Any]:
+        """A rank above 0 (hook: ddp): the same loop, no files; stops with rank 0."""
+        self.reporter = distributed.Null()
+        previous = self._install_signals()
+        try:
+            while self.epoch < self.cfg["epochs"] and not self.state["stopped_early"]:
+                self._train_epoch()
+                self.epoch += 1
+                self.step_in_epoch = 0
+                if self.epoch % self.cfg["eval_step"] == 0 or self.epoch == self.cfg["epochs"]:
+                    self._validate()
+            distributed.barrier(self.dist)  # rank 0 has written the results: every rank returns them
+            return read_json(self.paths.results) or {}
+        finally:
+            _restore_signals(previous)
+            distributed.teardown(self.dist)
 
     def _train_epoch(self) -> None:
         cfg, model = self.cfg, self.forward_model
         self.model.train()
         gen = torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + self.epoch)
         order = torch.randperm(len(self.inputs), generator=gen)
+        order = distributed.shard(order, self.dist)  # hook: ddp (this rank's windows)
         self.reporter.start_epoch(self.epoch + 1, self.steps_per_epoch, self.step_in_epoch)
         loss_sum = torch.zeros((), device=self.device)
         loss_n = 0
@@ -289,9 +333,16 @@ class Trainer:
                 self.reporter.step(self.epoch + 1, step + 1, self.last_loss, tps, self._eta(elapsed, step + 1))
             self.state["elapsed_s"] += time.perf_counter() - step_t0
             self._write_progress("running")
+            if self.dist.enabled and distributed.any_rank(self.stop_signal is not None, self.dist, self.device):
+                self.stop_signal = self.stop_signal or signal.SIGTERM  # hook: ddp (all ranks stop at this step)
             if self.stop_signal is not None:
                 raise TrainingInterrupted(self.stop_signal, self.paths, self.epoch, self.step_in_epoch)
-        epoch_loss = float(loss_sum / max(loss_n, 1))
+        epoch_loss = float(distributed.all_reduce(loss_sum / max(loss_n, 1), self.dist, "mean"))  # hook: ddp
+        if self.dist.enabled:  # hook: ddp (throughput and token count of all ranks together)
+            tokens = distributed.all_reduce(torch.tensor([epoch_tokens, self.tokens_per_s], device=self.device),
+                                            self.dist)
+            self.state["tokens"] += int(tokens[0]) - epoch_tokens
+            self.tokens_per_s = float(tokens[1])
         self.last_loss = epoch_loss
         self.state["loss_history"].append(epoch_loss)
         self.tb.add_scalar("train/epoch_loss", epoch_loss, self.epoch + 1)
@@ -332,6 +383,8 @@ class Trainer:
         note = "  early stop" if self.state["stopped_early"] else ""
         self.reporter.log(f"epoch {self.epoch} valid {key} {value:.4f} (best {self.state['best_valid']:.4f} "
                           f"at epoch {self.state['best_epoch']}){note}")
+        if self.on_eval is not None:  # hook: sweeps (may raise to prune this run)
+            self.on_eval(self.epoch, value)
 
     def _finish(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -357,6 +410,7 @@ class Trainer:
                                 if self.device.type == "cuda" else None),
             "device": str(self.device), "n_users": self.ds.n_users, "n_items": self.ds.n_items - 1,
             "n_interactions": self.ds.n_interactions,
+            "world_size": self.dist.world_size,  # hook: ddp
         }
         atomic_write_json(self.paths.results, results)
         self._write_progress("finished", force=True)
@@ -390,6 +444,7 @@ class Trainer:
             "throughput_tokens_per_s": round(getattr(self, "tokens_per_s", 0.0), 1),
             "elapsed_s": round(self.state["elapsed_s"], 2),
             "eta_s": self._eta_total(),
+            "world_size": self.dist.world_size,  # hook: ddp
         }, force=force)
 
     def _eta_total(self) -> float | None:

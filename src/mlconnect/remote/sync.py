@@ -18,9 +18,10 @@ from mlconnect.remote.ssh import Target
 
 DEFAULT_EXCLUDES = (".git/", ".venv/", "venv/", "__pycache__/", "experiments/", "checkpoints/", "logs/",
                     "*.log", "data/", ".mypy_cache/", ".pytest_cache/", ".ruff_cache/", ".DS_Store",
-                    ".mlconnect-cache/")  # the loader's binary cache: rebuilt where the data is
+                    ".mlconnect-cache/",  # the loader's binary cache: rebuilt where the data is
+                    "/sweeps/")  # a study lives on its box; never overwritten by the laptop's
 RETRY_RC = {10, 12, 30, 35, 255}  # socket I/O, protocol stream, timeout, daemon timeout, ssh
-PROTECT = ("experiments/",)  # never deleted on the host, even with --delete
+PROTECT = ("experiments/", "/sweeps/")  # never deleted on the host, even with --delete
 
 
 @dataclass

@@ -22,7 +22,7 @@ from typing import Any
 
 from mlconnect import __version__, baked_build_id
 from mlconnect.errors import ExperimentError, MlconnectError
-from mlconnect.fileio import atomic_write_bytes
+from mlconnect.fileio import atomic_write_bytes, read_json
 from mlconnect.layout import experiment_paths
 from mlconnect.runs import launcher, store
 from mlconnect.runs.gpu import gpu_summary
@@ -71,7 +71,7 @@ def cmd_start(a: argparse.Namespace) -> dict:
     run_id = launcher.new_run_id()
     argv = launcher.train_argv(a.experiment, run_id=run_id, config=config, model=a.model,
                                dataset=a.dataset, data_path=a.data_path, overrides=a.set or [],
-                               resume=a.resume, force=a.force)
+                               resume=a.resume, force=a.force, nproc=a.nproc, gpus=a.gpus)  # hook: ddp
     return launcher.start_run(paths, argv, run_id=run_id, queue=a.queue)
 
 
@@ -91,7 +91,8 @@ def cmd_resume(a: argparse.Namespace) -> dict:
                               f"({paths.checkpoint('last')})",
                               f"start it over: `mlconnect train --experiment {a.experiment} --force`")
     run_id = launcher.new_run_id()
-    argv = launcher.train_argv(a.experiment, run_id=run_id, resume=True)
+    world = (read_json(paths.progress) or {}).get("world_size")  # hook: ddp (resume with as many ranks)
+    argv = launcher.train_argv(a.experiment, run_id=run_id, resume=True, nproc=world if world and world > 1 else None)
     return launcher.start_run(paths, argv, run_id=run_id, queue=a.queue)
 
 
@@ -249,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in ("--config", "--model", "--dataset", "--data-path"):
         s.add_argument(flag)
     s.add_argument("--set", action="append", metavar="KEY=VALUE")
+    s.add_argument("--nproc", type=int)  # hook: ddp
+    s.add_argument("--gpus")  # hook: ddp
     for flag in ("--queue", "--resume", "--force"):
         s.add_argument(flag, action="store_true")
     verb("resume", cmd_resume).add_argument("--queue", action="store_true")

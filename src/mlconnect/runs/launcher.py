@@ -161,7 +161,7 @@ def is_active(paths: ExperimentPaths) -> bool:
 def train_argv(experiment: str, *, run_id: str, config: str | None = None, model: str | None = None,
                dataset: str | None = None, data_path: str | None = None,
                overrides: list[str] | tuple[str, ...] = (), resume: bool = False, force: bool = False,
-               python: str | None = None) -> list[str]:
+               python: str | None = None, nproc: int | None = None, gpus: str | None = None) -> list[str]:
     """The foreground ``mlconnect train`` command line, carrying the run-id marker."""
     argv = [python or sys.executable, "-X", f"{MARKER}{run_id}", "-m", "mlconnect", "train",
             "--experiment", experiment]
@@ -175,6 +175,7 @@ def train_argv(experiment: str, *, run_id: str, config: str | None = None, model
         argv.append("--resume")
     if force:
         argv.append("--force")
+    argv += [x for f, v in (("--nproc", nproc), ("--gpus", gpus)) if v for x in (f, str(v))]  # hook: ddp
     return argv
 
 
@@ -246,13 +247,36 @@ def _queue_dir() -> Path:
     return Path(cache) / "mlconnect" / "queue"
 
 
-def _open_gpu_lock() -> Any:
+def _open_gpu_lock(slot: int | None = None) -> Any:
     qdir = _queue_dir()
     qdir.mkdir(parents=True, exist_ok=True)
-    return open(qdir / "gpu.lock", "a")  # noqa: SIM115 - held for the life of the run
+    name = "gpu.lock" if not slot else f"gpu{slot}.lock"  # GPU 0 keeps the historical name
+    return open(qdir / name, "a")  # noqa: SIM115 - held for the life of the run
 
 
-def _wait_for_turn(paths: ExperimentPaths, run_id: str, lock_file: Any) -> None:
+# --- hook: GPU-aware queue (issue 12). One lock per GPU: a queued run takes the first free GPU and
+# runs on it alone (CUDA_VISIBLE_DEVICES), so two single-GPU runs on a two-GPU box run together.
+# A plain detached run may use every GPU: it holds all the locks shared.
+def _gpu_slots() -> list[int]:
+    from mlconnect.runs.gpu import gpu_summary
+
+    summary = gpu_summary()
+    return [int(g["gpu"]) for g in summary["gpus"]] if summary.get("available") else []
+
+
+def _take_free_gpu(slots: list[int]) -> tuple[int | None, Any] | None:
+    for slot in slots or [None]:
+        f = _open_gpu_lock(slot)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return slot, f
+        except BlockingIOError:
+            f.close()
+    return None
+# --- end hook
+
+
+def _wait_for_turn(paths: ExperimentPaths, run_id: str, slots: list[int]) -> tuple[int | None, Any]:
     """FIFO: wait until this run heads the host queue *and* no other run holds the GPU lock.
 
     Queued runs take the lock exclusively; plain detached runs hold it shared, so a queued run
@@ -275,11 +299,9 @@ def _wait_for_turn(paths: ExperimentPaths, run_id: str, lock_file: Any) -> None:
                 with contextlib.suppress(FileNotFoundError):
                     entry.unlink()  # a waiter that died: never let it block the queue
             if head == ticket:
-                try:
-                    fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    return
-                except BlockingIOError:
-                    pass
+                taken = _take_free_gpu(slots)  # hook: GPU-aware queue
+                if taken is not None:
+                    return taken
             if time.monotonic() - last_beat > HEARTBEAT_S:
                 update_status(paths, heartbeat=now_iso())
                 last_beat = time.monotonic()
@@ -325,18 +347,24 @@ def supervise(exp_dir: str, run_id: str) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    lock_file = _open_gpu_lock()
+    slots = _gpu_slots()  # hook: GPU-aware queue
+    gpu, locks = None, []
     try:
         if st.get("queue"):
-            _wait_for_turn(paths, run_id, lock_file)
+            gpu, lock = _wait_for_turn(paths, run_id, slots)
+            locks.append(lock)
         else:
-            with contextlib.suppress(BlockingIOError):  # a queued run holds it: we still start
-                fcntl.flock(lock_file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            for slot in slots or [None]:
+                locks.append(_open_gpu_lock(slot))
+                with contextlib.suppress(BlockingIOError):  # a queued run holds it: we still start
+                    fcntl.flock(locks[-1], fcntl.LOCK_SH | fcntl.LOCK_NB)
     except _Cancelled:
         update_status(paths, state="stopped", waiting=False, ended=now_iso(), exit_code=None,
                       note="cancelled while queued")
         return 0
     env = dict(os.environ, PYTHONUNBUFFERED="1")  # lines reach the log as they are printed
+    if gpu is not None and len(slots) > 1:  # hook: GPU-aware queue (the run sees only its GPU)
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     # Output goes to training.log in append mode, next to the lines the trainer writes itself.
     with open(paths.log, "ab", buffering=0) as log:
         log.write(f"[mlconnect] run {run_id} starting: {' '.join(st['command'])}\n".encode())
@@ -344,7 +372,8 @@ def supervise(exp_dir: str, run_id: str) -> int:
                                  stdout=log, stderr=subprocess.STDOUT, env=env, close_fds=True,
                                  **_own_group())  # own group: `stop` signals the run, not us
     update_status(paths, state="running", waiting=False, pid=child.pid, pgid=child.pid,
-                  started=now_iso(), heartbeat=now_iso())
+                  started=now_iso(), heartbeat=now_iso(),
+                  gpu_index=gpu if gpu is not None and len(slots) > 1 else None)  # hook: GPU-aware queue
     sampler = GpuSampler(paths.gpu_usage, GPU_INTERVAL_S)
     next_beat = time.monotonic() + HEARTBEAT_S
     while True:

@@ -93,6 +93,8 @@ def experiment_row(paths: ExperimentPaths) -> dict:
         "age_s": round((datetime.now(timezone.utc) - t0).total_seconds(), 1),
         "pid": status.get("pid") if state in ("running", "queued") else None,
         "exit_code": status.get("exit_code"),
+        "world_size": progress.get("world_size") or results.get("world_size"),  # hook: ddp
+        "gpu_index": status.get("gpu_index"),  # hook: GPU-aware queue / sweeps (the GPU the run holds)
     }
 
 

@@ -1,0 +1,95 @@
+"""The host side of ``mlconnect sweep``: ``python -m mlconnect.sweeps.agent <verb> --json ...``.
+
+Same contract as :mod:`mlconnect.runs.agent` (one JSON document on stdout; a deliberate error is
+``{"error", "hint", "type"}``, one line on stderr and exit 3), so the laptop's ``call_agent``
+handling applies unchanged. Runs in the project root, here or on the box.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from mlconnect import __version__
+from mlconnect.errors import MlconnectError
+from mlconnect.runs.agent import ERROR_EXIT
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mlconnect.sweeps.agent")
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    def verb(name: str, with_name: bool = True) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name)
+        sp.add_argument("--json", action="store_true")
+        if with_name:
+            sp.add_argument("--name", required=True)
+        return sp
+
+    s = verb("start")
+    s.add_argument("--config")
+    s.add_argument("--space", required=True)
+    s.add_argument("--trials", type=int, required=True)
+    s.add_argument("--parallel", type=int, default=1)
+    s.add_argument("--seeds", default="")
+    s.add_argument("--sampler", default="tpe")
+    s.add_argument("--sampler-seed", type=int)
+    s.add_argument("--no-prune", action="store_true")
+    s.add_argument("--gpus", default=None)
+    s.add_argument("--set", action="append", default=[])
+    verb("resume")
+    verb("stop").add_argument("--grace", type=float, default=30.0)
+    verb("status")
+    verb("best")
+    verb("plot")
+    verb("list", with_name=False)
+    return p
+
+
+def _ints(text: str | None, what: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        from mlconnect.errors import UsageError
+
+        raise UsageError(f"{what} {text!r} is not a comma-separated list of integers", "e.g. 2020,2021") from None
+
+
+def run(a: argparse.Namespace) -> Any:
+    from mlconnect.sweeps import service
+
+    if a.verb == "start":
+        from mlconnect.engine.config import parse_overrides
+
+        return service.start(name=a.name, config=a.config, space_path=a.space, trials=a.trials,
+                             overrides=parse_overrides(a.set), parallel=a.parallel,
+                             seeds=_ints(a.seeds, "--seeds"), sampler=a.sampler, prune=not a.no_prune,
+                             gpus=_ints(a.gpus, "--gpus"), sampler_seed=a.sampler_seed)
+    if a.verb == "stop":
+        return service.stop(a.name, a.grace)
+    if a.verb == "list":
+        return {"sweeps": service.list_sweeps()}
+    return {"resume": service.resume, "status": service.status, "best": service.best,
+            "plot": service.plots}[a.verb](a.name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        out, code = run(args), 0
+    except MlconnectError as exc:
+        out = {"error": exc.message, "hint": exc.hint, "type": type(exc).__name__}
+        print(f"error: {exc}", file=sys.stderr)
+        code = ERROR_EXIT
+    if isinstance(out, dict):
+        out.setdefault("mlconnect_version", __version__)
+    sys.stdout.write(json.dumps(out, default=str) + "\n")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""A trial worker: ask the study for a trial, train it as an ordinary experiment, tell the result.
+
+``python -X mlconnect-run=<id> -m mlconnect.sweeps.worker --sweep-dir sweeps/NAME --slot K``. The
+sweep's controller (:mod:`mlconnect.sweeps.run`) starts one per ``--parallel`` slot; with
+``--hosts`` each box runs its own against the study on the first box. Trials run in this process
+(no interpreter start per trial), one after another, until the study has ``trials`` of them.
+
+Each trial writes ``experiments/<sweep>-tNNN/`` like ``mlconnect train`` would, plus a
+``status.json`` naming this worker (so ``ps`` reads a trial whose worker died as ``lost``) and
+``sweep.json`` (sweep, trial number, params, state, pruned-at epoch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from mlconnect.fileio import atomic_write_json, read_json
+from mlconnect.layout import experiment_paths
+from mlconnect.sweeps import study as st
+from mlconnect.sweeps.space import parse_space, suggest
+
+
+def log_line(paths: st.SweepPaths, text: str) -> None:
+    """One line in the sweep's training.log (append: lines from several workers interleave whole)."""
+    stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+    with open(paths.log, "a", encoding="utf-8") as f:
+        f.write(f"{stamp} {text}\n")
+
+
+def run_id() -> str | None:
+    """The run id the launcher put on our command line (``-X mlconnect-run=<id>``), if any."""
+    value = getattr(sys, "_xoptions", {}).get("mlconnect-run")
+    return value if isinstance(value, str) else None
+
+
+def _gpu_index() -> int | None:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    return int(visible) if visible.isdigit() else None
+
+
+def _trial_status(exp: Any, **fields: Any) -> None:
+    """The trial's status.json, tied to this worker: ``reconcile`` reads a dead worker as ``lost``."""
+    from mlconnect.runs import launcher
+
+    rid = run_id()
+    base = {"run_id": rid, "pid": os.getpid(), "pgid": os.getpid(), "supervisor_pid": os.getppid(),
+            "queue": False, "exit_code": None, "boot_id": launcher.boot_id(),
+            "host": socket.gethostname(), "cwd": os.getcwd(), "command": list(sys.orig_argv), "sweep_trial": True,
+            "gpu_index": _gpu_index()}  # the GPU this trial holds (None on a CPU box)
+    if rid:  # a worker started by hand (tests, debugging) has no run to tie the trial to
+        launcher.update_status(exp, **{**base, **fields})
+
+
+def train_trial(spec: dict[str, Any], paths: st.SweepPaths, trial: Any, params: dict[str, Any]) -> float:
+    """Train one config (once per seed); returns the mean best valid metric. May raise Pruned."""
+    import optuna
+
+    from mlconnect.engine.config import load_config
+    from mlconnect.engine.experiment import create_experiment
+    from mlconnect.engine.trainer import train
+
+    class Pruned(optuna.TrialPruned):
+        run_state = "pruned"  # what the trainer writes into progress.json / meta.json
+
+    t_ask = time.perf_counter()
+    seeds = spec.get("seeds") or [None]
+    # A trial queued again after a stop or a reboot continues the interrupted one's experiments.
+    names = trial.user_attrs.get("resume_experiments") or [
+        st.trial_experiment(spec["name"], trial.number, s if len(seeds) > 1 else None) for s in seeds]
+    trial.set_user_attr("experiments", names)
+    trial.set_user_attr("host", socket.gethostname())
+    trial.set_user_attr("worker_pid", os.getpid())
+    trial.set_user_attr("run_id", run_id())
+    trial.set_user_attr("gpu", _gpu_index())
+    values = []
+    for i, (seed, name) in enumerate(zip(seeds, names)):
+        cfg = load_config(None, {**spec["base"], **params, **({"seed": seed} if seed is not None else {})})
+        exp = experiment_paths(name)
+        record = {"sweep": spec["name"], "trial": trial.number, "params": params, "seed": cfg["seed"]}
+
+        def report(epoch: int, value: float, first: bool = i == 0, exp: Any = exp, record: dict = record) -> None:
+            if first and "first_eval_s" not in trial.user_attrs:  # ask -> first validation (the benchmark)
+                trial.set_user_attr("first_eval_s", round(time.perf_counter() - t_ask, 3))
+            if STOP:
+                raise KeyboardInterrupt  # SIGTERM arrived before the trainer took the signal over
+            # Only the first seed's curve is reported: the pruner compares like with like.
+            if not first:
+                return
+            trial.report(value, epoch)
+            if trial.should_prune():
+                trial.set_user_attr("pruned_at", epoch)
+                atomic_write_json(exp.root / "sweep.json", {**record, "state": "pruned", "pruned_at": epoch})
+                raise Pruned(f"pruned at epoch {epoch}")
+
+        finished = read_json(exp.results) if trial.user_attrs.get("resume_experiments") else None
+        if finished:  # this seed had ended before the interruption
+            values.append(finished["best_valid"][spec["metric"]])
+            continue
+        resume = exp.checkpoint("last").is_file() and bool(trial.user_attrs.get("resume_experiments"))
+        if not resume:
+            # config.yaml alone is a "fresh" experiment: the trainer keeps the files written next to it.
+            create_experiment(cfg, exp.root, force=True)
+        atomic_write_json(exp.root / "sweep.json", {**record, "state": "running"})
+        _trial_status(exp, state="running", created=_now(), started=_now(), heartbeat=_now())
+        try:
+            results = train(cfg, exp.root, resume=resume, on_eval=report)
+        except BaseException as exc:
+            _trial_status(exp, state=getattr(exc, "run_state", None) or _end_state(exc), ended=_now())
+            raise
+        _trial_status(exp, state="succeeded", exit_code=0, ended=_now())
+        value = results["best_valid"][spec["metric"]]
+        values.append(value)
+        atomic_write_json(exp.root / "sweep.json", {**record, "state": "complete", "value": value})
+    trial.set_user_attr("seed_values", values)
+    return sum(values) / len(values)
+
+
+def _end_state(exc: BaseException) -> str:
+    from mlconnect.engine.trainer import TrainingInterrupted
+
+    return "stopped" if isinstance(exc, (TrainingInterrupted, KeyboardInterrupt)) else "failed"
+
+
+def _now() -> str:
+    from mlconnect.runs.launcher import now_iso
+
+    return now_iso()
+
+
+def work(sweep_dir: str, slot: int) -> int:
+    """Run trials until the study has its number of them; 0 when done, 143 when stopped."""
+    import optuna
+
+    from mlconnect.engine.trainer import TrainingInterrupted
+
+    paths = st.SweepPaths(Path(sweep_dir))
+    spec = st.read_spec(paths)
+    threads = os.environ.get("MLCONNECT_SWEEP_THREADS")  # this worker's share of the cores
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    space = parse_space(spec["space"])
+    study = st.open_study(paths, spec)
+    where = f"{socket.gethostname()} worker {slot}"
+    while not STOP:
+        with st.ask_lock(paths):
+            if sum(st.counted(t) for t in study.get_trials(deepcopy=False)) >= spec["trials"]:
+                return 0
+            trial = study.ask()
+        params = suggest(trial, space)
+        log_line(paths, f"trial {trial.number} started on {where}: {params}")
+        try:
+            value = train_trial(spec, paths, trial, params)
+        except optuna.TrialPruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            log_line(paths, f"trial {trial.number} pruned at epoch {trial.user_attrs.get('pruned_at')}")
+            continue
+        except (TrainingInterrupted, KeyboardInterrupt):
+            # Left RUNNING on purpose: `sweep resume` queues its params again (as after a reboot).
+            log_line(paths, f"trial {trial.number} interrupted (stop); resume queues it again")
+            return 143
+        except Exception as exc:  # a config that crashes (NaN, OOM) fails its trial, not the sweep
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:500])
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            log_line(paths, f"trial {trial.number} failed: {type(exc).__name__}: {exc}")
+            traceback.print_exc()
+            continue
+        study.tell(trial, value)
+        log_line(paths, f"trial {trial.number} finished: {spec['metric']} {value:.4f}")
+    return 143
+
+
+STOP = False
+
+
+def _on_term(signum: int, frame: Any) -> None:
+    # A flag, not an exception: a journal append cut in half would be worse than a late stop.
+    global STOP
+    STOP = True
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mlconnect.sweeps.worker")
+    p.add_argument("--sweep-dir", required=True)
+    p.add_argument("--slot", type=int, default=0)
+    a = p.parse_args(argv)
+    # Between trials SIGTERM ends the loop (during one, the trainer checkpoints and raises).
+    signal.signal(signal.SIGTERM, _on_term)
+    signal.signal(signal.SIGINT, _on_term)
+    try:
+        return work(a.sweep_dir, a.slot)
+    except KeyboardInterrupt:
+        return 143
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Every study write is already on disk (the journal appends and closes per operation); skip
+    # the interpreter's teardown of torch and TensorBoard threads, seconds on a busy box.
+    os._exit(code)

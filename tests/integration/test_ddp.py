@@ -1,0 +1,53 @@
+"""DDP on CPU: `train --nproc 2` is two real gloo processes under real torchrun, detached and supervised."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from runs_support import cli_env, mlc, ps_json, read_json, wait_for, write_project, write_tiny_dataset
+
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
+
+
+@pytest.fixture
+def project(tmp_path):
+    data = write_tiny_dataset(tmp_path / "data")
+    root = tmp_path / "proj"
+    root.mkdir()
+    write_project(root, data, epochs=12)
+    return root, cli_env(tmp_path)
+
+
+def test_gpus_the_box_lacks_is_one_line(project):
+    root, env = project
+    cp = mlc(["train", "--config", "configs/tiny.yaml", "--gpus", "0,1,2,3"], root, env, check=False)
+    assert cp.returncode == 2 and len(cp.stderr.strip().splitlines()) == 1, cp.stderr
+    assert cp.stderr.startswith("error: --gpus 0,1,2,3 asks for GPUs this machine does not have")
+    assert not (root / "experiments").exists()
+
+
+def test_nproc_2_detached_stop_checkpoints_once_and_resumes(project):
+    root, env = project
+    mlc(["train", "--detach", "--config", "configs/tiny.yaml", "--experiment", "d", "--nproc", "2",
+         "--set", "stopping_step=100"], root, env)
+    exp = root / "experiments" / "d"
+    wait_for(lambda: (read_json(exp / "checkpoints" / "last.json") or {}).get("epoch", 0) >= 1, timeout=150,
+             what="a first checkpoint")
+    assert ps_json(root, env)["d"]["world_size"] == 2
+    st = json.loads(mlc(["stop", "d", "--json"], root, env).stdout)
+    assert st["state"] == "stopped"
+    log = (exp / "training.log").read_text()
+    assert log.count("stopped by SIGTERM") == 1  # rank 0 alone saved and said so
+    assert (read_json(exp / "progress.json") or {})["state"] == "stopped"
+    at = read_json(exp / "checkpoints" / "last.json")["epoch"]
+    mlc(["resume", "d"], root, env)
+    wait_for(lambda: (read_json(exp / "status.json") or {}).get("state") == "succeeded", timeout=200,
+             what="the resumed run to finish")
+    log = (exp / "training.log").read_text()
+    assert "--resume --nproc 2" in log  # resumed with as many ranks as it had
+    res = read_json(exp / "results" / "metrics.json")
+    assert res["world_size"] == 2 and res["epochs"] == 12 and at < 12
+    # Only rank 0 writes: each epoch is logged once, one TensorBoard writer per start.
+    assert log.count("epoch 12 valid mrr@10") == 1
+    assert len(list((exp / "logs").glob("events.out.tfevents.*"))) == 2
