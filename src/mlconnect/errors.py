@@ -55,6 +55,25 @@ class ExperimentError(MlconnectError):
     """An experiment folder is missing, already exists, or is in the wrong state."""
 
 
+class WriteError(MlconnectError, OSError):
+    """A file could not be written (full disk, quota, read-only...): names the path, the free
+    space there and what to do. Still an OSError, so code that tolerates failed writes does."""
+
+    def __init__(self, path: str, reason: str, free_bytes: int | None, hint: str = "") -> None:
+        free = "unknown free space" if free_bytes is None else f"{_size(free_bytes)} free there"
+        super().__init__(f"cannot write {path}: {reason} ({free})",
+                         hint or "free some space on that disk (or write somewhere else), then run again")
+        self.path, self.reason, self.free_bytes = path, reason, free_bytes
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
 class RemoteError(MlconnectError):
     """A command on the host failed: carries the command, its return code and its stderr tail."""
 

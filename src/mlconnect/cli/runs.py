@@ -267,8 +267,9 @@ def _short(exc: BaseException) -> str:
 
 PULL_FILTERS = {
     "none": ["--exclude=/checkpoints/"],
-    "best": ["--include=/checkpoints/", "--include=/checkpoints/best.*",
-             "--include=/checkpoints/vocab.json", "--exclude=/checkpoints/*"],
+    # best.pt and everything serving needs (vocab.json, histories.npz, items.json...): every
+    # checkpoint file but the other model checkpoints (last.pt, for resuming on the host).
+    "best": ["--include=/checkpoints/best.pt", "--exclude=/checkpoints/*.pt"],
     "all": [],
 }
 

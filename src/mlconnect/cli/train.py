@@ -18,7 +18,7 @@ from rich.table import Table
 
 from mlconnect.cli.common import HostOpt, SshConfigOpt
 from mlconnect.errors import UsageError
-from mlconnect.layout import default_experiment_name, experiment_paths
+from mlconnect.layout import check_experiment_name, default_experiment_name, experiment_paths
 
 _out = Console(highlight=False)
 
@@ -78,6 +78,8 @@ def run_foreground(config: Path | None, experiment: str | None, model: str | Non
     """Train on this machine and print the results (the library call behind ``mlconnect train``)."""
     from mlconnect.engine.trainer import train as train_engine
 
+    if experiment is not None:
+        check_experiment_name(experiment)
     if resume and not experiment:
         raise UsageError("--resume needs --experiment NAME", "name the experiment to continue")
     cfg = _load(config, experiment, resume, model, dataset, data_path, sets, device)
@@ -113,6 +115,8 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     ) -> None:
         """Train a model: in the foreground here, or detached on the GPU box with --host."""
+        if experiment is not None:
+            check_experiment_name(experiment)  # before anything is synced, started or deleted
         if _remote_wanted(host, detach, queue, ssh_config):
             from mlconnect.cli.runs import launch_train
 

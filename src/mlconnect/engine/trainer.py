@@ -8,6 +8,7 @@ save before exiting.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import resource
 import signal
@@ -23,7 +24,15 @@ import torch
 from mlconnect.engine.checkpoint import load_checkpoint, save_checkpoint
 from mlconnect.engine.config import Config
 from mlconnect.engine.data import Split, load_dataset, split_leave_one_out, training_windows
-from mlconnect.engine.experiment import ProgressFile, now_iso, prepare_experiment, write_meta, write_vocab
+from mlconnect.engine.experiment import (
+    ProgressFile,
+    now_iso,
+    prepare_experiment,
+    record_failure,
+    resume_command,
+    write_meta,
+    write_vocab,
+)
 from mlconnect.engine.metrics import MetricAccumulator, mask_history_
 from mlconnect.engine.models import SequentialRecommender, build_model
 from mlconnect.engine.progress import Reporter
@@ -40,7 +49,7 @@ class TrainingInterrupted(MlconnectError):
     def __init__(self, signum: int, paths: ExperimentPaths, epoch: int, step: int) -> None:
         super().__init__(f"stopped by {signal.Signals(signum).name} at epoch {epoch + 1}, step {step}; "
                          f"checkpoint saved in {paths.checkpoints}",
-                         f"continue with `mlconnect train --experiment {paths.name} --resume`")
+                         f"continue with `{resume_command(paths.name)}`")
         self.exit_code = 128 + signum
 
 
@@ -112,7 +121,8 @@ def _make_optimizer(cfg: Config, params: Any) -> torch.optim.Optimizer:
 def train(cfg: Config, experiment_dir: str | Path, *, resume: bool = False, force: bool = False) -> dict[str, Any]:
     """Train ``cfg`` into ``experiment_dir``; returns the results written to results/metrics.json."""
     paths = prepare_experiment(cfg, experiment_dir, resume=resume, force=force)
-    return Trainer(cfg, paths, resume=resume).run()
+    # --resume before the first checkpoint starts from scratch (prepare_experiment said so).
+    return Trainer(cfg, paths, resume=resume and paths.checkpoint("last").is_file()).run()
 
 
 class Trainer:
@@ -210,7 +220,11 @@ class Trainer:
 
     # --- the loop -------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        self._setup()
+        try:
+            self._setup()
+        except MlconnectError as exc:  # a full disk while writing the vocab, a bad checkpoint...
+            record_failure(self.paths, exc)
+            raise
         self.reporter = Reporter(self.paths.log, self.cfg["epochs"])
         write_meta(self.paths, device=str(self.device), started=self.started)
         self.reporter.log(f"{'resuming' if self.resume else 'training'} {self.cfg['model']} on {self.ds.name}: "
@@ -237,15 +251,20 @@ class Trainer:
             if self.tracker:
                 self.tracker.finish("stopped")
             raise
-        except BaseException:
-            self._write_progress("failed", force=True)
-            write_meta(self.paths, device=str(self.device), started=self.started, ended=now_iso(), state="failed")
+        except BaseException as exc:
+            # Each record is best-effort: on a full disk the error itself must still reach the user.
+            with contextlib.suppress(OSError):
+                self._write_progress("failed", force=True)
+            record_failure(self.paths, exc, self.reporter.log)
+            with contextlib.suppress(OSError):
+                write_meta(self.paths, device=str(self.device), started=self.started, ended=now_iso(), state="failed")
             if self.tracker:
                 self.tracker.finish("failed")
             raise
         finally:
             _restore_signals(previous)
-            self.tb.close()
+            with contextlib.suppress(OSError):  # a full disk: the error above is the one to show
+                self.tb.close()
             self.reporter.close()
         return results
 
@@ -255,8 +274,10 @@ class Trainer:
         gen = torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + self.epoch)
         order = torch.randperm(len(self.inputs), generator=gen)
         self.reporter.start_epoch(self.epoch + 1, self.steps_per_epoch, self.step_in_epoch)
-        loss_sum = torch.zeros((), device=self.device)
-        loss_n = 0
+        # A resumed epoch goes on from the loss of its steps before the interruption (checkpointed
+        # below), so its loss_history entry equals the uninterrupted run's.
+        loss_sum = torch.tensor(self.state.get("partial_loss_sum", 0.0), device=self.device)
+        loss_n = self.state.get("partial_loss_n", 0)
         epoch_t0, epoch_tokens = time.perf_counter(), 0
         clip = cfg["clip_grad_norm"]
         for step in range(self.step_in_epoch, self.steps_per_epoch):
@@ -290,8 +311,10 @@ class Trainer:
             self.state["elapsed_s"] += time.perf_counter() - step_t0
             self._write_progress("running")
             if self.stop_signal is not None:
+                self.state.update(partial_loss_sum=float(loss_sum), partial_loss_n=loss_n)
                 raise TrainingInterrupted(self.stop_signal, self.paths, self.epoch, self.step_in_epoch)
         epoch_loss = float(loss_sum / max(loss_n, 1))
+        self.state.update(partial_loss_sum=0.0, partial_loss_n=0)
         self.last_loss = epoch_loss
         self.state["loss_history"].append(epoch_loss)
         self.tb.add_scalar("train/epoch_loss", epoch_loss, self.epoch + 1)

@@ -23,7 +23,7 @@ from typing import Any
 from mlconnect import __version__, baked_build_id
 from mlconnect.errors import ExperimentError, MlconnectError
 from mlconnect.fileio import atomic_write_bytes
-from mlconnect.layout import experiment_paths
+from mlconnect.layout import check_experiment_name, experiment_paths, remove_experiment
 from mlconnect.runs import launcher, store
 from mlconnect.runs.gpu import gpu_summary
 
@@ -32,9 +32,7 @@ ERROR_EXIT = 3
 
 
 def _paths_for_new(name: str):
-    if not name or name.startswith(".") or "/" in name or "\\" in name:
-        raise ExperimentError(f"invalid experiment name {name!r}", "use a plain folder name such as exp_001")
-    return experiment_paths(name, base=store.experiments_dir("."))
+    return experiment_paths(check_experiment_name(name), base=store.experiments_dir("."))
 
 
 # ------------------------------------------------------------------------------------------ verbs
@@ -60,7 +58,7 @@ def cmd_start(a: argparse.Namespace) -> dict:
         if a.force and paths.root.exists():
             # Done here, not by the trainer's --force: the supervisor writes status.json and
             # training.log in this folder before the trainer starts, and must keep them.
-            shutil.rmtree(paths.root)
+            remove_experiment(paths.root)
         if not config and paths.config.is_file():
             config = str(paths.config)  # made by `exp create`: train what was created
         paths.root.mkdir(parents=True, exist_ok=True)
