@@ -31,10 +31,11 @@ class UsageError(MlconnectError):
 class ConfigError(MlconnectError):
     """A config with several mistakes reports all of them at once."""
 
-    def __init__(self, problems: list[str], source: str = "config") -> None:
+    def __init__(self, problems: list[str], source: str = "config",
+                 hint: str = "fix the keys above (see configs/ for examples)") -> None:
         self.problems = list(problems)
         joined = "; ".join(self.problems)
-        super().__init__(f"{source}: {joined}", "fix the keys above (see configs/ for examples)")
+        super().__init__(f"{source}: {joined}", hint)
 
 
 class DataError(MlconnectError):
@@ -72,6 +73,14 @@ def _size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+AGENT_REFUSED_EXIT = 3  # the agent's exit status when it refuses on purpose (runs/agent.py)
+
+
+class AgentRefused(ExperimentError):
+    """The host agent refused on purpose (unknown experiment, already running, bad name...):
+    the host's own words, never worth retrying (a connection failure is a RemoteError)."""
 
 
 class RemoteError(MlconnectError):

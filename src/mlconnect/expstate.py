@@ -143,8 +143,10 @@ def _writer_gone(doc: dict) -> str | None:
 
 def _run_gone(status: dict) -> str | None:
     """Why an active detached run (status.json) is gone, or None while it is alive."""
-    if status.get("host") != socket.gethostname():
-        return None  # pulled from another machine (or hand-made): its processes are not here
+    if status.get("host") not in (None, socket.gethostname()):
+        return None  # pulled from another machine: its processes cannot be checked here
+    if status.get("host") is None and not (status.get("pid") or status.get("supervisor_pid")):
+        return None  # a hand-made record naming no process: nothing to check
     run_id = status.get("run_id")
     if not status.get("supervisor_pid") and age_s(status.get("created")) < LAUNCH_GRACE_S:
         return None  # being launched right now: the supervisor's pid is a moment away

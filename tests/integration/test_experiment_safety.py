@@ -35,8 +35,8 @@ def _files(base):
 
 
 # Every case stays inside tmp_path even where a regression deleted it (the absolute one too).
-@pytest.mark.parametrize("name", ["../victim", ".", "..", "ABS", "a\nb"])
-@pytest.mark.parametrize("mode", [[], ["--detach"]])
+@pytest.mark.parametrize(("name", "mode"), [(n, []) for n in ("../victim", ".", "..", "ABS", "a\nb")]
+                         + [(n, ["--detach"]) for n in ("../victim", "..")])
 def test_force_with_a_name_outside_experiments_deletes_nothing(project, tmp_path, name, mode):
     root, env = project
     name = str(tmp_path / "victim") if name == "ABS" else name

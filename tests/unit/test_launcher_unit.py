@@ -203,7 +203,7 @@ def test_logs_read_long_poll_wakes_on_new_output(tmp_path):
 
 
 def test_ps_rows_format():
-    from mlconnect.cli.runs import ps_table_rows
+    from mlconnect.runs.client import ps_table_rows
 
     rows = ps_table_rows([{"name": "a", "state": "running", "epoch": 3, "epochs": 50,
                            "best_metric": "ndcg@10", "best_value": 0.0512, "gpu_util": 37.4,
@@ -223,8 +223,8 @@ def test_pulled_status_from_another_host_is_left_alone(tmp_path):
 
 
 def test_pull_argv_filters_checkpoints(tmp_path):
-    from mlconnect.cli.runs import pull_argv
     from mlconnect.remote.ssh import Target
+    from mlconnect.runs.client import pull_argv
 
     t = Target(name="gpubox", is_local=False, remote_root="~/proj", python="python3",
                ssh_config=str(tmp_path / "cfg"))

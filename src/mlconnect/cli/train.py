@@ -7,7 +7,6 @@ layer, which syncs the project and starts the same command detached on the box.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,15 +28,13 @@ def _launched_by_runs_layer() -> bool:
 
 
 def _remote_wanted(host: str | None, detach: bool, queue: bool, ssh_config: str | None) -> bool:
+    """One rule: this machine (no host, ``--host local``...) trains in the foreground unless
+    --detach/--queue; any other host gets a detached run."""
     if _launched_by_runs_layer():
         return False  # we *are* the detached run: never hand over again
-    if host == "local":  # forced onto this machine: foreground unless asked to detach
-        return detach or queue
-    if host or detach or queue:
-        return True
-    from mlconnect.settings import load_settings
+    from mlconnect.cli.common import target_from
 
-    return bool(load_settings(overrides={"ssh_config": ssh_config}).default_host)
+    return detach or queue or not target_from(host, ssh_config).is_local
 
 
 def _load(config: Path | None, experiment: str | None, resume: bool, model: str | None, dataset: str | None,
@@ -53,8 +50,10 @@ def _load(config: Path | None, experiment: str | None, resume: bool, model: str 
         saved = experiment_paths(experiment).config
         if saved.is_file():
             config = saved
-    if config is None and "data_path" not in overrides and os.environ.get("MLCONNECT_DATA_PATH"):
-        overrides["data_path"] = os.environ["MLCONNECT_DATA_PATH"]
+    if "data_path" not in overrides:
+        from mlconnect.settings import project_data_path
+
+        overrides.update(project_data_path(config))
     return load_config(config, overrides)
 
 

@@ -439,10 +439,6 @@ def _restore_signals(previous: dict[int, Any]) -> None:
 
 def _tracker(cfg: Config, paths: ExperimentPaths) -> Any:
     """MLflow tracking when the config asks for it (mlconnect.engine.tracking)."""
-    try:
-        from mlconnect.engine.tracking import make_tracker
-    except ModuleNotFoundError as exc:
-        if exc.name != "mlconnect.engine.tracking":
-            raise
-        return None
+    from mlconnect.engine.tracking import make_tracker
+
     return make_tracker(cfg.to_dict(), paths.root)

@@ -121,7 +121,8 @@ def train_argv(experiment: str, *, run_id: str, config: str | None = None, model
 
 
 def start_run(paths: ExperimentPaths, argv: list[str], *, run_id: str, queue: bool = False,
-              cwd: str | os.PathLike[str] | None = None, wait_s: float = 10.0) -> dict:
+              cwd: str | os.PathLike[str] | None = None, wait_s: float = 10.0,
+              env: dict[str, str] | None = None) -> dict:
     """Record the run and spawn its supervisor detached; return the status once it is recorded.
 
     ``argv`` must carry ``run_id`` (see :func:`train_argv`). Refuses when the experiment already
@@ -138,7 +139,7 @@ def start_run(paths: ExperimentPaths, argv: list[str], *, run_id: str, queue: bo
             "run_id": run_id, "pid": None, "pgid": None, "supervisor_pid": None,
             "state": "queued", "queue": queue, "exit_code": None, "created": now_iso(),
             "started": None, "ended": None, "heartbeat": now_iso(), "boot_id": boot_id(),
-            "host": socket.gethostname(), "cwd": cwd, "command": list(argv)})
+            "host": socket.gethostname(), "cwd": cwd, "command": list(argv), "env": env or {}})
     sup_log = open(paths.root / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
     try:
         sup = subprocess.Popen(
@@ -278,7 +279,8 @@ def supervise(exp_dir: str, run_id: str) -> int:
         update_status(paths, state="stopped", waiting=False, ended=now_iso(), exit_code=None,
                       note="cancelled while queued")
         return 0
-    env = dict(os.environ, PYTHONUNBUFFERED="1")  # lines reach the log as they are printed
+    # Lines reach the log as they are printed; the laptop's MLCONNECT_* settings for this run.
+    env = {**os.environ, **(st.get("env") or {}), "PYTHONUNBUFFERED": "1"}
     # Output goes to training.log in append mode, next to the lines the trainer writes itself.
     with open(paths.log, "ab", buffering=0) as log:
         log.write(f"[mlconnect] run {run_id} starting: {' '.join(st['command'])}\n".encode())

@@ -121,7 +121,7 @@ def view(snap: dict, now: datetime | None = None) -> dict:
         "test": results.get("test") or {},
         "throughput_tokens_per_s": progress.get("throughput_tokens_per_s",
                                                 results.get("throughput_tokens_per_s")),
-        "elapsed_s": progress.get("elapsed_s", results.get("wall_time_s")),
+        "elapsed_s": _elapsed(state, status, progress, results, now),
         "eta_s": eta,
         "updated_age_s": None if age is None else round(age, 1),
         "stale_s": None if stale is None else round(stale, 1),
@@ -132,6 +132,18 @@ def view(snap: dict, now: datetime | None = None) -> dict:
         "host": status.get("host"),
         "reason": verdict.get("reason"),
     }
+
+
+def _elapsed(state: str, status: dict, progress: dict, results: dict, now: datetime) -> Any:
+    """Wall-clock time of the run: start to end (or to now while it runs), from status.json for a
+    detached run, progress.json for a foreground one; the trainer's own seconds otherwise."""
+    src = status if status.get("started") else progress
+    started = parse_iso(src.get("started"))
+    ended = now if state in ("running", "queued") else parse_iso(
+        src.get("ended") if src is status else progress.get("updated"))
+    if started and ended and ended >= started:
+        return round((ended - started).total_seconds(), 1)
+    return progress.get("elapsed_s", results.get("wall_time_s"))
 
 
 def _state_text(v: dict) -> Text:
