@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from runs_support import cli_env, mlc, read_json, write_project, write_tiny_dataset
+from runs_support import cli_env, mlc, read_json, tiny_project
 
 from mlconnect.engine.checkpoint import load_checkpoint
 
@@ -53,10 +53,7 @@ def fill(path: Path, leave: int) -> Path:
 
 
 def test_a_full_disk_is_one_line_and_the_last_checkpoint_survives(tmp_path):
-    data = write_tiny_dataset(tmp_path / "data")
-    root = tmp_path / "proj"
-    root.mkdir()
-    write_project(root, data, epochs=1)
+    root = tiny_project(tmp_path, epochs=1)
     env = cli_env(tmp_path)
     exp = root / "experiments" / "e"
     with small_disk(root / "experiments") as mounted:

@@ -7,7 +7,7 @@ Real CLI processes on a real project folder; nothing mocked.
 from __future__ import annotations
 
 import pytest
-from runs_support import cli_env, mlc, read_json, write_project, write_tiny_dataset
+from runs_support import cli_env, mlc, put, read_json, tiny_project
 
 from mlconnect.errors import ExperimentError
 from mlconnect.layout import check_experiment_name, remove_experiment
@@ -17,16 +17,9 @@ pytestmark = pytest.mark.timeout(240)
 
 @pytest.fixture
 def project(tmp_path):
-    data = write_tiny_dataset(tmp_path / "data")
-    root = tmp_path / "proj"
-    root.mkdir()
-    write_project(root, data, epochs=1)
-    other = root / "experiments" / "other"
-    other.mkdir(parents=True)
-    (other / "config.yaml").write_text("model: SASRec\n")
-    victim = tmp_path / "victim"
-    victim.mkdir()
-    (victim / "keep.txt").write_text("precious")
+    root = tiny_project(tmp_path, epochs=1)
+    put(root / "experiments" / "other" / "config.yaml", "model: SASRec\n")
+    put(tmp_path / "victim" / "keep.txt", "precious")
     return root, cli_env(tmp_path)
 
 
@@ -56,19 +49,13 @@ def test_the_validator_and_remove_experiment(tmp_path):
             check_experiment_name(bad)
     assert check_experiment_name("sasrec_ml-100k_20261128-181500") == "sasrec_ml-100k_20261128-181500"
     # A folder that is not an experiment, or not directly under experiments/, is never removed.
-    plain = tmp_path / "experiments" / "notes"
-    plain.mkdir(parents=True)
-    (plain / "todo.txt").write_text("x")
-    outside = tmp_path / "elsewhere"
-    outside.mkdir()
-    (outside / "config.yaml").write_text("x")
+    plain = put(tmp_path / "experiments" / "notes" / "todo.txt", "x").parent
+    outside = put(tmp_path / "elsewhere" / "config.yaml", "x").parent
     for folder in (plain, outside):
         with pytest.raises(ExperimentError, match="refusing to delete"):
             remove_experiment(folder)
         assert folder.is_dir()
-    real = tmp_path / "experiments" / "real"
-    real.mkdir()
-    (real / "config.yaml").write_text("x")
+    real = put(tmp_path / "experiments" / "real" / "config.yaml", "x").parent
     remove_experiment(real)
     assert not real.exists()
 
@@ -77,10 +64,9 @@ def test_resume_before_the_first_checkpoint_starts_from_scratch(project):
     """A run killed before its first checkpoint leaves config, progress and log, no checkpoint."""
     root, env = project
     exp = root / "experiments" / "early"
-    exp.mkdir()
-    (exp / "config.yaml").write_text((root / "configs" / "tiny.yaml").read_text())
-    (exp / "progress.json").write_text('{"state": "running", "epoch": 0, "step": 3}')
-    (exp / "training.log").write_text("training SASRec on tiny\n")
+    put(exp / "config.yaml", (root / "configs" / "tiny.yaml").read_text())
+    put(exp / "progress.json", '{"state": "running", "epoch": 0, "step": 3}')
+    put(exp / "training.log", "training SASRec on tiny\n")
     plain = mlc(["train", "-e", "early"], root, env, check=False, timeout=60)
     assert plain.returncode == 1 and "--resume" in plain.stderr
     cp = mlc(["train", "-e", "early", "--resume"], root, env, timeout=120)

@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from runs_support import cli_env, mlc, ps_json, read_json, wait_for, write_project, write_tiny_dataset
+from runs_support import cli_env, mlc, ps_json, read_json, tiny_project, wait_for
 
 from mlconnect.errors import ExperimentError
 from mlconnect.layout import ExperimentPaths
@@ -25,11 +25,7 @@ pytestmark = pytest.mark.timeout(240)
 
 @pytest.fixture
 def project(tmp_path):
-    data = write_tiny_dataset(tmp_path / "data")
-    root = tmp_path / "proj"
-    root.mkdir()
-    write_project(root, data, epochs=1)
-    return root, cli_env(tmp_path)
+    return tiny_project(tmp_path, epochs=1), cli_env(tmp_path)
 
 
 def _states(root, env, name):

@@ -88,23 +88,29 @@ def launch(target: Any, *, name: str, config: str | None, model: str | None, dat
            env: list[str]) -> dict:
     """Start the run detached on the host (or here) and return its status: within seconds, as
     soon as the supervisor has recorded the training pid (or queued it). The project is synced."""
-    args = ["--experiment", check_experiment_name(name)]
-    for flag, value in (("--config", config), ("--model", model), ("--dataset", dataset),
-                        ("--data-path", data_path)):
-        if value:
-            args += [flag, value]
-    for ov in overrides:
-        args += ["--set", ov]
-    for kv in env:
-        args += ["--env", kv]
-    args += [f for f, on in (("--queue", queue), ("--resume", resume), ("--force", force)) if on]
+    args = ["--experiment", check_experiment_name(name), *(a for kv in env for a in ("--env", kv)),
+            *run_args(config=config, model=model, dataset=dataset, data_path=data_path,
+                      overrides=overrides, queue=queue, resume=resume, force=force)]
     return call_agent(target, "start", *args, timeout=60)
 
 
+def run_args(*, config: str | None = None, model: str | None = None, dataset: str | None = None,
+             data_path: str | None = None, overrides: list[str] | tuple[str, ...] = (),
+             resume: bool = False, force: bool = False, queue: bool = False) -> list[str]:
+    """A run's options as ``train`` and the agent's ``start`` both spell them."""
+    argv: list[str] = []
+    for flag, value in (("--config", config), ("--model", model), ("--dataset", dataset),
+                        ("--data-path", data_path)):
+        if value:
+            argv += [flag, value]
+    for ov in overrides:
+        argv += ["--set", ov]
+    return argv + [f for f, on in (("--queue", queue), ("--resume", resume), ("--force", force)) if on]
+
+
 def resume(target: Any, name: str, *, queue: bool, env: list[str]) -> dict:
-    args = ["--experiment", check_experiment_name(name)] + (["--queue"] if queue else [])
-    for kv in env:
-        args += ["--env", kv]
+    args = ["--experiment", check_experiment_name(name), *(a for kv in env for a in ("--env", kv)),
+            *(["--queue"] if queue else [])]
     return call_agent(target, "resume", *args, timeout=60)
 
 

@@ -33,6 +33,7 @@ from mlconnect.errors import ExperimentError
 from mlconnect.expstate import ACTIVE, boot_id, now_iso, parse_iso, process_matches, state_of
 from mlconnect.fileio import atomic_write_json, read_json
 from mlconnect.layout import ExperimentPaths
+from mlconnect.runs.client import run_args
 from mlconnect.runs.gpu import GpuSampler
 from mlconnect.runs.procs import terminate
 
@@ -105,19 +106,10 @@ def train_argv(experiment: str, *, run_id: str, config: str | None = None, model
                overrides: list[str] | tuple[str, ...] = (), resume: bool = False, force: bool = False,
                python: str | None = None) -> list[str]:
     """The foreground ``mlconnect train`` command line, carrying the run-id marker."""
-    argv = [python or sys.executable, "-X", f"{MARKER}{run_id}", "-m", "mlconnect", "train",
-            "--experiment", experiment]
-    for flag, value in (("--config", config), ("--model", model), ("--dataset", dataset),
-                        ("--data-path", data_path)):
-        if value:
-            argv += [flag, value]
-    for ov in overrides:
-        argv += ["--set", ov]
-    if resume:
-        argv.append("--resume")
-    if force:
-        argv.append("--force")
-    return argv
+    return [python or sys.executable, "-X", f"{MARKER}{run_id}", "-m", "mlconnect", "train",
+            "--experiment", experiment,
+            *run_args(config=config, model=model, dataset=dataset, data_path=data_path,
+                      overrides=overrides, resume=resume, force=force)]
 
 
 def start_run(paths: ExperimentPaths, argv: list[str], *, run_id: str, queue: bool = False,
