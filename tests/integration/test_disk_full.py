@@ -52,6 +52,7 @@ def fill(path: Path, leave: int) -> Path:
     return filler
 
 
+@pytest.mark.slow  # several real trainings
 def test_a_full_disk_is_one_line_and_the_last_checkpoint_survives(tmp_path):
     root = tiny_project(tmp_path, epochs=1)
     env = cli_env(tmp_path)

@@ -60,6 +60,7 @@ def test_the_validator_and_remove_experiment(tmp_path):
     assert not real.exists()
 
 
+@pytest.mark.slow  # several real trainings
 def test_resume_before_the_first_checkpoint_starts_from_scratch(project):
     """A run killed before its first checkpoint leaves config, progress and log, no checkpoint."""
     root, env = project

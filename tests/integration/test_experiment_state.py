@@ -34,6 +34,7 @@ def _states(root, env, name):
     return ps_json(root, env)[name]["state"], ls[name], mon
 
 
+@pytest.mark.slow  # several real trainings
 def test_finished_and_killed_runs_read_the_same_everywhere(project):
     root, env = project
     mlc(["train", "--config", "configs/tiny.yaml", "-e", "done"], root, env)

@@ -37,6 +37,7 @@ def test_every_name_for_this_machine_trains_in_the_foreground(project):
     assert not (root / "experiments" / "b" / "status.json").exists()  # no detached run
 
 
+@pytest.mark.slow  # several real trainings
 def test_data_path_from_mlconnect_toml_reaches_foreground_and_detached_runs(project):
     root, env = project
     mlc(["train", "--config", "configs/tiny.yaml", "-e", "fg"], root, env)
