@@ -94,8 +94,9 @@ def main() -> None:
         sync_times = []
         for _ in range(args.repeat):  # the sync part alone, no change since the last one
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-c", "import sys; from mlconnect.cli.runs import _target, "
-                            "sync_project; sync_project(_target(sys.argv[1], sys.argv[2]))",
+            subprocess.run([sys.executable, "-c", "import sys; from mlconnect.cli.common import target_from; "
+                            "from mlconnect.cli.runs import sync_project; "
+                            "sync_project(target_from(sys.argv[1], sys.argv[2]))",
                             sshd.alias, str(sshd.ssh_config)], cwd=laptop, env=env, check=True)
             sync_times.append(time.perf_counter() - t0)
         rows["… of which: project sync, no change (python start + rsync)"] = sync_times

@@ -45,8 +45,8 @@ def ensure_experiment(exp: Path, epochs: int) -> None:
         return
     print(f"training {exp} ({epochs} epochs)", file=sys.stderr)
     subprocess.run([sys.executable, "-m", "mlconnect", "train", "--config", str(REPO / "configs" / "baseline.yaml"),
-                    "--experiment", str(exp), "--data-path", str(datasets_dir()), "--set", f"epochs={epochs}"],
-                   check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+                    "--experiment", exp.name, "--data-path", str(datasets_dir()), "--set", f"epochs={epochs}"],
+                   check=True, cwd=exp.parent.parent, stdout=subprocess.DEVNULL)  # exp: <cwd>/experiments/<name>
 
 
 def free_port() -> int:

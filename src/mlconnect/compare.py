@@ -13,7 +13,8 @@ from typing import Any
 import yaml
 
 from mlconnect.errors import ExperimentError, MlconnectError
-from mlconnect.layout import EXPERIMENTS_DIR, ExperimentPaths, experiment_paths
+from mlconnect.expstate import snapshot
+from mlconnect.layout import EXPERIMENTS_DIR, ExperimentPaths, check_experiment_name, experiment_paths
 
 # Metric columns and whether bigger is better (valid/test ranking metrics are all bigger-better).
 LOWER_BETTER = {"wall_time_s", "peak_gpu_mem_mb"}
@@ -21,24 +22,26 @@ LOWER_BETTER = {"wall_time_s", "peak_gpu_mem_mb"}
 
 def load_run(name: str, root: Path) -> dict:
     """Config + results of one experiment; one-line errors for missing or corrupt files."""
-    paths: ExperimentPaths = experiment_paths(name, base=root / EXPERIMENTS_DIR)
+    paths: ExperimentPaths = experiment_paths(check_experiment_name(name), base=root / EXPERIMENTS_DIR)
     if not paths.root.is_dir():
         raise ExperimentError(f"unknown experiment {name!r} in {paths.root.parent}",
                               "see `mlconnect ls`, or `mlconnect pull` it first")
-    try:
-        results = json.loads(paths.results.read_text())
-    except FileNotFoundError:
-        raise ExperimentError(f"experiment {name} has no results/metrics.json (not finished?)",
-                              "compare finished runs, or wait for this one to end") from None
-    except ValueError as exc:
-        raise ExperimentError(f"{paths.results}: not valid JSON ({exc})", "pull the experiment again") from None
+    snap = snapshot(str(paths.root), 0)
+    state = snap["state"]["state"]
+    bad = [p for p in snap["problems"] if p.startswith("metrics.json")]
+    if bad:
+        raise ExperimentError(f"{paths.results}: {bad[0]}", "pull the experiment again")
+    results = snap["results"]
+    if results is None:
+        raise ExperimentError(f"experiment {name} has no results/metrics.json (state: {state})",
+                              "compare finished runs, or wait for this one to end")
     try:
         cfg = yaml.safe_load(paths.config.read_text()) or {}
     except FileNotFoundError:
         cfg = {}
     except yaml.YAMLError as exc:
         raise ExperimentError(f"{paths.config}: not valid YAML ({exc})", "pull the experiment again") from None
-    return {"name": paths.name, "paths": paths, "config": cfg, "results": results}
+    return {"name": paths.name, "paths": paths, "config": cfg, "results": results, "state": state}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -65,7 +68,7 @@ def compare_rows(runs: list[dict]) -> tuple[list[dict], dict[str, str]]:
     for r in runs:
         res, flat = r["results"], _flatten(r["config"])
         metric = res.get("valid_metric")
-        row = {"name": r["name"], "model": res.get("model"), "dataset": res.get("dataset"),
+        row = {"name": r["name"], "state": r.get("state"), "model": res.get("model"), "dataset": res.get("dataset"),
                "config": {k: flat.get(k) for k in diff}, "valid_metric": metric,
                "best_valid": (res.get("best_valid") or {}).get(metric),
                "epochs": res.get("epochs"), "best_epoch": res.get("best_epoch"),

@@ -31,10 +31,11 @@ class UsageError(MlconnectError):
 class ConfigError(MlconnectError):
     """A config with several mistakes reports all of them at once."""
 
-    def __init__(self, problems: list[str], source: str = "config") -> None:
+    def __init__(self, problems: list[str], source: str = "config",
+                 hint: str = "fix the keys above (see configs/ for examples)") -> None:
         self.problems = list(problems)
         joined = "; ".join(self.problems)
-        super().__init__(f"{source}: {joined}", "fix the keys above (see configs/ for examples)")
+        super().__init__(f"{source}: {joined}", hint)
 
 
 class DataError(MlconnectError):
@@ -53,6 +54,33 @@ class DataError(MlconnectError):
 
 class ExperimentError(MlconnectError):
     """An experiment folder is missing, already exists, or is in the wrong state."""
+
+
+class WriteError(MlconnectError, OSError):
+    """A file could not be written (full disk, quota, read-only...): names the path, the free
+    space there and what to do. Still an OSError, so code that tolerates failed writes does."""
+
+    def __init__(self, path: str, reason: str, free_bytes: int | None, hint: str = "") -> None:
+        free = "unknown free space" if free_bytes is None else f"{_size(free_bytes)} free there"
+        super().__init__(f"cannot write {path}: {reason} ({free})",
+                         hint or "free some space on that disk (or write somewhere else), then run again")
+        self.path, self.reason, self.free_bytes = path, reason, free_bytes
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+AGENT_REFUSED_EXIT = 3  # the agent's exit status when it refuses on purpose (runs/agent.py)
+
+
+class AgentRefused(ExperimentError):
+    """The host agent refused on purpose (unknown experiment, already running, bad name...):
+    the host's own words, never worth retrying (a connection failure is a RemoteError)."""
 
 
 class RemoteError(MlconnectError):

@@ -9,26 +9,58 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from mlconnect.errors import WriteError
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+def write_failed(path: str | os.PathLike[str], exc: OSError) -> WriteError:
+    """One line for a failed write: the path, why, and the free space on that disk."""
+    if isinstance(exc, WriteError):
+        return exc
+    free = None
+    for d in (Path(path), *Path(path).parents):  # the nearest folder that exists
+        with contextlib.suppress(OSError):
+            if d.is_dir():
+                free = shutil.disk_usage(d).free
+                break
+    return WriteError(str(path), exc.strerror or str(exc), free)
+
+
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
+    """Write ``path`` atomically through the yielded file: temp file, fsync, rename, fsync dir.
+
+    Any OSError (a full disk above all) becomes one :class:`WriteError` line and leaves the old
+    file, if any, untouched; the temp file is removed.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        tmp = None
+    except OSError as exc:
+        raise write_failed(path, exc) from exc
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
     fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    with replacing(path) as f:
+        f.write(data)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

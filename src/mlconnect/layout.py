@@ -6,10 +6,17 @@ monitor, compare, pull and serve commands read them. Change a name here and nowh
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlconnect.errors import ExperimentError
+
 EXPERIMENTS_DIR = "experiments"
+NAME_MAX = 128
+# Files only mlconnect writes into an experiment folder: one of them must be there before
+# --force may delete the folder (config.yaml alone is what `exp create` leaves).
+MARKER_FILES = ("config.yaml", "status.json", "progress.json", "meta.json")
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,53 @@ class ExperimentPaths:
     @property
     def gpu_usage(self) -> Path:  # sampled by the runs layer
         return self.root / "gpu_usage.csv"
+
+
+def check_experiment_name(name: str) -> str:
+    """The one rule for an experiment name, here and on the host: a plain folder name.
+
+    It becomes ``experiments/<name>``, which ``--force`` deletes, so anything that could point
+    elsewhere (separators, ``.``/``..``, absolute paths, control characters) is refused.
+    """
+    problem = None
+    if not isinstance(name, str) or not name:
+        problem = "is empty"
+    elif "/" in name or "\\" in name:
+        problem = "contains a path separator"
+    elif name.startswith("."):
+        problem = "starts with '.'"
+    elif name.startswith("-"):
+        problem = "starts with '-'"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in name):
+        problem = "contains a control character"
+    elif len(name) > NAME_MAX:
+        problem = f"is longer than {NAME_MAX} characters"
+    if problem:
+        raise ExperimentError(f"invalid experiment name {name!r}: it {problem}",
+                              "use a plain folder name such as exp_001")
+    return name
+
+
+def is_experiment_dir(root: Path) -> bool:
+    """A real folder (not a link) holding at least one file only mlconnect writes."""
+    return root.is_dir() and not root.is_symlink() and any((root / m).is_file() for m in MARKER_FILES)
+
+
+def remove_experiment(root: str | Path) -> None:
+    """``--force``: delete an experiment folder, and never anything else.
+
+    Only a folder that is an mlconnect experiment and sits directly in an ``experiments/``
+    folder goes; anything else is refused with one line, whatever name led here.
+    """
+    root = Path(root)
+    if not root.exists():
+        return
+    parent = root.resolve().parent
+    if root.is_symlink() or parent.name != EXPERIMENTS_DIR or not is_experiment_dir(root):
+        raise ExperimentError(f"refusing to delete {root}: --force only removes an mlconnect "
+                              f"experiment folder directly inside {EXPERIMENTS_DIR}/",
+                              "delete that folder yourself if you mean it, or pick another name")
+    shutil.rmtree(root)
 
 
 def experiment_paths(name_or_path: str | Path, base: str | Path = EXPERIMENTS_DIR) -> ExperimentPaths:

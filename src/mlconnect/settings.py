@@ -65,7 +65,7 @@ class Settings:
     project_root: Path | None  # the folder holding mlconnect.toml, None outside a project
     cwd: Path
     default_host: str | None = None
-    data_path: str = "data"
+    data_path: str | None = None  # None: the config's own data_path (RecBole's default)
     remote_root: str | None = None  # applies to hosts that do not set their own
     hosts: dict[str, HostConfig] = field(default_factory=dict)
     ssh_config: str | None = None
@@ -79,6 +79,14 @@ class Settings:
     def host(self, name: str) -> HostConfig:
         """The entry for ``name``; an empty one (pure ssh-config alias) when not configured."""
         return self.hosts.get(name) or HostConfig(name=name)
+
+    def data_path_for(self, name: str | None) -> str | None:
+        """Where the datasets are on host ``name`` (None: this machine): its entry, else the top level.
+
+        A relative path is relative to the project root, here and in the host's copy of it.
+        """
+        h = self.hosts.get(name) if name else None
+        return (h.data_path if h and h.data_path else None) or self.data_path
 
     def remote_root_for(self, name: str) -> str:
         """Where the project lives on host ``name``: host entry, then top level, then ~/mlconnect/<dir>."""
@@ -99,6 +107,21 @@ def find_project_root(start: str | os.PathLike[str] | None = None) -> Path | Non
     return None
 
 
+def project_data_path(config: str | os.PathLike[str] | None) -> dict[str, str]:
+    """``{"data_path": ...}`` from mlconnect.toml (or MLCONNECT_DATA_PATH), resolved against the
+    project root, for a run whose config file does not name its own data_path; else ``{}``."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(Path(config).read_text()) if config else None
+    except (OSError, yaml.YAMLError):
+        doc = None  # the config loader reports it
+    if isinstance(doc, dict) and "data_path" in doc:
+        return {}
+    s = load_settings()
+    return {"data_path": str(s.root / s.data_path)} if s.data_path else {}
+
+
 def user_config_path() -> Path:
     env = os.environ.get("MLCONNECT_CONFIG")
     if env:
@@ -114,7 +137,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         return {}
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([str(exc)], source=str(path)) from exc
+        raise ConfigError([str(exc)], source=str(path), hint="fix the TOML syntax there") from exc
 
 
 def _validate(data: dict[str, Any], source: str) -> list[str]:

@@ -39,6 +39,21 @@ def write_project(root: Path, data_dir: Path, epochs: int = 2) -> Path:
     return cfg
 
 
+def tiny_project(tmp_path: Path, epochs: int = 2) -> Path:
+    """``tmp_path/proj`` with configs/tiny.yaml over the tiny dataset in ``tmp_path/data``."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    write_project(root, write_tiny_dataset(tmp_path / "data"), epochs=epochs)
+    return root
+
+
+def put(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path``, making its folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
 def cli_env(tmp: Path, extra_path: str | None = None) -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", MLCONNECT_QUEUE_DIR=str(tmp / "queue"),
                MLCONNECT_HEARTBEAT_S="1", MLCONNECT_GPU_INTERVAL_S="0.5", COLUMNS="200",

@@ -29,9 +29,9 @@ def test_once_finished_json_and_ls(tmp_path):
                                      "epochs": 2, "valid_metric": "ndcg@10", "best_valid": 0.05}))
     cp = _cli(tmp_path, "monitor", "e1", "--once")
     assert cp.returncode == 0, cp.stderr
-    assert "finished" in cp.stdout and "2/2" in cp.stdout
+    assert "succeeded" in cp.stdout and "2/2" in cp.stdout
     v = json.loads(_cli(tmp_path, "monitor", "e1", "--json").stdout)
-    assert v["state"] == "finished" and v["epoch"] == 2
+    assert v["state"] == "succeeded" and v["epoch"] == 2
     rows = json.loads(_cli(tmp_path, "ls", "--json").stdout)
     assert rows[0]["name"] == "e1" and rows[0]["best_value"] == 0.05
 
@@ -61,9 +61,9 @@ def test_once_on_real_finished_and_running_runs(tmp_path):
     subprocess.run(_train_argv(tmp_path, "done", 2), cwd=tmp_path, env=env, check=True,
                    capture_output=True, timeout=300)
     v = json.loads(_cli(tmp_path, "monitor", "done", "--json").stdout)
-    assert v["state"] == "finished" and v["epoch"] == 2 and v["epochs"] == 2
+    assert v["state"] == "succeeded" and v["epoch"] == 2 and v["epochs"] == 2
     out = _cli(tmp_path, "monitor", "done", "--once").stdout
-    assert "finished" in out and "2/2" in out
+    assert "succeeded" in out and "2/2" in out
 
     proc = subprocess.Popen(_train_argv(tmp_path, "live", 200), cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

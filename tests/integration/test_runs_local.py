@@ -12,17 +12,14 @@ import sys
 import time
 
 import pytest
-from runs_support import FAKE_SMI, cli_env, mlc, ps_json, read_json, wait_for, write_project, write_tiny_dataset
+from runs_support import FAKE_SMI, cli_env, mlc, ps_json, read_json, tiny_project, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.fixture
 def project(tmp_path):
-    data = write_tiny_dataset(tmp_path / "data")
-    root = tmp_path / "proj"
-    root.mkdir()
-    write_project(root, data)
+    root = tiny_project(tmp_path)
     fake = tmp_path / "fakebin"
     fake.mkdir()
     (fake / "nvidia-smi").write_text(FAKE_SMI)

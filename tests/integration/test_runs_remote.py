@@ -121,7 +121,7 @@ def test_logs_follow_survives_forced_disconnects(box):
     out, err = follower.communicate(timeout=200)
     assert follower.returncode == 0, err
     assert killed >= 2
-    assert "connection lost" in err and "reconnected" in err
+    assert f"lost the connection to {host[1]}" in err and "reconnected" in err
     assert out == log.read_text()  # every line, exactly once
     assert out.count("epoch 25/25") == 1 and "exited with code 0: succeeded" in out
 
@@ -136,6 +136,8 @@ def test_stop_and_resume_over_ssh_and_reused_pid(box):
     st = json.loads(mlc(["stop", "r4", "--json", *host], laptop, env).stdout)
     assert st["state"] == "stopped" and st["exit_code"] == 143
     assert (exp / "checkpoints" / "last.pt").is_file()
+    # The trainer's advice in the host's training.log is the laptop's command (issue 10).
+    assert f"continue with `mlconnect resume r4 --host {host[1]}`" in (exp / "training.log").read_text()
     at = read_json(exp / "checkpoints" / "last.json")["epoch"]
     out = mlc(["resume", "r4", *host], laptop, env).stdout
     assert "r4: running" in out

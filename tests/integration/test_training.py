@@ -70,8 +70,10 @@ def tiny_dataset(tmp_path: Path) -> Path:
 
 
 def train_cmd(data: Path, exp: Path, *extra: str) -> list[str]:
+    """The CLI run of experiment ``exp.name``; run it with ``cwd=exp.parent.parent`` (``exp`` is
+    ``<cwd>/experiments/<name>``: a name is a plain folder name, never a path)."""
     return [sys.executable, "-m", "mlconnect", "train", "--data-path", str(data), "--dataset", "tiny",
-            "--experiment", str(exp), "--set", "epochs=3", "--set", "train_batch_size=100",
+            "--experiment", exp.name, "--set", "epochs=3", "--set", "train_batch_size=100",
             "--set", "hidden_size=16", "--set", "inner_size=32", "--set", "num_threads=1",
             "--set", "progress_interval_s=0", "--set", "valid_metric=NDCG@10", *extra]
 
@@ -79,11 +81,12 @@ def train_cmd(data: Path, exp: Path, *extra: str) -> list[str]:
 @pytest.mark.parametrize("extra", [[], ["--set", "ema_decay=0.9"]], ids=["plain", "ema"])
 def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path: Path, extra: list[str]) -> None:
     data = tiny_dataset(tmp_path)
-    whole = tmp_path / "whole"
-    subprocess.run(train_cmd(data, whole, *extra), check=True, env=ENV, capture_output=True, timeout=300)
-    cut = tmp_path / "cut"
+    whole = tmp_path / "experiments" / "whole"
+    run = {"env": ENV, "cwd": tmp_path}
+    subprocess.run(train_cmd(data, whole, *extra), check=True, capture_output=True, timeout=300, **run)
+    cut = tmp_path / "experiments" / "cut"
     proc = subprocess.Popen(
-        train_cmd(data, cut, *extra), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        train_cmd(data, cut, *extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **run
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait until it is inside the second epoch
@@ -100,10 +103,15 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path: Path, extra: list
     assert "--resume" in err
     stopped = json.loads((cut / "progress.json").read_text())
     assert stopped["state"] == "stopped" and stopped["epoch"] < 3
-    subprocess.run(train_cmd(data, cut, *extra, "--resume"), check=True, env=ENV, capture_output=True, timeout=300)
+    assert 0 < stopped["step"] < stopped["steps_per_epoch"]  # cut inside an epoch
+    subprocess.run(train_cmd(data, cut, *extra, "--resume"), check=True, capture_output=True, timeout=300, **run)
     a = json.loads((whole / "results" / "metrics.json").read_text())
     b = json.loads((cut / "results" / "metrics.json").read_text())
     assert a["best_valid"] == b["best_valid"] and a["test"] == b["test"] and a["best_epoch"] == b["best_epoch"]
+    # The cut epoch's mean loss counts the steps before the cut too (issue 10, failure 7).
+    la = json.loads((whole / "progress.json").read_text())["loss_history"]
+    lb = json.loads((cut / "progress.json").read_text())["loss_history"]
+    assert la == lb and len(la) == 3
 
 
 SAVER = """

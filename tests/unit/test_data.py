@@ -119,7 +119,7 @@ def test_missing_dataset_says_what_to_do(tmp_path: Path) -> None:
 def test_cli_prints_one_line_and_exits_1(tmp_path: Path) -> None:
     data = write(tmp_path, "1\t2\t3\tnot-a-time\n")
     proc = subprocess.run([sys.executable, "-m", "mlconnect", "train", "--data-path", str(data), "--dataset", "toy",
-                           "--experiment", str(tmp_path / "exp")], capture_output=True, text=True, timeout=120)
+                           "--experiment", "exp"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "line 2, column 'timestamp'" in lines[0]

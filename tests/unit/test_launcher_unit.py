@@ -7,6 +7,7 @@ Real processes and real files throughout; the only stand-in is a fake ``nvidia-s
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from mlconnect import expstate
 from mlconnect.fileio import atomic_write_json, read_json
 from mlconnect.layout import ExperimentPaths
 from mlconnect.runs import gpu, launcher, store
@@ -122,9 +124,9 @@ def unrelated_process():
 def test_process_matches_checks_the_command_line(unrelated_process):
     pid = unrelated_process.pid
     deadline = time.monotonic() + 5  # /proc/<pid>/cmdline can read empty for a moment after exec
-    while not launcher.process_cmdline(pid) and time.monotonic() < deadline:
+    while not expstate.process_cmdline(pid) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert launcher.process_cmdline(pid) and "time.sleep(60)" in launcher.process_cmdline(pid)
+    assert expstate.process_cmdline(pid) and "time.sleep(60)" in expstate.process_cmdline(pid)
     assert launcher.process_matches(pid, "time.sleep")  # substring of its real cmdline
     assert not launcher.process_matches(pid, "0123456789abcdef")  # alive, but not our run
     assert not launcher.process_matches(None, "x")
@@ -133,7 +135,8 @@ def test_process_matches_checks_the_command_line(unrelated_process):
 def _fake_status(paths: ExperimentPaths, **kw) -> None:
     paths.root.mkdir(parents=True, exist_ok=True)
     st = {"run_id": "feedfacecafe", "pid": None, "pgid": None, "supervisor_pid": None,
-          "state": "running", "boot_id": launcher.boot_id(), "started": launcher.now_iso()}
+          "state": "running", "boot_id": launcher.boot_id(), "started": launcher.now_iso(),
+          "host": socket.gethostname()}
     st.update(kw)
     atomic_write_json(paths.status, st)
 
@@ -200,7 +203,7 @@ def test_logs_read_long_poll_wakes_on_new_output(tmp_path):
 
 
 def test_ps_rows_format():
-    from mlconnect.cli.runs import ps_table_rows
+    from mlconnect.runs.client import ps_table_rows
 
     rows = ps_table_rows([{"name": "a", "state": "running", "epoch": 3, "epochs": 50,
                            "best_metric": "ndcg@10", "best_value": 0.0512, "gpu_util": 37.4,
@@ -220,16 +223,16 @@ def test_pulled_status_from_another_host_is_left_alone(tmp_path):
 
 
 def test_pull_argv_filters_checkpoints(tmp_path):
-    from mlconnect.cli.runs import pull_argv
     from mlconnect.remote.ssh import Target
+    from mlconnect.runs.client import pull_argv
 
     t = Target(name="gpubox", is_local=False, remote_root="~/proj", python="python3",
                ssh_config=str(tmp_path / "cfg"))
     best = pull_argv(t, "exp_1", tmp_path / "experiments" / "exp_1", "best")
     assert best[0] == "rsync" and best[-2] == "gpubox:proj/experiments/exp_1/"
     assert best[-1] == f"{tmp_path}/experiments/exp_1/"
-    assert "--include=/checkpoints/best.*" in best and best.index("--include=/checkpoints/best.*") < \
-        best.index("--exclude=/checkpoints/*")
+    # best.pt and every non-model file serving needs; the other model checkpoints stay on the host
+    assert best.index("--include=/checkpoints/best.pt") < best.index("--exclude=/checkpoints/*.pt")
     assert "--delete" not in " ".join(best)  # pull never deletes local files
     rsh = best[best.index("-e") + 1]
     assert rsh.startswith("ssh -F ") and "ControlMaster=auto" in rsh

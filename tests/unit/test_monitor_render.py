@@ -58,3 +58,17 @@ def test_no_gpu_and_reconnecting():
 def test_sparkline():
     assert sparkline([8.0, 7.0, 6.0]) == "█▅▁"
     assert sparkline([]) == ""
+
+
+def test_finished_run_shows_its_wall_clock_time():
+    """Issue 10: a finished run read "elapsed 0:00" (the trainer's own sub-second total)."""
+    t0 = NOW - timedelta(minutes=10)
+    done = {"state": "finished", "epoch": 2, "epochs": 2, "elapsed_s": 0.4, "started": t0.isoformat(),
+            "updated": (t0 + timedelta(seconds=95)).isoformat()}
+    v = view(_snap(progress=done), NOW)
+    assert v["state"] == "succeeded" and v["elapsed_s"] == 95.0
+    assert "elapsed 1:35" in _text(render_frame(v))
+    status = {"state": "succeeded", "started": t0.isoformat(), "ended": (t0 + timedelta(seconds=130)).isoformat()}
+    assert view(_snap(progress=done, status=status), NOW)["elapsed_s"] == 130.0
+    running = {**done, "state": "running"}
+    assert view(_snap(progress=running), NOW)["elapsed_s"] == 600.0

@@ -49,13 +49,7 @@ def _root(
 
 
 for _name in COMMAND_MODULES:
-    try:
-        _module = importlib.import_module(f"mlconnect.cli.{_name}")
-    except ModuleNotFoundError as exc:  # a noun not built yet must not break the others
-        if exc.name != f"mlconnect.cli.{_name}":
-            raise
-        continue
-    _module.register(app)
+    importlib.import_module(f"mlconnect.cli.{_name}").register(app)
 
 
 def report_error(exc: MlconnectError) -> None:

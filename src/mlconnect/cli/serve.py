@@ -9,14 +9,13 @@ stdout says which port. Each way of serving is one function below, picked by ``s
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
 
-from mlconnect.cli.common import HostOpt, SshConfigOpt, info
+from mlconnect.cli.common import HostOpt, SshConfigOpt, info, target_from
 from mlconnect.errors import UsageError
 from mlconnect.serving.lifecycle import DEFAULT_KEY_ENV
-
-LOCAL_HOSTS = (None, "local", "localhost-local")
 
 
 def _announce(url: str) -> None:
@@ -33,9 +32,8 @@ def _serve_for_laptop(name: str, bind: str, port: int, device: str, access_log: 
                 stop_on_stdin_eof=True, log=info, **limits)
 
 
-def _serve_on_host(name: str, host: str, ssh_config: str | None, bind: str, port: int, remote_port: int | None,
+def _serve_on_host(name: str, target: Any, bind: str, port: int, remote_port: int | None,
                    device: str, api_key: str | None, access_log: bool, limits: dict) -> None:
-    from mlconnect.cli.common import target_from
     from mlconnect.serving.hosted import serve_remote
 
     if bind != "127.0.0.1":
@@ -44,7 +42,7 @@ def _serve_on_host(name: str, host: str, ssh_config: str | None, bind: str, port
     if port == 0:
         raise UsageError("--port 0 applies to local serving only", "pick a port on this machine, e.g. 8000")
     extra = [f"--{k.replace('_', '-')}={v}" for k, v in limits.items()] + (["--access-log"] if access_log else [])
-    serve_remote(target_from(host, ssh_config), name, port=port, remote_port=remote_port, device=device,
+    serve_remote(target, name, port=port, remote_port=remote_port, device=device,
                  api_key=api_key, extra=extra, log=info, announce=_announce)
 
 
@@ -96,12 +94,9 @@ def register(app: typer.Typer) -> None:
             _serve_for_laptop(name, bind, port, device, access_log, limits)
             return
         api_key = read_api_key(api_key_env)
-        if host is None:
-            from mlconnect.settings import load_settings
-
-            host = load_settings(overrides={"ssh_config": ssh_config}).default_host
-        if host in LOCAL_HOSTS:
+        target = target_from(host, ssh_config)  # the one "is this host this machine" rule
+        if target.is_local:
             serve_local(name, bind=bind, port=port, device=device, api_key=api_key, access_log=access_log,
                         log=info, **limits)
             return
-        _serve_on_host(name, host, ssh_config, bind, port, remote_port, device, api_key, access_log, limits)
+        _serve_on_host(name, target, bind, port, remote_port, device, api_key, access_log, limits)

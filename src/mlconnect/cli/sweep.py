@@ -46,7 +46,8 @@ def start_cmd(
     host: str = HostOpt, ssh_config: str = SshConfigOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Start a sweep detached (here, or on the box with --host); returns in seconds."""
-    from mlconnect.cli.runs import _relative_config, sync_project
+    from mlconnect.cli.runs import project_root, sync_project
+    from mlconnect.runs.client import relative_config
     from mlconnect.sweeps.client import start_args
 
     target = target_from(host, ssh_config)
@@ -54,7 +55,7 @@ def start_cmd(
     if data_path is None and target.host is not None and target.host.data_path:
         data_path = target.host.data_path
     flags = [f"{k}={v}" for k, v in (("model", model), ("dataset", dataset), ("data_path", data_path)) if v]
-    rel_config, rel_space = _relative_config(config, target), _relative_config(space, target)
+    rel_config, rel_space = (relative_config(c, target, project_root()) for c in (config, space))
     sync_project(target)
     args = start_args(name=name, config=rel_config, space=rel_space or space, trials=trials, parallel=parallel,
                       seeds=seeds, sampler=sampler, prune=not no_prune, gpus=gpus, sets=[*sets, *flags])

@@ -19,7 +19,7 @@ from rich.table import Table
 from mlconnect.cli.common import HostOpt, SshConfigOpt
 from mlconnect.engine.ddp_launch import exec_torchrun  # hook: ddp (--nproc / --gpus: become torchrun)
 from mlconnect.errors import UsageError
-from mlconnect.layout import default_experiment_name, experiment_paths
+from mlconnect.layout import check_experiment_name, default_experiment_name, experiment_paths
 
 _out = Console(highlight=False)
 
@@ -30,15 +30,13 @@ def _launched_by_runs_layer() -> bool:
 
 
 def _remote_wanted(host: str | None, detach: bool, queue: bool, ssh_config: str | None) -> bool:
+    """One rule: this machine (no host, ``--host local``...) trains in the foreground unless
+    --detach/--queue; any other host gets a detached run."""
     if _launched_by_runs_layer():
         return False  # we *are* the detached run: never hand over again
-    if host == "local":  # forced onto this machine: foreground unless asked to detach
-        return detach or queue
-    if host or detach or queue:
-        return True
-    from mlconnect.settings import load_settings
+    from mlconnect.cli.common import target_from
 
-    return bool(load_settings(overrides={"ssh_config": ssh_config}).default_host)
+    return detach or queue or not target_from(host, ssh_config).is_local
 
 
 def _load(config: Path | None, experiment: str | None, resume: bool, model: str | None, dataset: str | None,
@@ -54,8 +52,10 @@ def _load(config: Path | None, experiment: str | None, resume: bool, model: str 
         saved = experiment_paths(experiment).config
         if saved.is_file():
             config = saved
-    if config is None and "data_path" not in overrides and os.environ.get("MLCONNECT_DATA_PATH"):
-        overrides["data_path"] = os.environ["MLCONNECT_DATA_PATH"]
+    if "data_path" not in overrides:
+        from mlconnect.settings import project_data_path
+
+        overrides.update(project_data_path(config))
     return load_config(config, overrides)
 
 
@@ -79,6 +79,8 @@ def run_foreground(config: Path | None, experiment: str | None, model: str | Non
     """Train on this machine and print the results (the library call behind ``mlconnect train``)."""
     from mlconnect.engine.trainer import train as train_engine
 
+    if experiment is not None:
+        check_experiment_name(experiment)
     if resume and not experiment:
         raise UsageError("--resume needs --experiment NAME", "name the experiment to continue")
     cfg = _load(config, experiment, resume, model, dataset, data_path, sets, device)
@@ -116,6 +118,8 @@ def register(app: typer.Typer) -> None:
         gpus: str = typer.Option(None, "--gpus", help="DDP on these GPUs, one process each: --gpus 0,1."),
     ) -> None:
         """Train a model: in the foreground here, or detached on the GPU box with --host."""
+        if experiment is not None:
+            check_experiment_name(experiment)  # before anything is synced, started or deleted
         if _remote_wanted(host, detach, queue, ssh_config):
             from mlconnect.cli.runs import launch_train
 

@@ -15,18 +15,13 @@ import typer
 
 from mlconnect.cli.common import HostOpt, JsonOpt, SshConfigOpt, info, print_json, print_table, target_from
 from mlconnect.errors import ExperimentError, MlconnectError, RemoteError
-from mlconnect.layout import EXPERIMENTS_DIR
-
-
-def _check_name(name: str) -> None:
-    if not name or name.startswith(".") or "/" in name or "\\" in name:
-        raise ExperimentError(f"invalid experiment name {name!r}", "use a plain folder name such as exp_001")
+from mlconnect.layout import EXPERIMENTS_DIR, check_experiment_name
 
 
 def read_snapshot(target, name: str, log_lines: int = 12) -> dict:
     """One snapshot of ``experiments/<name>`` on the target: a direct call locally, one
-    ``python3 -c <snapshot.py source>`` round trip over ssh (no mlconnect needed on the host)."""
-    from mlconnect.watch import snapshot as snap_mod
+    ``python3 -c <expstate.py source>`` round trip over ssh (no mlconnect needed on the host)."""
+    from mlconnect import expstate as snap_mod
 
     if target.is_local:
         return snap_mod.snapshot(str(Path(target.remote_root) / EXPERIMENTS_DIR / name), log_lines)
@@ -64,7 +59,7 @@ def monitor(name: str = typer.Argument(..., help="Experiment name."),
 
     from mlconnect.watch.render import TERMINAL, render_frame, render_summary, view
 
-    _check_name(name)
+    check_experiment_name(name)
     target = target_from(host, ssh_config)
     where = "" if target.is_local else f" on {target.name}"
     snap = read_snapshot(target, name)
@@ -107,9 +102,9 @@ def monitor(name: str = typer.Argument(..., help="Experiment name."),
 
 def ls(as_json: bool = JsonOpt) -> None:
     """Local experiments: name, model, dataset, state, best metric, date."""
+    from mlconnect.expstate import snapshot
     from mlconnect.settings import load_settings
     from mlconnect.watch.render import view
-    from mlconnect.watch.snapshot import snapshot
 
     base = load_settings().root / EXPERIMENTS_DIR
     rows = []

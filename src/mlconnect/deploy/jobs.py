@@ -23,9 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlconnect.errors import ExperimentError, MlconnectError, RemoteError
-
-ERROR_EXIT = 3  # a refusal on purpose, as runs.agent uses
+from mlconnect.errors import AGENT_REFUSED_EXIT, ExperimentError, MlconnectError, RemoteError
 
 
 def job_name(kind: str, experiment: str) -> str:
@@ -62,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(start_job(a.name, command), default=str))
     except MlconnectError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return ERROR_EXIT
+        return AGENT_REFUSED_EXIT
     return 0
 
 

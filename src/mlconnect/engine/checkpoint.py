@@ -7,33 +7,28 @@ are fsynced, then renamed over the old file: a kill mid-save leaves the previous
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mlconnect.errors import ExperimentError
-from mlconnect.fileio import fsync_dir
+from mlconnect.fileio import replacing
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by an earlier kill mid-save
         stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    # Serialised in memory first: torch.save into a full disk raises a RuntimeError about stream
+    # positions, not the OSError; written this way a full disk is one WriteError line, and the
+    # previous checkpoint stays as it was.
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    with replacing(path) as f:
+        f.write(buf.getbuffer())
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:

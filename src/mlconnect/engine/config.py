@@ -166,7 +166,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         except yaml.YAMLError:
             out[key.strip()] = raw
     if bad:
-        raise ConfigError(bad, source="command line")
+        raise ConfigError(bad, source="command line", hint="write each override as --set key=value")
     return out
 
 
@@ -176,15 +176,18 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError([f"file not found: {p}"], source=str(p)) from None
+        raise ConfigError([f"file not found: {p}"], source=str(p),
+                          hint="check the path (configs/ holds the shipped configs)") from None
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "somewhere"
-        raise ConfigError([f"not valid YAML ({where}): {getattr(exc, 'problem', exc)}"], source=str(p)) from None
+        raise ConfigError([f"not valid YAML ({where}): {getattr(exc, 'problem', exc)}"], source=str(p),
+                          hint=f"fix the YAML at {where}") from None
     if not isinstance(data, dict):
-        raise ConfigError(["the top level must be a mapping of key: value"], source=str(p))
+        raise ConfigError(["the top level must be a mapping of key: value"], source=str(p),
+                          hint="write the config as `key: value` lines (see configs/)")
     return data
 
 

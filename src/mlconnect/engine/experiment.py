@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import platform
-import shutil
 import socket
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +19,10 @@ import numpy as np
 from mlconnect import __version__
 from mlconnect.engine.config import Config
 from mlconnect.engine.data import Dataset
-from mlconnect.errors import ExperimentError
-from mlconnect.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
-from mlconnect.layout import ExperimentPaths
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+from mlconnect.errors import ExperimentError, MlconnectError, WriteError
+from mlconnect.expstate import now_iso, this_process
+from mlconnect.fileio import atomic_write_json, atomic_write_text, read_json, replacing
+from mlconnect.layout import ExperimentPaths, remove_experiment
 
 
 def is_fresh(paths: ExperimentPaths) -> bool:
@@ -32,18 +31,25 @@ def is_fresh(paths: ExperimentPaths) -> bool:
 
 
 def prepare_experiment(cfg: Config, root: str | Path, *, resume: bool, force: bool) -> ExperimentPaths:
-    """Make the folder; refuse to overwrite an existing experiment without --resume or --force."""
+    """Make the folder; refuse to overwrite an existing experiment without --resume or --force.
+
+    ``--resume`` of a run that never reached its first checkpoint starts it from scratch (and
+    says so): there is nothing to lose, and no other flag would do better.
+    """
     paths = ExperimentPaths(Path(root))
     exists = paths.root.exists() and any(paths.root.iterdir())
-    if resume:
-        if not paths.checkpoint("last").is_file():
-            raise ExperimentError(f"experiment {paths.name} has no checkpoint to resume from",
-                                  f"start it without --resume (looked in {paths.checkpoints})")
-    elif exists and not is_fresh(paths):
+    if resume and not paths.checkpoint("last").is_file():
+        note = (f"experiment {paths.name} has no checkpoint yet ({paths.checkpoint('last')}): "
+                "starting it from scratch")
+        print(f"note: {note}", file=sys.stderr, flush=True)
+        if paths.root.is_dir():
+            with contextlib.suppress(OSError), open(paths.log, "a", encoding="utf-8") as f:
+                f.write(f"{datetime.now():%Y-%m-%d %H:%M:%S} {note}\n")
+    elif not resume and exists and not is_fresh(paths):
         if not force:
             raise ExperimentError(f"experiment {paths.name} already exists ({paths.root})",
                                   "pass --resume to continue it, --force to overwrite it, or choose another name")
-        shutil.rmtree(paths.root)
+        remove_experiment(paths.root)
     paths.root.mkdir(parents=True, exist_ok=True)
     paths.tensorboard.mkdir(exist_ok=True)
     paths.checkpoints.mkdir(exist_ok=True)
@@ -58,7 +64,7 @@ def create_experiment(cfg: Config, root: str | Path, force: bool = False) -> Exp
         if not force:
             raise ExperimentError(f"experiment {paths.name} already exists ({paths.root})",
                                   "choose another name or pass --force")
-        shutil.rmtree(paths.root)
+        remove_experiment(paths.root)
     paths.root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(paths.config, cfg.to_yaml())
     return paths
@@ -71,12 +77,42 @@ def write_vocab(paths: ExperimentPaths, ds: Dataset) -> None:
                                     "dataset": ds.name})
     lengths = np.array([len(s) for s in ds.sequences], dtype=np.int64)
     flat = np.concatenate(ds.sequences) if ds.n_interactions else np.zeros(0, dtype=np.int64)
-    tmp = paths.checkpoints / "histories.tmp.npz"
-    np.savez_compressed(tmp, items=flat, lengths=lengths)
-    atomic_write_bytes(paths.checkpoints / "histories.npz", tmp.read_bytes())
-    tmp.unlink()
+    with replacing(paths.checkpoints / "histories.npz") as f:  # a full disk: one WriteError line
+        np.savez_compressed(f, items=flat, lengths=lengths)
     if ds.item_features:
         atomic_write_json(paths.checkpoints / "items.json", ds.item_features)
+
+
+def record_failure(paths: ExperimentPaths, exc: BaseException, log: Callable[[str], None] | None = None,
+                   state: str = "failed") -> None:
+    """training.log and progress.json say why the run failed (best-effort: the disk may be full).
+    ``state`` is the word recorded: ``failed``, or ``pruned`` for a sweep trial that was stopped early.
+
+    A failed write also gets the advice that fits it: free space, then resume from the last good
+    checkpoint (which the atomic writes left intact).
+    """
+    if isinstance(exc, KeyboardInterrupt | SystemExit):
+        return
+    if isinstance(exc, WriteError):
+        exc.hint = (f"free some space there, then `{resume_command(paths.name)}` continues from the "
+                    "last good checkpoint")
+    why = str(exc) if isinstance(exc, MlconnectError) else f"{type(exc).__name__}: {exc}"
+    with contextlib.suppress(OSError):
+        if log is not None:
+            log(f"{state}: {why}")
+        else:
+            with open(paths.log, "a", encoding="utf-8") as f:
+                f.write(f"{datetime.now():%Y-%m-%d %H:%M:%S} {state}: {why}\n")
+    with contextlib.suppress(OSError, ValueError):
+        progress = read_json(paths.progress, {}) or {}
+        progress.update(state=state, error=why, updated=now_iso())
+        atomic_write_json(paths.progress, progress)
+
+
+def resume_command(name: str) -> str:
+    """How to continue this run: the runs layer says how when it started us (``--host`` included),
+    otherwise the foreground command."""
+    return os.environ.get("MLCONNECT_RESUME_COMMAND") or f"mlconnect train --experiment {name} --resume"
 
 
 def _git(*args: str) -> str | None:
@@ -117,9 +153,11 @@ class ProgressFile:
         self.path = paths.progress
         self.interval = interval
         self._last = 0.0
+        # Who writes it: a reader finding "running" from a process that is gone says "lost".
+        self._writer = {**this_process(), "started": now_iso()}
 
     def write(self, data: dict[str, Any], force: bool = False) -> None:
         t = time.monotonic()
         if force or t - self._last >= self.interval:
-            atomic_write_json(self.path, {**data, "updated": now_iso()})
+            atomic_write_json(self.path, {**data, **self._writer, "updated": now_iso()})
             self._last = t

@@ -8,6 +8,7 @@ save before exiting.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import resource
 import signal
@@ -24,7 +25,15 @@ from mlconnect.engine import distributed
 from mlconnect.engine.checkpoint import load_checkpoint, save_checkpoint
 from mlconnect.engine.config import Config
 from mlconnect.engine.data import Split, load_dataset, split_leave_one_out, training_windows
-from mlconnect.engine.experiment import ProgressFile, now_iso, prepare_experiment, write_meta, write_vocab
+from mlconnect.engine.experiment import (
+    ProgressFile,
+    now_iso,
+    prepare_experiment,
+    record_failure,
+    resume_command,
+    write_meta,
+    write_vocab,
+)
 from mlconnect.engine.metrics import MetricAccumulator, mask_history_
 from mlconnect.engine.models import SequentialRecommender, build_model
 from mlconnect.engine.progress import Reporter
@@ -41,7 +50,7 @@ class TrainingInterrupted(MlconnectError):
     def __init__(self, signum: int, paths: ExperimentPaths, epoch: int, step: int) -> None:
         super().__init__(f"stopped by {signal.Signals(signum).name} at epoch {epoch + 1}, step {step}; "
                          f"checkpoint saved in {paths.checkpoints}",
-                         f"continue with `mlconnect train --experiment {paths.name} --resume`")
+                         f"continue with `{resume_command(paths.name)}`")
         self.exit_code = 128 + signum
 
 
@@ -117,10 +126,11 @@ def train(cfg: Config, experiment_dir: str | Path, *, resume: bool = False, forc
     ``on_eval(epoch, value)`` is called after each validation (sweeps report it to Optuna's pruner;
     an exception it raises ends the run, recorded with the exception's ``run_state``).
     """
-    info = distributed.env_info()  # hook: ddp (rank 0 alone makes the folder; the others wait)
+    info = distributed.env_info()  # DDP: rank 0 alone makes the folder; the others wait for it
     paths = (prepare_experiment(cfg, experiment_dir, resume=resume, force=force) if info.is_main
              else ExperimentPaths(Path(experiment_dir)))
-    return Trainer(cfg, paths, resume=resume, on_eval=on_eval).run()
+    # --resume before the first checkpoint starts from scratch (prepare_experiment said so).
+    return Trainer(cfg, paths, resume=resume and paths.checkpoint("last").is_file(), on_eval=on_eval).run()
 
 
 class Trainer:
@@ -231,8 +241,13 @@ class Trainer:
 
     # --- the loop -------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        self._setup()
-        if not self.dist.is_main:  # hook: ddp (ranks above 0 train and stay silent)
+        try:
+            self._setup()
+        except MlconnectError as exc:  # a full disk while writing the vocab, a bad checkpoint...
+            if distributed.env_info().is_main:
+                record_failure(self.paths, exc)
+            raise
+        if not self.dist.is_main:  # DDP: ranks above 0 train and stay silent
             return self._run_rank()
         self.reporter = Reporter(self.paths.log, self.cfg["epochs"])
         write_meta(self.paths, device=str(self.device), started=self.started)
@@ -262,15 +277,20 @@ class Trainer:
                 self.tracker.finish("stopped")
             raise
         except BaseException as exc:
-            state = getattr(exc, "run_state", "failed")  # hook: sweeps (a pruned trial says "pruned")
-            self._write_progress(state, force=True)
-            write_meta(self.paths, device=str(self.device), started=self.started, ended=now_iso(), state=state)
+            state = getattr(exc, "run_state", "failed")  # a pruned sweep trial says "pruned"
+            # Each record is best-effort: on a full disk the error itself must still reach the user.
+            with contextlib.suppress(OSError):
+                self._write_progress(state, force=True)
+            record_failure(self.paths, exc, self.reporter.log, state=state)
+            with contextlib.suppress(OSError):
+                write_meta(self.paths, device=str(self.device), started=self.started, ended=now_iso(), state=state)
             if self.tracker:
                 self.tracker.finish(state)
             raise
         finally:
             _restore_signals(previous)
-            self.tb.close()
+            with contextlib.suppress(OSError):  # a full disk: the error above is the one to show
+                self.tb.close()
             self.reporter.close()
             distributed.teardown(self.dist)  # hook: ddp
         return results
@@ -299,8 +319,10 @@ class Trainer:
         order = torch.randperm(len(self.inputs), generator=gen)
         order = distributed.shard(order, self.dist)  # hook: ddp (this rank's windows)
         self.reporter.start_epoch(self.epoch + 1, self.steps_per_epoch, self.step_in_epoch)
-        loss_sum = torch.zeros((), device=self.device)
-        loss_n = 0
+        # A resumed epoch goes on from the loss of its steps before the interruption (checkpointed
+        # below), so its loss_history entry equals the uninterrupted run's.
+        loss_sum = torch.tensor(self.state.get("partial_loss_sum", 0.0), device=self.device)
+        loss_n = self.state.get("partial_loss_n", 0)
         epoch_t0, epoch_tokens = time.perf_counter(), 0
         clip = cfg["clip_grad_norm"]
         for step in range(self.step_in_epoch, self.steps_per_epoch):
@@ -336,6 +358,7 @@ class Trainer:
             if self.dist.enabled and distributed.any_rank(self.stop_signal is not None, self.dist, self.device):
                 self.stop_signal = self.stop_signal or signal.SIGTERM  # hook: ddp (all ranks stop at this step)
             if self.stop_signal is not None:
+                self.state.update(partial_loss_sum=float(loss_sum), partial_loss_n=loss_n)
                 raise TrainingInterrupted(self.stop_signal, self.paths, self.epoch, self.step_in_epoch)
         epoch_loss = float(distributed.all_reduce(loss_sum / max(loss_n, 1), self.dist, "mean"))  # hook: ddp
         if self.dist.enabled:  # hook: ddp (throughput and token count of all ranks together)
@@ -343,6 +366,7 @@ class Trainer:
                                             self.dist)
             self.state["tokens"] += int(tokens[0]) - epoch_tokens
             self.tokens_per_s = float(tokens[1])
+        self.state.update(partial_loss_sum=0.0, partial_loss_n=0)
         self.last_loss = epoch_loss
         self.state["loss_history"].append(epoch_loss)
         self.tb.add_scalar("train/epoch_loss", epoch_loss, self.epoch + 1)
@@ -471,10 +495,6 @@ def _restore_signals(previous: dict[int, Any]) -> None:
 
 def _tracker(cfg: Config, paths: ExperimentPaths) -> Any:
     """MLflow tracking when the config asks for it (mlconnect.engine.tracking)."""
-    try:
-        from mlconnect.engine.tracking import make_tracker
-    except ModuleNotFoundError as exc:
-        if exc.name != "mlconnect.engine.tracking":
-            raise
-        return None
+    from mlconnect.engine.tracking import make_tracker
+
     return make_tracker(cfg.to_dict(), paths.root)

@@ -21,20 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from mlconnect import __version__, baked_build_id
-from mlconnect.errors import ExperimentError, MlconnectError
+from mlconnect.errors import AGENT_REFUSED_EXIT, ExperimentError, MlconnectError
 from mlconnect.fileio import atomic_write_bytes, read_json
-from mlconnect.layout import experiment_paths
+from mlconnect.layout import check_experiment_name, experiment_paths, remove_experiment
 from mlconnect.runs import launcher, store
 from mlconnect.runs.gpu import gpu_summary
 
 LOG_POLL_S = 0.2
-ERROR_EXIT = 3
 
 
 def _paths_for_new(name: str):
-    if not name or name.startswith(".") or "/" in name or "\\" in name:
-        raise ExperimentError(f"invalid experiment name {name!r}", "use a plain folder name such as exp_001")
-    return experiment_paths(name, base=store.experiments_dir("."))
+    return experiment_paths(check_experiment_name(name), base=store.experiments_dir("."))
 
 
 # ------------------------------------------------------------------------------------------ verbs
@@ -60,7 +57,7 @@ def cmd_start(a: argparse.Namespace) -> dict:
         if a.force and paths.root.exists():
             # Done here, not by the trainer's --force: the supervisor writes status.json and
             # training.log in this folder before the trainer starts, and must keep them.
-            shutil.rmtree(paths.root)
+            remove_experiment(paths.root)
         if not config and paths.config.is_file():
             config = str(paths.config)  # made by `exp create`: train what was created
         paths.root.mkdir(parents=True, exist_ok=True)
@@ -71,8 +68,19 @@ def cmd_start(a: argparse.Namespace) -> dict:
     run_id = launcher.new_run_id()
     argv = launcher.train_argv(a.experiment, run_id=run_id, config=config, model=a.model,
                                dataset=a.dataset, data_path=a.data_path, overrides=a.set or [],
-                               resume=a.resume, force=a.force, nproc=a.nproc, gpus=a.gpus)  # hook: ddp
-    return launcher.start_run(paths, argv, run_id=run_id, queue=a.queue)
+                               resume=a.resume, force=a.force, nproc=a.nproc, gpus=a.gpus)
+    return launcher.start_run(paths, argv, run_id=run_id, queue=a.queue, env=_run_env(a))
+
+
+def _run_env(a: argparse.Namespace) -> dict[str, str]:
+    """``--env KEY=VALUE`` from the laptop: only mlconnect's own variables reach the run."""
+    env = {}
+    for kv in a.env or []:
+        key, sep, value = kv.partition("=")
+        if not sep or not key.startswith("MLCONNECT_"):
+            raise ExperimentError(f"--env {kv!r} is not MLCONNECT_NAME=VALUE", "this is a bug in the client")
+        env[key] = value
+    return env
 
 
 def cmd_resume(a: argparse.Namespace) -> dict:
@@ -91,9 +99,9 @@ def cmd_resume(a: argparse.Namespace) -> dict:
                               f"({paths.checkpoint('last')})",
                               f"start it over: `mlconnect train --experiment {a.experiment} --force`")
     run_id = launcher.new_run_id()
-    world = (read_json(paths.progress) or {}).get("world_size")  # hook: ddp (resume with as many ranks)
+    world = (read_json(paths.progress) or {}).get("world_size")  # DDP: resume with as many ranks
     argv = launcher.train_argv(a.experiment, run_id=run_id, resume=True, nproc=world if world and world > 1 else None)
-    return launcher.start_run(paths, argv, run_id=run_id, queue=a.queue)
+    return launcher.start_run(paths, argv, run_id=run_id, queue=a.queue, env=_run_env(a))
 
 
 def cmd_stop(a: argparse.Namespace) -> dict:
@@ -197,20 +205,12 @@ def cmd_exp_create(a: argparse.Namespace) -> dict:
     if not cfg_path.is_file():
         raise ExperimentError(f"config file {a.config} not found in {Path.cwd()}",
                               "sync the project first, or give a path inside the project")
-    try:
-        from mlconnect.engine.config import load_config  # validated and resolved by the engine
-        from mlconnect.engine.experiment import create_experiment
-    except ImportError:
-        create_experiment = None
-    if create_experiment is not None:
-        cfg = load_config(str(cfg_path), None)
-        create_experiment(cfg, paths.root, force=a.force)
-        how = "engine"
-    else:  # engine not importable on this host: keep the file as given
-        atomic_write_bytes(paths.config, cfg_path.read_bytes())
-        how = "copied"
+    from mlconnect.engine.config import load_config  # validated and resolved by the engine
+    from mlconnect.engine.experiment import create_experiment
+
+    create_experiment(load_config(str(cfg_path), None), paths.root, force=a.force)
     return {"experiment": a.experiment, "path": str(paths.root.resolve()),
-            "config": str(paths.config.resolve()), "created_by": how}
+            "config": str(paths.config.resolve()), "created_by": "engine"}
 
 
 def cmd_service_start(a: argparse.Namespace) -> dict:
@@ -254,7 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gpus")  # hook: ddp
     for flag in ("--queue", "--resume", "--force"):
         s.add_argument(flag, action="store_true")
-    verb("resume", cmd_resume).add_argument("--queue", action="store_true")
+    r = verb("resume", cmd_resume)
+    r.add_argument("--queue", action="store_true")
+    for sp in (s, r):
+        sp.add_argument("--env", action="append", metavar="MLCONNECT_KEY=VALUE")
     verb("stop", cmd_stop).add_argument("--grace", type=float, default=30.0)
     verb("ps", cmd_ps, exp=False)
     verb("show", cmd_show)
@@ -287,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         # refused" apart from a connection or installation failure (worth retrying).
         out = {"error": exc.message, "hint": exc.hint, "type": type(exc).__name__}
         print(f"error: {exc}", file=sys.stderr)
-        code = ERROR_EXIT
+        code = AGENT_REFUSED_EXIT
     if code == 0 and args.verb in ("start", "resume") and isinstance(out, dict):
         from mlconnect.wsl import run_warnings  # a WSL distro that idles out kills the run (#14)
         out["warnings"] = run_warnings()

@@ -17,8 +17,9 @@ import shutil
 import subprocess
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
+
+from mlconnect.expstate import now_iso
 
 WSL_LIB = "/usr/lib/wsl/lib"
 QUERY_FIELDS = ("index", "name", "utilization.gpu", "utilization.memory", "memory.used",
@@ -111,10 +112,6 @@ def gpu_summary() -> dict:
         return {"available": False, "gpus": [], "reason": str(exc)}
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 class GpuSampler:
     """Appends one CSV row per GPU per :meth:`sample`; records "no GPU" once and then stays quiet."""
 
@@ -130,7 +127,7 @@ class GpuSampler:
     def sample(self) -> list[GpuSample]:
         """Take one reading now (the supervisor calls it when :meth:`due`)."""
         self._next = time.monotonic() + self.interval_s
-        ts = _now()
+        ts = now_iso()
         try:
             samples = query_gpus(timeout=max(2.0, self.interval_s))
         except GpuUnavailable as exc:

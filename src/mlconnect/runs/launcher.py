@@ -26,65 +26,22 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from mlconnect.errors import ExperimentError
+from mlconnect.expstate import ACTIVE, boot_id, now_iso, parse_iso, process_matches, state_of
 from mlconnect.fileio import atomic_write_json, read_json
 from mlconnect.layout import ExperimentPaths
+from mlconnect.runs.client import run_args
 from mlconnect.runs.gpu import GpuSampler
+from mlconnect.runs.procs import terminate
 
-ACTIVE = ("queued", "running")
 RESUMABLE = ("stopped", "lost", "failed")
 MARKER = "mlconnect-run="
 HEARTBEAT_S = float(os.environ.get("MLCONNECT_HEARTBEAT_S", "5"))
 GPU_INTERVAL_S = float(os.environ.get("MLCONNECT_GPU_INTERVAL_S", "5"))
 QUEUE_POLL_S = 1.0
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def boot_id() -> str | None:
-    """Linux's per-boot uuid; on macOS the boot time (both change exactly when the box reboots)."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        pass
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run(["sysctl", "-n", "kern.boottime"], capture_output=True, text=True,
-                             timeout=5).stdout.strip()
-        return out or None
-    return None
-
-
-def process_cmdline(pid: int) -> str | None:
-    """The live command line of ``pid`` (None if there is no such process or it is a zombie)."""
-    if pid <= 0:
-        return None
-    proc = Path(f"/proc/{pid}/cmdline")
-    if Path("/proc/self/cmdline").exists():
-        try:
-            raw = proc.read_bytes()
-        except OSError:
-            return None
-        return raw.replace(b"\0", b" ").decode("utf-8", "replace").strip() or None
-    try:  # macOS / BSD: no /proc
-        out = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True,
-                             text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def process_matches(pid: int | None, run_id: str | None) -> bool:
-    """True only when ``pid`` is alive *and* its command line carries this run's id."""
-    if not pid or not run_id:
-        return False
-    cmd = process_cmdline(int(pid))
-    return cmd is not None and run_id in cmd
 
 
 # ---------------------------------------------------------------------------------------- status
@@ -116,38 +73,24 @@ def update_status(paths: ExperimentPaths, **changes: Any) -> dict:
 
 
 def reconcile(paths: ExperimentPaths, status: dict | None = None) -> dict | None:
-    """status.json as it really is: an active run whose processes are gone is ``lost``.
+    """status.json as it really is: an active run whose processes are gone is recorded ``lost``.
 
-    A run is alive when the child (running) or the supervisor (queued, or between exit and the
-    final write) is alive with the run id on its command line, on the same boot.
+    The judgement is :func:`mlconnect.expstate.state_of`'s (the one every command uses); this
+    only writes it down, under the lock, unless the supervisor finished while we looked.
     """
     st = status if status is not None else read_status(paths)
     if not st or st.get("state") not in ACTIVE:
         return st
-    if st.get("host") not in (None, socket.gethostname()):
-        return st  # a copy pulled from the box: its processes cannot be checked from here
-    run_id = st.get("run_id")
-    if not st.get("supervisor_pid") and _age_s(st.get("created")) < 30:
-        return st  # being launched right now: the supervisor's pid is a moment away
-    same_boot = st.get("boot_id") in (None, boot_id())
-    if same_boot and (process_matches(st.get("pid"), run_id)
-                      or process_matches(st.get("supervisor_pid"), run_id)):
+    verdict = state_of(st, None, None)
+    if verdict["state"] != "lost":
         return st
-    reason = "host rebooted" if not same_boot else "processes gone without a final record"
     with _status_lock(paths):
         fresh = read_json(paths.status) or {}
-        if fresh.get("run_id") != run_id or fresh.get("state") not in ACTIVE:
-            return fresh  # the supervisor finished while we looked
-        fresh.update(state="lost", lost_reason=reason, ended=fresh.get("ended") or now_iso())
+        if fresh.get("run_id") != st.get("run_id") or fresh.get("state") not in ACTIVE:
+            return fresh
+        fresh.update(state="lost", lost_reason=verdict["reason"], ended=fresh.get("ended") or now_iso())
         atomic_write_json(paths.status, fresh)
         return fresh
-
-
-def _age_s(iso: str | None) -> float:
-    try:
-        return (datetime.now(timezone.utc) - datetime.fromisoformat(iso)).total_seconds()  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return float("inf")
 
 
 def is_active(paths: ExperimentPaths) -> bool:
@@ -163,24 +106,15 @@ def train_argv(experiment: str, *, run_id: str, config: str | None = None, model
                overrides: list[str] | tuple[str, ...] = (), resume: bool = False, force: bool = False,
                python: str | None = None, nproc: int | None = None, gpus: str | None = None) -> list[str]:
     """The foreground ``mlconnect train`` command line, carrying the run-id marker."""
-    argv = [python or sys.executable, "-X", f"{MARKER}{run_id}", "-m", "mlconnect", "train",
-            "--experiment", experiment]
-    for flag, value in (("--config", config), ("--model", model), ("--dataset", dataset),
-                        ("--data-path", data_path)):
-        if value:
-            argv += [flag, value]
-    for ov in overrides:
-        argv += ["--set", ov]
-    if resume:
-        argv.append("--resume")
-    if force:
-        argv.append("--force")
-    argv += [x for f, v in (("--nproc", nproc), ("--gpus", gpus)) if v for x in (f, str(v))]  # hook: ddp
-    return argv
+    return [python or sys.executable, "-X", f"{MARKER}{run_id}", "-m", "mlconnect", "train",
+            "--experiment", experiment,
+            *run_args(config=config, model=model, dataset=dataset, data_path=data_path,
+                      overrides=overrides, resume=resume, force=force, nproc=nproc, gpus=gpus)]
 
 
 def start_run(paths: ExperimentPaths, argv: list[str], *, run_id: str, queue: bool = False,
-              cwd: str | os.PathLike[str] | None = None, wait_s: float = 10.0) -> dict:
+              cwd: str | os.PathLike[str] | None = None, wait_s: float = 10.0,
+              env: dict[str, str] | None = None) -> dict:
     """Record the run and spawn its supervisor detached; return the status once it is recorded.
 
     ``argv`` must carry ``run_id`` (see :func:`train_argv`). Refuses when the experiment already
@@ -197,7 +131,7 @@ def start_run(paths: ExperimentPaths, argv: list[str], *, run_id: str, queue: bo
             "run_id": run_id, "pid": None, "pgid": None, "supervisor_pid": None,
             "state": "queued", "queue": queue, "exit_code": None, "created": now_iso(),
             "started": None, "ended": None, "heartbeat": now_iso(), "boot_id": boot_id(),
-            "host": socket.gethostname(), "cwd": cwd, "command": list(argv)})
+            "host": socket.gethostname(), "cwd": cwd, "command": list(argv), "env": env or {}})
     sup_log = open(paths.root / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
     try:
         sup = subprocess.Popen(
@@ -362,8 +296,9 @@ def supervise(exp_dir: str, run_id: str) -> int:
         update_status(paths, state="stopped", waiting=False, ended=now_iso(), exit_code=None,
                       note="cancelled while queued")
         return 0
-    env = dict(os.environ, PYTHONUNBUFFERED="1")  # lines reach the log as they are printed
-    if gpu is not None and len(slots) > 1:  # hook: GPU-aware queue (the run sees only its GPU)
+    # Lines reach the log as they are printed; the laptop's MLCONNECT_* settings for this run.
+    env = {**os.environ, **(st.get("env") or {}), "PYTHONUNBUFFERED": "1"}
+    if gpu is not None and len(slots) > 1:  # GPU-aware queue: the run sees only its GPU
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     # Output goes to training.log in append mode, next to the lines the trainer writes itself.
     with open(paths.log, "ab", buffering=0) as log:
@@ -408,6 +343,10 @@ def stop_run(paths: ExperimentPaths, grace_s: float = 30.0) -> dict:
     if not st:
         raise ExperimentError(f"experiment {paths.name} has no run on this host",
                               "see `mlconnect ps` for the runs there are")
+    if st.get("state") == "running" and _trainer_finished(paths, st):
+        # The trainer wrote its results and is only exiting: a SIGTERM now would turn a
+        # finished run into "stopped, exit -15". Wait for the supervisor's record instead.
+        st = _await_final(paths, st["run_id"], 30.0)
     if st.get("state") not in ACTIVE:
         hint = (f"`mlconnect resume {paths.name}` starts it again" if st.get("state") in RESUMABLE
                 else f"it has finished: `mlconnect pull {paths.name}` fetches its results")
@@ -419,32 +358,18 @@ def stop_run(paths: ExperimentPaths, grace_s: float = 30.0) -> dict:
         if process_matches(sup, run_id):
             os.kill(int(sup), signal.SIGTERM)  # the supervisor cancels its queue ticket
         return _await_final(paths, run_id, 10.0)
-    pid, pgid = int(st["pid"]), int(st.get("pgid") or st["pid"])
-    _signal_run(pid, pgid, run_id, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and process_matches(pid, run_id):
-        time.sleep(0.1)
-    killed = False
-    if process_matches(pid, run_id):
-        _signal_run(pid, pgid, run_id, signal.SIGKILL)
-        killed = True
+    pid = int(st["pid"])
+    killed = terminate(pid, int(st.get("pgid") or pid), run_id, grace_s) == "killed"
     final = _await_final(paths, run_id, 10.0)
     if killed:
         final = update_status(paths, killed_after_grace_s=grace_s)
     return final
 
 
-def _signal_run(pid: int, pgid: int, run_id: str, sig: int) -> None:
-    # Only ever signal a group whose leader is our child, checked against its command line now.
-    if not process_matches(pid, run_id):
-        return
-    try:
-        if os.getpgid(pid) == pgid:
-            os.killpg(pgid, sig)
-        else:
-            os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
+def _trainer_finished(paths: ExperimentPaths, st: dict) -> bool:
+    progress = read_json(paths.progress) or {}
+    updated, started = parse_iso(progress.get("updated")), parse_iso(st.get("started"))
+    return progress.get("state") == "finished" and bool(updated and started and updated >= started)
 
 
 def _await_final(paths: ExperimentPaths, run_id: str, timeout: float) -> dict:

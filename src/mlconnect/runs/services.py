@@ -25,7 +25,6 @@ import http.client
 import importlib.util
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -35,9 +34,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mlconnect.errors import MlconnectError
+from mlconnect.expstate import now_iso, process_cmdline, process_matches
 from mlconnect.fileio import atomic_write_json, read_json
 from mlconnect.layout import EXPERIMENTS_DIR
 from mlconnect.ports import free_port_from, port_listening
+from mlconnect.runs.procs import terminate
 
 SERVICES = ("tensorboard", "jupyter")
 DEFAULT_PORTS = {"tensorboard": 6006, "jupyter": 8888}
@@ -103,19 +104,10 @@ def require_jupyterlab(python: str = sys.executable) -> None:
 # ------------------------------------------------------------------------------------------ probes
 
 
-def process_cmdline(pid: int) -> str | None:
-    from mlconnect.runs.launcher import process_cmdline as cmdline  # one implementation (/proc or ps)
-
-    return cmdline(pid)
-
-
 def _pid_is_ours(rec: dict) -> bool:
     """Alive and carrying this record's marker (a zombie has an empty command line: not alive)."""
-    pid, marker = rec.get("pid"), rec.get("marker")
-    if not isinstance(pid, int) or pid <= 0 or not marker:
-        return False
-    cmd = process_cmdline(pid)
-    return cmd is not None and marker in cmd.split()
+    pid = rec.get("pid")
+    return isinstance(pid, int) and process_matches(pid, rec.get("marker"))
 
 
 def answers_http(port: int, timeout: float = 1.0) -> bool:
@@ -278,13 +270,13 @@ def _spawn(root: Path, service: str, target_dir: Path, first_port: int, python: 
         else:
             argv = tensorboard_argv(python, marker, str(target_dir), port)
         with open(log, "ab") as out:  # the child keeps its own copy of the fd
-            out.write(f"\n--- {_now()} {' '.join(argv)}\n".encode())
+            out.write(f"\n--- {now_iso()} {' '.join(argv)}\n".encode())
             out.flush()
             start_offset = out.tell()
             proc = subprocess.Popen(argv, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
         rec = {"service": service, "pid": proc.pid, "pgid": proc.pid, "port": port,
-               "logdir": str(target_dir), "token": token, "started": _now(), "marker": marker,
+               "logdir": str(target_dir), "token": token, "started": now_iso(), "marker": marker,
                "cmdline": argv, "log": str(log), "host": socket.gethostname()}
         # Recorded before the wait: if this agent is cut off mid-wait, `--stop` still finds it.
         _write_record(root, rec)
@@ -323,18 +315,7 @@ def _stop(root: Path, rec: dict, grace_s: float = 10.0) -> bool:
     ours = _pid_is_ours(rec)
     if ours:
         pid = int(rec["pid"])
-        pgid = int(rec.get("pgid") or pid)
-        _signal_group(pid, pgid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and _pid_is_ours(rec):
-            _reap(pid)
-            time.sleep(0.1)
-        if _pid_is_ours(rec):
-            _signal_group(pid, pgid, signal.SIGKILL)
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and _pid_is_ours(rec):
-                _reap(pid)
-                time.sleep(0.05)
+        terminate(pid, int(rec.get("pgid") or pid), rec["marker"], grace_s, reap=lambda: _reap(pid))
         # An exiting process loses its command line before it is gone: wait for the pid itself, so
         # that "stopped" means the port and the pid are free (no signal is sent in this wait).
         deadline = time.monotonic() + 5
@@ -345,15 +326,6 @@ def _stop(root: Path, rec: dict, grace_s: float = 10.0) -> bool:
         _reap(rec["pid"])
     _remove_record(root, rec["service"])
     return ours
-
-
-def _signal_group(pid: int, pgid: int, sig: int) -> None:
-    # The group is the service's own session (start_new_session): signalling it never reaches us.
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
 
 
 def _gone(pid: int) -> bool:
@@ -386,9 +358,3 @@ def _log_tail(path: Path, offset: int, n: int = 5) -> str:
         return ""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return " | ".join(lines[-n:])
-
-
-def _now() -> str:
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -11,17 +11,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from mlconnect.errors import ExperimentError
+from mlconnect.expstate import parse_iso, state_of
 from mlconnect.fileio import read_json
-from mlconnect.layout import EXPERIMENTS_DIR, ExperimentPaths, experiment_paths
+from mlconnect.layout import EXPERIMENTS_DIR, ExperimentPaths, check_experiment_name, experiment_paths
 from mlconnect.runs.gpu import last_utilization
 from mlconnect.runs.launcher import reconcile
 
-# What a foreground run (no status.json) means by its progress.json state.
-_PROGRESS_STATE = {"finished": "succeeded", "running": "running", "stopped": "stopped",
-                   "failed": "failed"}
-
 ROW_FIELDS = ("name", "state", "epoch", "epochs", "best_metric", "best_value", "gpu_util",
-              "started", "age_s", "pid", "exit_code")
+              "started", "age_s", "pid", "exit_code", "reason")
 
 
 def experiments_dir(root: str | os.PathLike[str] = ".") -> Path:
@@ -30,10 +27,7 @@ def experiments_dir(root: str | os.PathLike[str] = ".") -> Path:
 
 def find_experiment(name: str, root: str | os.PathLike[str] = ".") -> ExperimentPaths:
     """The folder of experiment ``name``; a one-line error naming the ones there are."""
-    if not name or name.startswith(".") or "/" in name or "\\" in name:
-        raise ExperimentError(f"invalid experiment name {name!r}",
-                              "use a plain folder name such as exp_001")
-    paths = experiment_paths(name, base=experiments_dir(root))
+    paths = experiment_paths(check_experiment_name(name), base=experiments_dir(root))
     if not paths.root.is_dir():
         known = [p.name for p in _experiment_dirs(root)][:8]
         hint = f"experiments here: {', '.join(known)}" if known else "no experiments here yet"
@@ -49,35 +43,19 @@ def _experiment_dirs(root: str | os.PathLike[str]) -> list[Path]:
     return sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        t = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
-
-
 def experiment_row(paths: ExperimentPaths) -> dict:
     """One ``ps`` row: name, state, epoch, best metric, GPU utilisation, age (plus pid, exit code)."""
     status = reconcile(paths) or {}
     progress = read_json(paths.progress) or {}
     results = read_json(paths.results) or {}
-    if status.get("state"):
-        state = status["state"]
-    elif progress.get("state"):
-        state = _PROGRESS_STATE.get(progress["state"], progress["state"])
-    elif results:
-        state = "succeeded"
-    else:
-        state = "created" if paths.config.exists() else "empty"
+    verdict = state_of(status, progress, results, paths.config.exists())
+    state = verdict["state"]
     metric = progress.get("valid_metric") or results.get("valid_metric")
     best = progress.get("best_valid")
     if best is None and metric and isinstance(results.get("best_valid"), dict):
         best = results["best_valid"].get(metric)
     started = status.get("started") or status.get("created") or (read_json(paths.meta) or {}).get("started")
-    t0 = _parse_time(started)
+    t0 = parse_iso(started)
     if t0 is None:
         with_config = paths.config if paths.config.exists() else paths.root
         t0 = datetime.fromtimestamp(with_config.stat().st_mtime, tz=timezone.utc)
@@ -95,6 +73,7 @@ def experiment_row(paths: ExperimentPaths) -> dict:
         "exit_code": status.get("exit_code"),
         "world_size": progress.get("world_size") or results.get("world_size"),  # hook: ddp
         "gpu_index": status.get("gpu_index"),  # hook: GPU-aware queue / sweeps (the GPU the run holds)
+        "reason": verdict["reason"],
     }
 
 

@@ -13,8 +13,7 @@ import sys
 from typing import Any
 
 from mlconnect import __version__
-from mlconnect.errors import MlconnectError
-from mlconnect.runs.agent import ERROR_EXIT
+from mlconnect.errors import AGENT_REFUSED_EXIT, MlconnectError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     except MlconnectError as exc:
         out = {"error": exc.message, "hint": exc.hint, "type": type(exc).__name__}
         print(f"error: {exc}", file=sys.stderr)
-        code = ERROR_EXIT
+        code = AGENT_REFUSED_EXIT
     if isinstance(out, dict):
         out.setdefault("mlconnect_version", __version__)
     sys.stdout.write(json.dumps(out, default=str) + "\n")

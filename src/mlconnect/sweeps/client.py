@@ -16,13 +16,13 @@ AGENT_MODULE = "mlconnect.sweeps.agent"
 
 
 def call(target: Any, verb: str, *args: str, timeout: float | None = 60) -> Any:
-    from mlconnect.runs.agent import ERROR_EXIT
+    from mlconnect.errors import AGENT_REFUSED_EXIT
 
     argv = [target.python, "-m", AGENT_MODULE, verb, "--json", *args]
     cp = target.run(argv, timeout=timeout, check=False)
     data = _parse_json(cp.stdout)
     if cp.returncode != 0:
-        if cp.returncode == ERROR_EXIT and isinstance(data, dict) and data.get("error"):
+        if cp.returncode == AGENT_REFUSED_EXIT and isinstance(data, dict) and data.get("error"):
             where = "" if target.is_local else f" (on {target.name})"
             cls = UsageError if data.get("type") == "UsageError" else ExperimentError
             raise cls(f"{data['error']}{where}", str(data.get("hint", "")))

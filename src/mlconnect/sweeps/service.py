@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mlconnect.errors import ExperimentError, UsageError
+from mlconnect.expstate import now_iso
 from mlconnect.fileio import atomic_write_json, atomic_write_text
 from mlconnect.layout import ExperimentPaths
 from mlconnect.runs import launcher
@@ -70,7 +71,7 @@ def start(*, name: str, config: str | None, space_path: str, trials: int, overri
             "seeds": seeds or [], "sampler": sampler, "prune": prune, "gpus": gpus,
             "sampler_seed": sampler_seed, "metric": cfg["valid_metric"].lower(),
             "direction": "maximize" if cfg["valid_metric_bigger"] else "minimize",
-            "created": launcher.now_iso(), "config_file": config}
+            "created": now_iso(), "config_file": config}
     if sampler == "grid":
         st.sampler(spec)  # a float without step is refused now, not in every worker
     st._optuna()

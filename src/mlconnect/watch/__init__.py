@@ -1,1 +1,1 @@
-"""Watching runs: one snapshot of an experiment folder (:mod:`.snapshot`) and its rendering (:mod:`.render`)."""
+"""Watching runs: one snapshot of a folder (:mod:`mlconnect.expstate`) and its rendering (:mod:`.render`)."""

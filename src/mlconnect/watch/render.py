@@ -1,4 +1,4 @@
-"""From a snapshot (see :mod:`mlconnect.watch.snapshot`) to what a person sees: pure functions.
+"""From a snapshot (see :mod:`mlconnect.expstate`) to what a person sees: pure functions.
 
 :func:`view` derives the numbers (state, epoch, ETA, best metric, GPU line...) once; the frame,
 the final summary and ``monitor --json`` all use that one dict, so the table and the JSON never
@@ -17,24 +17,15 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-# States after which nothing will change any more (status.json and progress.json vocabularies).
-TERMINAL = frozenset({"finished", "succeeded", "failed", "stopped", "lost"})
-STATE_STYLE = {"running": "bold cyan", "queued": "yellow", "starting": "yellow",
-               "finished": "bold green", "succeeded": "bold green", "stopped": "yellow",
-               "failed": "bold red", "lost": "bold red"}
+from mlconnect.expstate import TERMINAL as TERMINAL_STATES
+from mlconnect.expstate import parse_iso, state_of
+
+TERMINAL = frozenset(TERMINAL_STATES)  # nothing will change any more
+STATE_STYLE = {"running": "bold cyan", "queued": "yellow", "succeeded": "bold green",
+               "stopped": "yellow", "failed": "bold red", "lost": "bold red"}
 # A running run whose progress.json / heartbeat is older than this is shown as possibly gone.
 STALE_AFTER_S = 120.0
 SPARK = "▁▂▃▄▅▆▇█"
-
-
-def parse_time(text: Any) -> datetime | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
 def sparkline(values: list[Any], width: int = 40) -> str:
@@ -80,33 +71,18 @@ def _metric_lookup(metrics: Any, name: str | None) -> Any:
     return None
 
 
-def derive_state(snap: dict, now: datetime) -> tuple[str, str]:
-    """``(state, source)``: status.json if present (the runs layer knows about exits and reboots),
-    else progress.json, else results — unless status.json is left over from an older run."""
-    status, progress = snap.get("status") or {}, snap.get("progress") or {}
-    st, pst = status.get("state"), progress.get("state")
-    if st:
-        # A foreground rerun after a detached run: status.json still shows the old run's end.
-        ended, updated = parse_time(status.get("ended")), parse_time(progress.get("updated"))
-        if st in TERMINAL and pst == "running" and ended and updated and updated > ended:
-            return pst, "progress.json"
-        return st, "status.json"
-    if pst:
-        return pst, "progress.json"
-    if snap.get("results"):
-        return "finished", "results/metrics.json"
-    return ("created" if snap.get("has_config") else "empty"), "folder"
-
-
 def view(snap: dict, now: datetime | None = None) -> dict:
     """Every number the dashboard shows, as plain JSON-able values."""
     now = now or datetime.now(timezone.utc)
     progress, status, results = snap.get("progress") or {}, snap.get("status") or {}, snap.get("results") or {}
-    state, source = derive_state(snap, now)
+    # Decided where the folder is (expstate.snapshot, on the host for --host); a bare dict
+    # (tests, an old snapshot) gets the same rule here.
+    verdict = snap.get("state") or state_of(status, progress, results, bool(snap.get("has_config")))
+    state, source = verdict["state"], verdict["source"]
     metric = progress.get("valid_metric") or results.get("valid_metric")
-    updated = parse_time(progress.get("updated"))
+    updated = parse_iso(progress.get("updated"))
     age = (now - updated).total_seconds() if updated else None
-    beat = parse_time(status.get("heartbeat"))
+    beat = parse_iso(status.get("heartbeat"))
     beat_age = (now - beat).total_seconds() if beat else None
     stale = None
     if state == "running":
@@ -119,7 +95,7 @@ def view(snap: dict, now: datetime | None = None) -> dict:
     if isinstance(eta, (int, float)) and state == "running" and age is not None:
         eta = max(0.0, eta - age)  # progress.json is a few seconds old; the ETA moved on
     elif state in TERMINAL:
-        eta = 0.0 if state in ("finished", "succeeded") else None
+        eta = 0.0 if state == "succeeded" else None
     best_valid = progress.get("best_valid")
     if best_valid is None:
         best_valid = _metric_lookup(results.get("best_valid"), metric)
@@ -145,7 +121,7 @@ def view(snap: dict, now: datetime | None = None) -> dict:
         "test": results.get("test") or {},
         "throughput_tokens_per_s": progress.get("throughput_tokens_per_s",
                                                 results.get("throughput_tokens_per_s")),
-        "elapsed_s": progress.get("elapsed_s", results.get("wall_time_s")),
+        "elapsed_s": _elapsed(state, status, progress, results, now),
         "eta_s": eta,
         "updated_age_s": None if age is None else round(age, 1),
         "stale_s": None if stale is None else round(stale, 1),
@@ -154,7 +130,20 @@ def view(snap: dict, now: datetime | None = None) -> dict:
         "problems": list(snap.get("problems") or []),
         "exit_code": status.get("exit_code"),
         "host": status.get("host"),
+        "reason": verdict.get("reason"),
     }
+
+
+def _elapsed(state: str, status: dict, progress: dict, results: dict, now: datetime) -> Any:
+    """Wall-clock time of the run: start to end (or to now while it runs), from status.json for a
+    detached run, progress.json for a foreground one; the trainer's own seconds otherwise."""
+    src = status if status.get("started") else progress
+    started = parse_iso(src.get("started"))
+    ended = now if state in ("running", "queued") else parse_iso(
+        src.get("ended") if src is status else progress.get("updated"))
+    if started and ended and ended >= started:
+        return round((ended - started).total_seconds(), 1)
+    return progress.get("elapsed_s", results.get("wall_time_s"))
 
 
 def _state_text(v: dict) -> Text:
@@ -256,5 +245,5 @@ def render_summary(v: dict) -> RenderableType:
     t.add_row("test", _metrics_text(v["test"]))
     t.add_row("wall time", fmt_duration(v["elapsed_s"]))
     t.add_row("throughput", f"{fmt_num(v['throughput_tokens_per_s'], 0)} tokens/s")
-    style = "green" if v["state"] in ("finished", "succeeded") else "red"
+    style = "green" if v["state"] == "succeeded" else "red"
     return Panel(t, title="summary", title_align="left", border_style=style)
