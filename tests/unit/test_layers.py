@@ -15,8 +15,9 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 PKG = SRC / "mlconnect"
 
 # The base: small modules everything may use. `_root` is mlconnect/__init__.py (version, build id); `wsl`
-# is the std-lib-only WSL inspection the host agent and doctor share.
-BASE = frozenset({"_root", "_build", "errors", "fileio", "layout", "ports", "settings", "wsl"})
+# is the std-lib-only WSL inspection the host agent and doctor share; `expstate` the std-lib-only
+# experiment state (and time format) that every command reads and `monitor --host` ships to the box.
+BASE = frozenset({"_root", "_build", "errors", "fileio", "layout", "ports", "settings", "wsl", "expstate"})
 
 # What each part may import besides itself and BASE. The arrows of ARCHITECTURE.md:
 #   data <- engine <- runs <- sweeps <- cli;  serving <- engine (and remote, to serve on a host);
