@@ -24,57 +24,68 @@ import numpy as np
 import torch
 
 from mlconnect.engine.eval_sampling import phase_mode, sample_negatives, sampled_ranks
-from mlconnect.engine.losses import chunk_size
+from mlconnect.engine.losses import CHUNK_ELEMENTS, chunk_size
 from mlconnect.engine.metrics import MetricAccumulator
 from mlconnect.engine.models import SequentialRecommender
 
 
-def order_keys(scores: torch.Tensor, first_item: int) -> torch.Tensor:
-    """One int64 per score that sorts like (score, then lower item id first): unique, so no ties.
-
-    The float32 bits are mapped to an int32 with the same order (negative floats have their
-    magnitude bits flipped), shifted up, and the item id goes, inverted, in the low 32 bits.
-    """
-    bits = (scores.float() + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into 0.0: they compare equal
-    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)
-    ids = torch.arange(first_item, first_item + scores.shape[1], device=scores.device)
-    return (ordered.long() << 32) | (0xFFFFFFFF - ids)
+def _chunk_scores(h: torch.Tensor, table: torch.Tensor, bias: torch.Tensor | None, c0: int, c1: int,
+                  target: torch.Tensor, history: torch.Tensor | None) -> torch.Tensor:
+    """Float32 scores of items ``c0:c1``: padding and (when given) the history, bar the target, at -inf."""
+    s = h @ table[c0:c1].T
+    if bias is not None:
+        s = s + bias[c0:c1]
+    s = s.float()
+    if c0 == 0:
+        s[:, 0] = float("-inf")
+    if history is not None:
+        tgt = target.unsqueeze(1)
+        sel = (history >= c0) & (history < c1) & (history != tgt) & (history > 0)
+        rows = torch.arange(len(target), device=h.device).unsqueeze(1).expand_as(history)
+        s[rows[sel], history[sel] - c0] = float("-inf")
+    return s
 
 
 def topk_ranks(h: torch.Tensor, table: torch.Tensor, bias: torch.Tensor | None, target: torch.Tensor,
                k: int, chunk: int, history: torch.Tensor | None = None) -> torch.Tensor:
-    """0-based rank of ``target`` among all items when it is below ``k`` (else ``k``).
+    """0-based rank of ``target`` among all items when it is below ``k`` (else ``k`` or more).
 
-    Walks the catalog ``chunk`` items at a time and keeps each row's best ``k`` items, merged chunk
-    by chunk by :func:`order_keys` (score, then lower item id), plus the target's own key, read
-    from its chunk. The rank is the number of kept items ahead of the target: exact, ties
-    included. Padding (index 0) is never ranked. ``history`` ``[B, W]`` (0-padded item ids), when
-    given, is masked out (-inf) except the row's own target ("mask the history, never the target").
+    Walks the catalog ``chunk`` items at a time, keeps each row's best ``k`` (score, item) pairs,
+    merged chunk by chunk, and reads the target's score from its own chunk. The rank is the number
+    of items ahead of the target: a higher score, or the same score and a lower item id. Every item
+    ahead of a target ranked below ``k`` is among the kept ones, except items that tie with the
+    target when it ties with the ``k``-th best score (``topk`` keeps an arbitrary part of a tie):
+    those rows, rare outside integer-valued or bf16 scores, are counted again, exactly, in a second
+    pass. Padding (0) is never ranked; ``history`` ``[B, W]`` (0-padded ids), when given, is masked
+    out except the row's own target ("mask the history, never the target").
     """
     n_rows, n_items = len(target), table.shape[0]
     k = min(k, n_items)
     tgt = target.unsqueeze(1)
-    rows = torch.arange(n_rows, device=h.device).unsqueeze(1)
-    key_t = torch.empty(n_rows, dtype=torch.long, device=h.device)
-    best = torch.empty(n_rows, 0, dtype=torch.long, device=h.device)
+    s_t = torch.empty(n_rows, device=h.device)
+    best_v = torch.empty(n_rows, 0, device=h.device)
+    best_i = torch.empty(n_rows, 0, dtype=torch.long, device=h.device)
     for c0 in range(0, n_items, chunk):
         c1 = min(n_items, c0 + chunk)
-        s = h @ table[c0:c1].T
-        if bias is not None:
-            s = s + bias[c0:c1]
-        s = s.float()
-        if c0 == 0:
-            s[:, 0] = float("-inf")
-        if history is not None:
-            sel = (history >= c0) & (history < c1) & (history != tgt) & (history > 0)
-            s[rows.expand_as(history)[sel], history[sel] - c0] = float("-inf")
-        keys = order_keys(s, c0)
-        del s
+        s = _chunk_scores(h, table, bias, c0, c1, target, history)
         inside = (target >= c0) & (target < c1)
-        key_t[inside] = keys[inside, target[inside] - c0]
-        top = torch.topk(keys, min(k, c1 - c0), dim=1).values
-        best = torch.topk(torch.cat([best, top], 1), min(k, best.shape[1] + top.shape[1]), dim=1).values
-    return (best > key_t.unsqueeze(1)).sum(1)
+        s_t[inside] = s[inside, target[inside] - c0]
+        v, i = torch.topk(s, min(k, c1 - c0), dim=1)
+        best_v, j = torch.topk(torch.cat([best_v, v], 1), min(k, best_v.shape[1] + v.shape[1]), dim=1)
+        best_i = torch.cat([best_i, i + c0], 1).gather(1, j)
+    s_t = s_t.unsqueeze(1)
+    rank = ((best_v > s_t) | ((best_v == s_t) & (best_i < tgt))).sum(1)
+    cut_tie = best_v[:, -1:] == s_t
+    if cut_tie.any():
+        rows = cut_tie.squeeze(1).nonzero().squeeze(1)
+        exact = torch.zeros(len(rows), dtype=torch.long, device=h.device)
+        for c0 in range(0, n_items, chunk):  # the same matmuls as above, so the same scores
+            c1 = min(n_items, c0 + chunk)
+            s = _chunk_scores(h, table, bias, c0, c1, target, history)[rows]
+            idx = torch.arange(c0, c1, device=h.device).unsqueeze(0)
+            exact += ((s > s_t[rows]) | ((s == s_t[rows]) & (idx < tgt[rows]))).sum(1)
+        rank[rows] = exact
+    return rank
 
 
 def candidate_scores(h: torch.Tensor, table: torch.Tensor, bias: torch.Tensor | None,
@@ -101,12 +112,16 @@ def evaluate(model: SequentialRecommender, split: Any, which: str, cfg: Mapping[
     model.eval()
     table, bias = model.item_table(), model.output_bias()
     bs = cfg["eval_batch_size"]
-    chunk = chunk_size(min(bs, max(len(users), 1)), table.shape[0], device, cfg.get("eval_chunk_size"))
+    # 4 x the training budget (64 MB of scores on CPU): fewer, wider chunks rank much faster.
+    chunk = chunk_size(min(bs, max(len(users), 1)), table.shape[0], device, cfg.get("eval_chunk_size"), scale=4)
+    enc_rows = encoder_rows(cfg, device)
     for s in range(0, len(users), bs):
         xb = torch.from_numpy(x[s:s + bs]).to(device)
         tb = torch.from_numpy(target[s:s + bs]).to(device)
         with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
-            h = model.last_hidden(xb, (xb > 0).sum(1))
+            # The encoder's activations are rows x positions x inner_size (4,096 x 50 x 256 floats
+            # is 210 MB a tensor), so it runs on fewer rows at a time; only [rows, H] is kept.
+            h = torch.cat([model.last_hidden(xe, (xe > 0).sum(1)) for xe in xb.split(enc_rows)])
             if negatives is not None:
                 cand = torch.cat([tb.unsqueeze(1), torch.from_numpy(negatives[s:s + bs]).to(device)], dim=1)
                 rank = sampled_ranks(candidate_scores(h, table, bias, cand), cand)
@@ -116,6 +131,13 @@ def evaluate(model: SequentialRecommender, split: Any, which: str, cfg: Mapping[
         acc.update_ranks(rank)
     model.train(was_training)
     return acc.compute()
+
+
+def encoder_rows(cfg: Mapping[str, Any], device: torch.device) -> int:
+    """Sequences per encoder call at evaluation: keeps rows x positions x width within one chunk budget."""
+    width = max(int(cfg.get("inner_size") or 0), int(cfg.get("hidden_size") or 64) * 4)
+    budget = CHUNK_ELEMENTS.get(device.type, 1 << 22)
+    return max(64, budget // (int(cfg["MAX_ITEM_LIST_LENGTH"]) * width))
 
 
 def _history(split: Any, which: str, users: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -32,11 +32,13 @@ CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 26, "mps": 1 << 24}
 MIN_CHUNK = 256
 
 
-def chunk_size(rows: int, n_items: int, device: torch.device | str, configured: int | None = None) -> int:
-    """Items per chunk: ``configured`` when given, else what keeps ``rows x chunk`` within budget."""
+def chunk_size(rows: int, n_items: int, device: torch.device | str, configured: int | None = None,
+               scale: int = 1) -> int:
+    """Items per chunk: ``configured`` when given, else what keeps ``rows x chunk`` within
+    ``scale`` x the device's budget (evaluation keeps no gradients, so it affords a larger one)."""
     if configured:
         return max(1, min(int(configured), n_items))
-    budget = CHUNK_ELEMENTS.get(torch.device(device).type, 1 << 22)
+    budget = CHUNK_ELEMENTS.get(torch.device(device).type, 1 << 22) * scale
     return max(MIN_CHUNK, min(n_items, budget // max(rows, 1)))
 
 
