@@ -32,7 +32,7 @@ RECBOLE_BEST_VALID = 0.0642
 FULL = {"shape": (200_000, 200_000, 10_000_000), "steps": 60, "warmup": 5, "ml100k_epochs": 50}
 QUICK = {"shape": (2_000, 5_000, 40_000), "steps": 3, "warmup": 2, "ml100k_epochs": 2}
 VARIANTS = [  # label, config overrides, autocast
-    ("fp32, CE over 200k items (chunked)", {"enable_amp": False}, False),
+    ("fp32, CE over the catalog (chunked)", {"enable_amp": False}, False),
     ("bf16 autocast, CE (chunked)", {"enable_amp": True}, True),
     ("bf16 + compiled encoder, CE (chunked)", {"enable_amp": True, "compile": True}, True),
     ("bf16 autocast, gBCE k=256", {"enable_amp": True, "loss_type": "gBCE", "sampled_negatives": 256}, True),

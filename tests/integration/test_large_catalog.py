@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import pytest
 import torch
 
 from mlconnect.engine.config import load_config
@@ -20,7 +19,6 @@ SMALL = {"dataset": "tiny", "epochs": 1, "train_batch_size": 200, "hidden_size":
          "topk": [10], "save_checkpoints": False}
 
 
-@pytest.mark.slow
 def test_chunked_ce_and_gbce_train_and_sampled_evaluation_ranks_no_worse(tmp_path: Path) -> None:
     generate(tmp_path / "data", "tiny", n_users=120, n_items=80, n_interactions=4000, seed=3)
     base = {**SMALL, "data_path": str(tmp_path / "data")}
