@@ -63,6 +63,10 @@ DEFAULTS: dict[str, Any] = {
     "enable_amp": "auto",  # RecBole key; auto = bf16 autocast on CUDA and MPS
     "compile": False,  # mlconnect: torch.compile the model
     "sampled_negatives": 0,  # mlconnect: 0 = CE over the full catalog; N = sampled softmax, N shared negatives
+    # (with loss_type gBCE: N negatives per position, gSASRec's k)
+    "gbce_t": 0.75,  # mlconnect: gSASRec's calibration t in [0, 1] for loss_type gBCE (0 = plain BCE)
+    "loss_chunk_size": None,  # mlconnect: items per chunk of full-catalog CE (None = chosen from batch and catalog)
+    "eval_chunk_size": None,  # mlconnect: items per chunk of full-ranking evaluation (None = chosen likewise)
     "window_stride": None,  # mlconnect: sliding-window stride over long histories (None = MAX_ITEM_LIST_LENGTH)
     "ema_decay": None,  # mlconnect: evaluate and serve an exponential moving average of the weights
     "num_threads": None,  # mlconnect: torch intra-op threads on CPU (None = torch's default)
@@ -243,6 +247,9 @@ def _validate(v: dict[str, Any], problems: list[str]) -> None:
         positive_int(key)
     for key in ("stopping_step", "sampled_negatives"):
         positive_int(key, allow_zero=True)
+    for key in ("loss_chunk_size", "eval_chunk_size"):
+        if v.get(key) is not None:
+            positive_int(key)
     for key in ("seed",):
         if not isinstance(v.get(key), int) or isinstance(v.get(key), bool):
             problems.append(f"{key} must be an integer, got {v.get(key)!r}")
@@ -305,10 +312,7 @@ def _validate_eval(v: dict[str, Any], problems: list[str]) -> None:
         problems.append(f"eval_args.split {split!r} is not supported: sequential models use {{LS: valid_and_test}}")
     if merged.get("order") != "TO":
         problems.append(f"eval_args.order {merged.get('order')!r} is not supported: use TO (time order)")
-    mode = merged.get("mode")
-    modes = set(mode.values()) if isinstance(mode, dict) else {mode}
-    if modes != {"full"}:
-        problems.append(f"eval_args.mode {mode!r} is not supported: use full (full ranking)")
+    _validate_eval_mode(merged.get("mode"), problems)
     if merged.get("group_by", "user") != "user":
         problems.append("eval_args.group_by must be user")
     v["eval_args"] = merged
@@ -335,12 +339,35 @@ def _validate_eval(v: dict[str, Any], problems: list[str]) -> None:
         problems.append(f"valid_metric {vm!r} must look like NDCG@10 with a metric from {', '.join(METRICS)}")
 
 
+def _validate_eval_mode(mode: Any, problems: list[str]) -> None:
+    """RecBole's ``mode: full | uniN | popN`` or ``mode: {valid: ..., test: ...}``."""
+    from mlconnect.engine.eval_sampling import parse_mode
+
+    if isinstance(mode, dict):
+        extra = sorted(set(mode) - {"valid", "test"})
+        if extra or not mode:
+            problems.append(f"eval_args.mode as a mapping takes the keys valid and test, got {sorted(mode)!r}")
+        modes = list(mode.values())
+    else:
+        modes = [mode]
+    for m in modes:
+        try:
+            parse_mode(m)
+        except ValueError as exc:
+            problems.append(str(exc))
+
+
 def _validate_model(v: dict[str, Any], problems: list[str]) -> None:
     model = v["model"]
-    if v.get("loss_type") not in ("CE", "BPR"):
-        problems.append(f"loss_type must be CE or BPR, got {v.get('loss_type')!r}")
-    if model == "BERT4Rec" and v.get("loss_type") == "BPR":
+    if v.get("loss_type") not in ("CE", "BPR", "gBCE"):
+        problems.append(f"loss_type must be CE, BPR or gBCE, got {v.get('loss_type')!r}")
+    if model == "BERT4Rec" and v.get("loss_type") in ("BPR", "gBCE"):
         problems.append("BERT4Rec trains with loss_type CE")
+    if v.get("loss_type") == "gBCE" and v.get("sampled_negatives") == 0:
+        problems.append("loss_type gBCE needs sampled_negatives > 0 (negatives per position; gSASRec uses 256)")
+    t = v.get("gbce_t")
+    if not isinstance(t, (int, float)) or isinstance(t, bool) or not 0.0 <= t <= 1.0:
+        problems.append(f"gbce_t must be a number in [0, 1], got {t!r}")
     ints = ["hidden_size"] + (["n_layers", "n_heads", "inner_size"] if model != "GRU4Rec"
                               else ["embedding_size", "num_layers"])
     for key in ints:

@@ -18,6 +18,10 @@ RecBole's fixture (``fixtures/recbole/metrics-case.npz``) confirms the padding c
 is ``-inf`` in all 500 rows and no positive is item 0, so the matrix was captured after RecBole's
 ``scores[:, 0] = -inf``; :meth:`MetricAccumulator.update` applies the same assignment itself.
 
+Evaluation itself (:mod:`mlconnect.engine.evaluation`) never holds a users x items matrix: it
+counts the items ahead of the positive chunk by chunk and hands the exact ranks to
+:meth:`MetricAccumulator.update_ranks`; :meth:`MetricAccumulator.update` is the whole-matrix form.
+
 Everything per row runs as batched tensor operations on the scores' device; only the positive's
 0-based rank (one integer per row) is kept, and :meth:`MetricAccumulator.compute` turns the
 collected ranks into float64 means on the CPU (float64 is not available on every accelerator).
@@ -160,6 +164,14 @@ class MetricAccumulator:
         rank = torch.where(found, hits.to(torch.uint8).argmax(dim=1), torch.full_like(positive, self.max_k))
         self._ranks.append(rank)
         self.n_rows += int(scores.shape[0])
+
+    @torch.no_grad()
+    def update_ranks(self, rank: torch.Tensor) -> None:
+        """Add rows whose positive's 0-based rank is already known (chunked or sampled evaluation,
+        :mod:`mlconnect.engine.evaluation`); ranks at or beyond the largest K are never counted."""
+        rank = rank.reshape(-1).to(torch.long)
+        self._ranks.append(rank.clamp(max=self.max_k))
+        self.n_rows += int(rank.shape[0])
 
     def ranks(self) -> torch.Tensor:
         """0-based rank of each row's positive in its top-K list (``max_k`` when it is not there), on CPU."""

@@ -24,7 +24,8 @@ import torch
 from mlconnect.engine import distributed
 from mlconnect.engine.checkpoint import load_checkpoint, save_checkpoint
 from mlconnect.engine.config import Config
-from mlconnect.engine.data import Split, load_dataset, split_leave_one_out, training_windows
+from mlconnect.engine.data import load_dataset, split_leave_one_out, training_windows
+from mlconnect.engine.evaluation import evaluate
 from mlconnect.engine.experiment import (
     ProgressFile,
     now_iso,
@@ -34,7 +35,6 @@ from mlconnect.engine.experiment import (
     write_meta,
     write_vocab,
 )
-from mlconnect.engine.metrics import MetricAccumulator, mask_history_
 from mlconnect.engine.models import SequentialRecommender, build_model
 from mlconnect.engine.progress import Reporter
 from mlconnect.errors import MlconnectError
@@ -78,34 +78,6 @@ def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16
-
-
-@torch.inference_mode()
-def evaluate(model: SequentialRecommender, split: Split, which: str, cfg: Config, device: torch.device,
-             amp: torch.dtype | None = None) -> dict[str, float]:
-    """Full-ranking metrics over every user with a ``which`` (valid/test) target, batched."""
-    users, x, target = split.eval_inputs(which)
-    acc = MetricAccumulator(cfg["metrics"], cfg["topk"])
-    was_training = model.training
-    model.eval()
-    bs = cfg["eval_batch_size"]
-    for s in range(0, len(users), bs):
-        xb = torch.from_numpy(x[s:s + bs]).to(device)
-        with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
-            scores = model.full_scores(xb, (xb > 0).sum(1))
-        scores = scores.float()
-        if cfg["mask_history"]:
-            hist = [split.history(which, int(u)) for u in users[s:s + bs]]
-            width = max(1, max(len(h) for h in hist))
-            hb = np.zeros((len(hist), width), dtype=np.int64)
-            for i, h in enumerate(hist):
-                hb[i, : len(h)] = h
-            positive = torch.from_numpy(target[s:s + bs]).to(device)
-            # A repeated item that is also the target stays rankable: masking it would score a miss.
-            mask_history_(scores, torch.from_numpy(hb).to(device), keep=positive)
-        acc.update(scores, torch.from_numpy(target[s:s + bs]).to(device))
-    model.train(was_training)
-    return acc.compute()
 
 
 def _make_optimizer(cfg: Config, params: Any) -> torch.optim.Optimizer:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from mlconnect.engine.losses import LossOptions
 from mlconnect.engine.models.base import SequentialRecommender
 from mlconnect.engine.models.bert4rec import BERT4Rec
 from mlconnect.engine.models.gru4rec import GRU4Rec
@@ -15,7 +16,9 @@ REGISTRY: dict[str, type[SequentialRecommender]] = {"SASRec": SASRec, "GRU4Rec":
 
 def build_model(cfg: Mapping[str, Any], n_items: int) -> SequentialRecommender:
     """A model for ``cfg["model"]`` over ``n_items`` item ids (padding included)."""
-    return REGISTRY[cfg["model"]](cfg, n_items)
+    model = REGISTRY[cfg["model"]](cfg, n_items)
+    model.loss_options = LossOptions.from_config(cfg)
+    return model
 
 
 __all__ = ["REGISTRY", "SequentialRecommender", "build_model"]

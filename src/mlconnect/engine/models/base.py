@@ -6,15 +6,19 @@ position ``[B, L, H]``; scores are dot products with the item embedding table, a
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from mlconnect.engine.losses import LossOptions, next_item_loss
 
 
 class SequentialRecommender(nn.Module):
     """Base class: subclasses implement ``encode`` and ``item_table``."""
 
     n_items: int  # embedding rows for real items, padding (0) included
+    loss_options = LossOptions()  # build_model sets the config's (gbce_t, loss_chunk_size, ...)
 
     def encode(self, items: torch.Tensor) -> torch.Tensor:
         """``[B, L]`` item ids -> ``[B, L, H]`` hidden states (position i has seen items[:i+1])."""
@@ -36,28 +40,9 @@ class SequentialRecommender(nn.Module):
         return self.loss_at(hidden[keep], targets[keep], loss_type, sampled_negatives)
 
     def loss_at(self, h: torch.Tensor, targets: torch.Tensor, loss_type: str, sampled_negatives: int) -> torch.Tensor:
-        """CE over the catalog, sampled softmax with shared negatives, or BPR with one negative."""
-        table, bias = self.item_table(), self.output_bias()
-        if loss_type == "BPR":
-            neg = torch.randint(1, self.n_items, targets.shape, device=targets.device)
-            pos_s = (h * table[targets]).sum(-1)
-            neg_s = (h * table[neg]).sum(-1)
-            return -F.logsigmoid(pos_s - neg_s).mean()
-        if sampled_negatives:
-            # Negatives shared across the batch: one [N, K] matmul instead of [N, n_items].
-            neg = torch.randint(1, self.n_items, (sampled_negatives,), device=targets.device)
-            pos_logit = (h * table[targets]).sum(-1, keepdim=True)
-            neg_logit = h @ table[neg].T
-            if bias is not None:
-                pos_logit = pos_logit + bias[targets].unsqueeze(-1)
-                neg_logit = neg_logit + bias[neg]
-            neg_logit = neg_logit.masked_fill(neg.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
-            logits = torch.cat([pos_logit, neg_logit], dim=1).float()
-            return F.cross_entropy(logits, torch.zeros_like(targets))
-        logits = h @ table.T
-        if bias is not None:
-            logits = logits + bias
-        return F.cross_entropy(logits.float(), targets)
+        """The configured next-item loss (mlconnect.engine.losses): chunked CE, sampled softmax, gBCE or BPR."""
+        opts = replace(self.loss_options, loss_type=loss_type, sampled_negatives=sampled_negatives)
+        return next_item_loss(h, targets, self.item_table(), self.output_bias(), opts)
 
     # --- inference ------------------------------------------------------------------------------
     def last_hidden(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
