@@ -45,8 +45,7 @@ def launch_train(*, host: str | None, ssh_config: str | None, config: str | None
     st = client.launch(target, name=name, config=rel_config, model=model, dataset=dataset,
                        data_path=data_path, overrides=overrides, queue=queue, resume=resume,
                        force=force, env=env, nproc=nproc, gpus=gpus)
-    for w in st.get("warnings") or []:  # e.g. a WSL2 host that would stop with its last window (#14)
-        typer.echo(f"warning: {w}", err=True)
+    _warn(st)
     flag = client.host_flag(target)
     where = "" if target.is_local else f" on {target.name}"
     pid = f" (pid {st['pid']})" if st.get("pid") else ""
@@ -55,6 +54,11 @@ def launch_train(*, host: str | None, ssh_config: str | None, config: str | None
     typer.echo(f"  list:    mlconnect ps{flag}")
     typer.echo(f"  stop:    mlconnect stop {name}{flag}")
     return {"experiment": name, **st}
+
+
+def _warn(st: dict) -> None:
+    for w in st.get("warnings") or []:  # e.g. a WSL2 host that would stop with its last window (#14)
+        typer.echo(f"warning: {w}", err=True)
 
 
 def _echo_state(name: str, st: dict, as_json: bool) -> None:
@@ -104,7 +108,9 @@ def register(app: typer.Typer) -> None:
         target = target_from(host, ssh_config)
         env = client.run_env(target, name, load_settings(overrides={"ssh_config": ssh_config}))
         sync_project(target)
-        _echo_state(name, client.resume(target, name, queue=queue, env=env), as_json)
+        st = client.resume(target, name, queue=queue, env=env)
+        _warn(st)
+        _echo_state(name, st, as_json)
 
     @app.command("pull")
     def pull_cmd(name: str = typer.Argument(..., help="Experiment name."),
