@@ -274,8 +274,9 @@ def check_smoke(target: Target) -> Check:
         if cp.returncode != 0:
             raise _Result(FAIL, f"synthetic data failed on {_on(target)}: {_one_line(cp.stderr)[:160]}",
                           f"run by hand there: {shlex.join(synth)}")
+        # A plain name: the run lands in <tmp>/experiments/exp (cwd), the only place a name may reach.
         train = [target.python, "-m", "mlconnect", "train", "--data-path", tmp, "--dataset", "smoke", "--experiment",
-                 f"{tmp}/exp", "--set", "epochs=1", "--set", "hidden_size=16"]
+                 "smoke_exp", "--set", "epochs=1", "--set", "hidden_size=16"]
         t0 = time.monotonic()
         cp = target.run(train, timeout=SMOKE_TIMEOUT_S - 30, check=False, cwd=tmp)
         took = time.monotonic() - t0
