@@ -31,7 +31,7 @@ from typing import Any
 
 from mlconnect.errors import ExperimentError
 from mlconnect.expstate import ACTIVE, boot_id, now_iso, parse_iso, process_matches, state_of
-from mlconnect.fileio import atomic_write_json, read_json
+from mlconnect.fileio import atomic_write_json, locked, read_json
 from mlconnect.layout import ExperimentPaths
 from mlconnect.runs.client import run_args
 from mlconnect.runs.gpu import GpuSampler
@@ -55,12 +55,8 @@ def read_status(paths: ExperimentPaths) -> dict | None:
 def _status_lock(paths: ExperimentPaths):
     # The supervisor and `stop` both update status.json: serialise read-modify-write.
     paths.root.mkdir(parents=True, exist_ok=True)
-    with open(paths.root / ".status.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with locked(paths.root / ".status.lock"):
+        yield
 
 
 def update_status(paths: ExperimentPaths, **changes: Any) -> dict:
