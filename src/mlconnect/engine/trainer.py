@@ -141,8 +141,8 @@ class Trainer:
         self.per_batch = distributed.per_rank_batch(self.per_batch, self.dist)
         self.steps_per_epoch = math.ceil(-(-len(inputs) // self.dist.world_size) / self.per_batch)
         self.model = build_model(cfg, self.ds.n_items).to(self.device)
-        self.forward_model = torch.compile(self.model) if cfg["compile"] else self.model
-        self.forward_model = distributed.wrap(self.model, self.forward_model, self.dist, self.device)  # hook: ddp
+        # hook: ddp. compile: the training loss runs through the compiled graph (evaluation stays eager)
+        self.forward_model = distributed.wrap(self.model, self.dist, self.device, compile=cfg["compile"])
         self.optimizer = _make_optimizer(cfg, self.model.parameters())
         # An exponential moving average of the weights evaluates smoother than the raw weights.
         self.ema = (torch.optim.swa_utils.AveragedModel(
@@ -231,14 +231,7 @@ class Trainer:
             self.tracker.log_params(self.cfg.to_dict())
         previous = self._install_signals()
         try:
-            while self.epoch < self.cfg["epochs"] and not self.state["stopped_early"]:
-                self._train_epoch()
-                self.epoch += 1
-                self.step_in_epoch = 0
-                if self.epoch % self.cfg["eval_step"] == 0 or self.epoch == self.cfg["epochs"]:
-                    self._validate()
-                self._save("last")
-                self._write_progress("running", force=True)
+            self._epochs(save=True)
             results = self._finish()
             distributed.barrier(self.dist)  # hook: ddp (the other ranks wait for the results file)
         except TrainingInterrupted:
@@ -272,17 +265,24 @@ class Trainer:
         self.reporter = distributed.Null()
         previous = self._install_signals()
         try:
-            while self.epoch < self.cfg["epochs"] and not self.state["stopped_early"]:
-                self._train_epoch()
-                self.epoch += 1
-                self.step_in_epoch = 0
-                if self.epoch % self.cfg["eval_step"] == 0 or self.epoch == self.cfg["epochs"]:
-                    self._validate()
+            self._epochs(save=False)
             distributed.barrier(self.dist)  # rank 0 has written the results: every rank returns them
             return read_json(self.paths.results) or {}
         finally:
             _restore_signals(previous)
             distributed.teardown(self.dist)
+
+    def _epochs(self, *, save: bool) -> None:
+        """Train the remaining epochs, validating every eval_step; ``save``: rank 0 keeps last.pt."""
+        while self.epoch < self.cfg["epochs"] and not self.state["stopped_early"]:
+            self._train_epoch()
+            self.epoch += 1
+            self.step_in_epoch = 0
+            if self.epoch % self.cfg["eval_step"] == 0 or self.epoch == self.cfg["epochs"]:
+                self._validate()
+            if save:
+                self._save("last")
+                self._write_progress("running", force=True)
 
     def _train_epoch(self) -> None:
         cfg, model = self.cfg, self.forward_model
