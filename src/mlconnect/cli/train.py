@@ -17,7 +17,6 @@ from rich.console import Console
 from rich.table import Table
 
 from mlconnect.cli.common import HostOpt, SshConfigOpt
-from mlconnect.engine.ddp_launch import exec_torchrun  # hook: ddp (--nproc / --gpus: become torchrun)
 from mlconnect.errors import UsageError
 from mlconnect.layout import check_experiment_name, default_experiment_name, experiment_paths
 
@@ -111,6 +110,10 @@ def register(app: typer.Typer) -> None:
                          experiment=experiment, model=model, dataset=dataset, data_path=data_path,
                          overrides=list(sets), queue=queue, resume=resume, force=force, nproc=nproc, gpus=gpus)
             return
+        # hook: ddp (--nproc / --gpus: become torchrun). Imported here: `serve --bundle` loads this
+        # module and must not import mlconnect.engine (tests/integration/test_deploy.py checks).
+        from mlconnect.engine.ddp_launch import exec_torchrun
+
         exec_torchrun(nproc, gpus, config, experiment, model, dataset, data_path, sets, resume, force, device, json_out)
         run_foreground(config, experiment, model, dataset, data_path, sets, resume, force, device, json_out)
 
