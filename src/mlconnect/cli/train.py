@@ -127,7 +127,7 @@ def register(app: typer.Typer) -> None:
         experiment: str = typer.Option(None, "--experiment", "-e", help="Experiment name."),
     ) -> None:
         """Train SASRec on ml-100k (found, downloaded, or synthetic) and print its metrics."""
-        from mlconnect.data.movielens import resolve_quickstart_dataset
+        from mlconnect.data.movielens_fetch import resolve_quickstart_dataset
 
         picked = resolve_quickstart_dataset(Path(data_path or "data"), allow_download=not no_download)
         label = {"found": "ml-100k (found)", "downloaded": "ml-100k (downloaded from GroupLens)",
