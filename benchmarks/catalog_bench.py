@@ -66,10 +66,10 @@ def train_steps(cfg, model, inputs, targets, device, steps: int, warmup: int = 3
 
     import torch
 
-    from mlconnect.engine.trainer import _make_optimizer
+    from mlconnect.engine.runtime import make_optimizer
 
     fwd = forward_model or model
-    opt = _make_optimizer(cfg, model.parameters())
+    opt = make_optimizer(cfg, model.parameters())
     per_batch = max(1, cfg["train_batch_size"] // cfg.max_len)
     gen = torch.Generator().manual_seed(0)
     order = torch.randperm(len(inputs), generator=gen)

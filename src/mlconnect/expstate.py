@@ -79,6 +79,17 @@ def boot_id() -> str | None:
     return out or None
 
 
+def pid_exists(pid: int) -> bool:
+    """Whether a process ``pid`` exists (a zombie too); another user's process counts as existing."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def process_cmdline(pid: int) -> str | None:
     """The live command line of ``pid`` (None if there is no such process or it is a zombie)."""
     if pid <= 0:

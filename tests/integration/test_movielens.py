@@ -11,13 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mlconnect.data.movielens import (
-    ML100K_GENRES,
-    URL_ENV,
-    fetch_movielens,
-    import_movielens,
-    resolve_quickstart_dataset,
-)
+from mlconnect.data.movielens import ML100K_GENRES, import_movielens
+from mlconnect.data.movielens_fetch import URL_ENV, fetch_movielens, resolve_quickstart_dataset
 from mlconnect.errors import DataError, MlconnectError
 from support.grouplens import write_raw_ml100k
 

@@ -89,7 +89,7 @@ def fetch_movielens_cmd(
     as_json: bool = JsonOpt,
 ) -> None:
     """Download a MovieLens zip from GroupLens and convert it."""
-    from mlconnect.data.movielens import fetch_movielens
+    from mlconnect.data.movielens_fetch import fetch_movielens
 
     stats: dict[str, int] = {}
     folder = fetch_movielens(name, out, url=url, timeout=timeout, overwrite=force, stats=stats)

@@ -38,26 +38,6 @@ def _remote_wanted(host: str | None, detach: bool, queue: bool, ssh_config: str 
     return detach or queue or not target_from(host, ssh_config).is_local
 
 
-def _load(config: Path | None, experiment: str | None, resume: bool, model: str | None, dataset: str | None,
-          data_path: str | None, sets: list[str], device: str | None) -> Any:
-    from mlconnect.engine.config import load_config, parse_overrides
-
-    overrides = parse_overrides(sets)
-    for key, value in (("model", model), ("dataset", dataset), ("data_path", data_path), ("device", device)):
-        if value is not None:
-            overrides[key] = value
-    if config is None and experiment:
-        # --resume, and a run of an experiment made by `exp create`, use the experiment's own config
-        saved = experiment_paths(experiment).config
-        if saved.is_file():
-            config = saved
-    if "data_path" not in overrides:
-        from mlconnect.settings import project_data_path
-
-        overrides.update(project_data_path(config))
-    return load_config(config, overrides)
-
-
 def print_results(results: dict[str, Any]) -> None:
     """The metrics table people read at the end of a run."""
     table = Table(title=f"{results['model']} on {results['dataset']} — {results['experiment']}")
@@ -76,13 +56,15 @@ def run_foreground(config: Path | None, experiment: str | None, model: str | Non
                    data_path: str | None, sets: list[str], resume: bool, force: bool, device: str | None,
                    json_out: bool = False) -> dict[str, Any]:
     """Train on this machine and print the results (the library call behind ``mlconnect train``)."""
+    from mlconnect.engine.experiment import run_config
     from mlconnect.engine.trainer import train as train_engine
 
     if experiment is not None:
         check_experiment_name(experiment)
     if resume and not experiment:
         raise UsageError("--resume needs --experiment NAME", "name the experiment to continue")
-    cfg = _load(config, experiment, resume, model, dataset, data_path, sets, device)
+    cfg = run_config(config, experiment, model=model, dataset=dataset, data_path=data_path, sets=sets,
+                     device=device)
     name = experiment or default_experiment_name(cfg["model"], cfg["dataset"])
     results = train_engine(cfg, experiment_paths(name).root, resume=resume, force=force)
     if json_out:
@@ -143,7 +125,7 @@ def register(app: typer.Typer) -> None:
         experiment: str = typer.Option(None, "--experiment", "-e", help="Experiment name."),
     ) -> None:
         """Train SASRec on ml-100k (found, downloaded, or synthetic) and print its metrics."""
-        from mlconnect.data.movielens import resolve_quickstart_dataset
+        from mlconnect.data.movielens_fetch import resolve_quickstart_dataset
 
         picked = resolve_quickstart_dataset(Path(data_path or "data"), allow_download=not no_download)
         label = {"found": "ml-100k (found)", "downloaded": "ml-100k (downloaded from GroupLens)",

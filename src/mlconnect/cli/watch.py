@@ -5,47 +5,14 @@ No torch / matplotlib / mlflow at module level: these commands must start fast.
 
 from __future__ import annotations
 
-import contextlib
-import inspect
-import json
 import time
 from pathlib import Path
 
 import typer
 
 from mlconnect.cli.common import HostOpt, JsonOpt, SshConfigOpt, info, print_json, print_table, target_from
-from mlconnect.errors import ExperimentError, MlconnectError, RemoteError
+from mlconnect.errors import MlconnectError
 from mlconnect.layout import EXPERIMENTS_DIR, check_experiment_name
-
-
-def read_snapshot(target, name: str, log_lines: int = 12) -> dict:
-    """One snapshot of ``experiments/<name>`` on the target: a direct call locally, one
-    ``python3 -c <expstate.py source>`` round trip over ssh (no mlconnect needed on the host)."""
-    from mlconnect import expstate as snap_mod
-
-    if target.is_local:
-        return snap_mod.snapshot(str(Path(target.remote_root) / EXPERIMENTS_DIR / name), log_lines)
-    # Error lines show the program as its size (ssh.describe), not 6 kB of source.
-    cp = target.run([target.python, "-c", inspect.getsource(snap_mod), f"{EXPERIMENTS_DIR}/{name}", str(log_lines)],
-                    timeout=20)
-    try:
-        return json.loads(cp.stdout)
-    except ValueError:
-        raise RemoteError(f"monitor on {target.name} printed something that is not JSON",
-                          "a shell startup file on the host may print to stdout", stderr=cp.stdout) from None
-
-
-def _first_snapshot_errors(snap: dict, name: str, where: str) -> None:
-    if not snap.get("exists"):
-        raise ExperimentError(f"unknown experiment {name!r}{where}",
-                              "see `mlconnect ls` (local) or `mlconnect ps` (host)")
-    bad = [p for p in snap.get("problems", []) if p.startswith(("progress.json", "status.json"))]
-    if bad:
-        raise ExperimentError(f"experiment {name}{where}: {bad[0]}",
-                              "wait for the next write, or pull the experiment again")
-    if not any(snap.get(k) for k in ("progress", "status", "results")):
-        raise ExperimentError(f"experiment {name}{where} has not started (no progress.json, status.json "
-                              "or results)", f"start it with `mlconnect train --experiment {name}`")
 
 
 def monitor(name: str = typer.Argument(..., help="Experiment name."),
@@ -58,12 +25,13 @@ def monitor(name: str = typer.Argument(..., help="Experiment name."),
     from rich.live import Live
 
     from mlconnect.watch.render import TERMINAL, render_frame, render_summary, view
+    from mlconnect.watch.source import check_first_snapshot, read_snapshot
 
     check_experiment_name(name)
     target = target_from(host, ssh_config)
     where = "" if target.is_local else f" on {target.name}"
     snap = read_snapshot(target, name)
-    _first_snapshot_errors(snap, name, where)
+    check_first_snapshot(snap, name, where)
     console = Console(highlight=False)
     if once or as_json:
         v = view(snap)
@@ -102,21 +70,11 @@ def monitor(name: str = typer.Argument(..., help="Experiment name."),
 
 def ls(as_json: bool = JsonOpt) -> None:
     """Local experiments: name, model, dataset, state, best metric, date."""
-    from mlconnect.expstate import snapshot
     from mlconnect.settings import load_settings
-    from mlconnect.watch.render import view
+    from mlconnect.watch.source import experiment_rows
 
     base = load_settings().root / EXPERIMENTS_DIR
-    rows = []
-    for d in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")) \
-            if base.is_dir() else []:
-        v = view(snapshot(str(d), 0))
-        meta = {}
-        with contextlib.suppress(OSError, ValueError):
-            meta = json.loads((d / "meta.json").read_text())
-        date = meta.get("started") or time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(d.stat().st_mtime))
-        rows.append({"name": d.name, "model": v["model"], "dataset": v["dataset"], "state": v["state"],
-                     "best_metric": v["valid_metric"], "best_value": v["best_valid"], "date": date})
+    rows = experiment_rows(base)
     print_table(rows, ["name", "model", "dataset", "state", "best_metric", "best_value", "date"],
                 as_json=as_json, title=None if as_json else f"experiments in {base}", key="name")
 

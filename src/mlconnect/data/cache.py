@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from mlconnect.data.prepared import Prepared, PrepKeys
+from mlconnect.expstate import pid_exists
 from mlconnect.fileio import fsync_dir
 
 CACHE_DIR = ".mlconnect-cache"
@@ -102,20 +103,10 @@ def _clean(root: Path, src: str) -> None:
     for p in root.iterdir():
         if p.name.startswith(".tmp-"):
             pid = p.name.split("-")[1]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not pid_exists(int(pid)):
                 shutil.rmtree(p, ignore_errors=True)
         elif not p.name.startswith(src + "-"):
             shutil.rmtree(p, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _write_ipc(path: Path, arrays: dict[str, pa.Array] | pa.Table) -> None:

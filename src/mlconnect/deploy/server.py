@@ -12,9 +12,7 @@ in a venv that has no torch), which is what lets the serving image stay small.
 from __future__ import annotations
 
 import argparse
-import errno
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ import numpy as np
 
 from mlconnect.deploy.bundle import Bundle, BundleError, Scorer, pad_batch
 from mlconnect.errors import MlconnectError
+from mlconnect.serving.listen import LoadErrors, bind_socket, run_server
 
 DEFAULT_KEY_ENV = "MLCONNECT_API_KEY"
 
@@ -82,45 +81,16 @@ def create_bundle_app(bundle_dir: str | os.PathLike[str], *, threads: int | None
     return app
 
 
-def _bind(bind: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((bind, port))
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise MlconnectError(f"port {port} on {bind} is already in use",
-                                 "stop the other server or pick another --port") from None
-        raise MlconnectError(f"cannot listen on {bind}:{port}: {exc.strerror}", "check --bind and --port") from None
-    sock.listen(2048)
-    return sock
-
-
 def serve_bundle(bundle_dir: str | os.PathLike[str], *, bind: str = "127.0.0.1", port: int = 8000,
                  api_key: str | None = None, threads: int | None = None, log: Any = print, **limits: Any) -> None:
     """Serve a bundle under uvicorn until stopped (SIGTERM/Ctrl-C: graceful)."""
-    import uvicorn
-
-    errors: list[str] = []
-    server: Any = None
-
-    def failed(reason: str) -> None:
-        errors.append(reason)
-        if server is not None:
-            server.should_exit = True
-
-    app = create_bundle_app(bundle_dir, threads=threads, api_key=api_key, on_load_error=failed, **limits)
-    sock = _bind(bind, port)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="info", access_log=False, lifespan="on",
-                                           timeout_graceful_shutdown=10, server_header=False))
+    errors = LoadErrors()
+    app = create_bundle_app(bundle_dir, threads=threads, api_key=api_key, on_load_error=errors, **limits)
+    sock = bind_socket(bind, port, hint="check --bind and --port")
     log(f"serving bundle {Path(bundle_dir).resolve()} on http://{bind}:{sock.getsockname()[1]}; Ctrl-C to stop")
-    try:
-        server.run(sockets=[sock])
-    finally:
-        sock.close()
-    if errors:
-        raise BundleError(f"could not load the bundle {bundle_dir}: {errors[0]}", "export it again")
+    run_server(app, sock, errors, access_log=False)
+    if errors.reasons:
+        raise BundleError(f"could not load the bundle {bundle_dir}: {errors.reasons[0]}", "export it again")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -133,22 +133,28 @@ class LossModule(torch.nn.Module):
         return self.model.training_loss(*args)
 
 
-class DdpModel:
-    """Looks like the model to the trainer (``training_loss``), trains through DDP."""
+class LossModel:
+    """Looks like the model to the trainer (``training_loss``), computes it through ``forward`` of a
+    wrapper around LossModule: DDP (which syncs gradients only there), torch.compile (which compiles
+    ``forward``, never ``training_loss``), or DDP inside compile (the order torch recommends)."""
 
-    def __init__(self, model: torch.nn.Module, info: DistInfo, device: torch.device) -> None:
-        from torch.nn.parallel import DistributedDataParallel
-
-        ids = [device.index] if device.type == "cuda" else None
-        self.ddp = DistributedDataParallel(LossModule(model), device_ids=ids)
+    def __init__(self, module: Any) -> None:
+        self.module = module
 
     def training_loss(self, *args: Any) -> torch.Tensor:
-        return self.ddp(*args)
+        return self.module(*args)
 
 
-def wrap(model: torch.nn.Module, forward_model: Any, info: DistInfo, device: torch.device) -> Any:
-    """The trainer's forward model: DDP around it when there are several ranks."""
-    return DdpModel(model, info, device) if info.enabled else forward_model
+def wrap(model: torch.nn.Module, info: DistInfo, device: torch.device, *, compile: bool = False) -> Any:
+    """The trainer's forward model: the model itself, or LossModel over DDP and/or torch.compile."""
+    if not info.enabled and not compile:
+        return model
+    module: Any = LossModule(model)
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        module = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    return LossModel(torch.compile(module) if compile else module)
 
 
 class Null:

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 
 from mlconnect import __version__
-from mlconnect.engine.config import Config
+from mlconnect.engine.config import Config, load_config, parse_overrides
 from mlconnect.engine.data import Dataset
 from mlconnect.errors import ExperimentError, MlconnectError, WriteError
 from mlconnect.expstate import now_iso, this_process
 from mlconnect.fileio import atomic_write_json, atomic_write_text, read_json, replacing
-from mlconnect.layout import ExperimentPaths, remove_experiment
+from mlconnect.layout import ExperimentPaths, experiment_paths, remove_experiment
 
 
 def is_fresh(paths: ExperimentPaths) -> bool:
@@ -161,3 +161,24 @@ class ProgressFile:
         if force or t - self._last >= self.interval:
             atomic_write_json(self.path, {**data, **self._writer, "updated": now_iso()})
             self._last = t
+
+
+def run_config(config: Path | None, experiment: str | None, *, model: str | None = None,
+               dataset: str | None = None, data_path: str | None = None, sets: list[str] | None = None,
+               device: str | None = None) -> Config:
+    """The config a run of ``train`` uses: the file (or, with none, the experiment's own saved config),
+    then the command-line options and ``--set key=value`` overrides, then mlconnect.toml's data_path."""
+    overrides = parse_overrides(list(sets or []))
+    for key, value in (("model", model), ("dataset", dataset), ("data_path", data_path), ("device", device)):
+        if value is not None:
+            overrides[key] = value
+    if config is None and experiment:
+        # --resume, and a run of an experiment made by `exp create`, use the experiment's own config
+        saved = experiment_paths(experiment).config
+        if saved.is_file():
+            config = saved
+    if "data_path" not in overrides:
+        from mlconnect.settings import project_data_path
+
+        overrides.update(project_data_path(config))
+    return load_config(config, overrides)

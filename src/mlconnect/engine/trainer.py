@@ -12,7 +12,6 @@ import contextlib
 import math
 import resource
 import signal
-import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -31,64 +30,18 @@ from mlconnect.engine.experiment import (
     now_iso,
     prepare_experiment,
     record_failure,
-    resume_command,
     write_meta,
     write_vocab,
 )
+from mlconnect.engine.interrupts import TrainingInterrupted, install_signals, restore_signals
 from mlconnect.engine.models import SequentialRecommender, build_model
 from mlconnect.engine.progress import Reporter
+from mlconnect.engine.runtime import amp_dtype, make_optimizer, select_device
 from mlconnect.errors import MlconnectError
 from mlconnect.fileio import atomic_write_json, read_json
 from mlconnect.layout import ExperimentPaths
 
 CHECKPOINT_FORMAT = 1
-
-
-class TrainingInterrupted(MlconnectError):
-    """SIGTERM/SIGINT arrived: a checkpoint was saved and the run can be resumed."""
-
-    def __init__(self, signum: int, paths: ExperimentPaths, epoch: int, step: int) -> None:
-        super().__init__(f"stopped by {signal.Signals(signum).name} at epoch {epoch + 1}, step {step}; "
-                         f"checkpoint saved in {paths.checkpoints}",
-                         f"continue with `{resume_command(paths.name)}`")
-        self.exit_code = 128 + signum
-
-
-def select_device(name: str) -> torch.device:
-    """``auto`` picks CUDA, then MPS, then CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MlconnectError("device cuda was asked for but CUDA is not available",
-                             "set device: auto or cpu, or check the GPU driver with nvidia-smi")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise MlconnectError("device mps was asked for but MPS is not available", "set device: auto or cpu")
-    return dev
-
-
-def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA (where supported) and MPS when enable_amp is auto or true."""
-    if cfg["enable_amp"] is False or device.type == "cpu":
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16
-
-
-def _make_optimizer(cfg: Config, params: Any) -> torch.optim.Optimizer:
-    lr, wd = cfg["learning_rate"], cfg["weight_decay"]
-    return {
-        "adam": lambda: torch.optim.Adam(params, lr=lr, weight_decay=wd),
-        "adamw": lambda: torch.optim.AdamW(params, lr=lr, weight_decay=wd),
-        "sgd": lambda: torch.optim.SGD(params, lr=lr, weight_decay=wd),
-        "adagrad": lambda: torch.optim.Adagrad(params, lr=lr, weight_decay=wd),
-        "rmsprop": lambda: torch.optim.RMSprop(params, lr=lr, weight_decay=wd),
-    }[cfg["learner"]]()
 
 
 def train(cfg: Config, experiment_dir: str | Path, *, resume: bool = False, force: bool = False,
@@ -141,9 +94,9 @@ class Trainer:
         self.per_batch = distributed.per_rank_batch(self.per_batch, self.dist)
         self.steps_per_epoch = math.ceil(-(-len(inputs) // self.dist.world_size) / self.per_batch)
         self.model = build_model(cfg, self.ds.n_items).to(self.device)
-        self.forward_model = torch.compile(self.model) if cfg["compile"] else self.model
-        self.forward_model = distributed.wrap(self.model, self.forward_model, self.dist, self.device)  # hook: ddp
-        self.optimizer = _make_optimizer(cfg, self.model.parameters())
+        # hook: ddp. compile: the training loss runs through the compiled graph (evaluation stays eager)
+        self.forward_model = distributed.wrap(self.model, self.dist, self.device, compile=cfg["compile"])
+        self.optimizer = make_optimizer(cfg, self.model.parameters())
         # An exponential moving average of the weights evaluates smoother than the raw weights.
         self.ema = (torch.optim.swa_utils.AveragedModel(
             self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg["ema_decay"]))
@@ -229,16 +182,9 @@ class Trainer:
                           + (f", amp {self.amp}" if self.amp else ""))
         if self.tracker:
             self.tracker.log_params(self.cfg.to_dict())
-        previous = self._install_signals()
+        previous = install_signals(self._note_signal)
         try:
-            while self.epoch < self.cfg["epochs"] and not self.state["stopped_early"]:
-                self._train_epoch()
-                self.epoch += 1
-                self.step_in_epoch = 0
-                if self.epoch % self.cfg["eval_step"] == 0 or self.epoch == self.cfg["epochs"]:
-                    self._validate()
-                self._save("last")
-                self._write_progress("running", force=True)
+            self._epochs(save=True)
             results = self._finish()
             distributed.barrier(self.dist)  # hook: ddp (the other ranks wait for the results file)
         except TrainingInterrupted:
@@ -260,7 +206,7 @@ class Trainer:
                 self.tracker.finish(state)
             raise
         finally:
-            _restore_signals(previous)
+            restore_signals(previous)
             with contextlib.suppress(OSError):  # a full disk: the error above is the one to show
                 self.tb.close()
             self.reporter.close()
@@ -270,19 +216,26 @@ class Trainer:
     def _run_rank(self) -> dict[str, Any]:
         """A rank above 0 (hook: ddp): the same loop, no files; stops with rank 0."""
         self.reporter = distributed.Null()
-        previous = self._install_signals()
+        previous = install_signals(self._note_signal)
         try:
-            while self.epoch < self.cfg["epochs"] and not self.state["stopped_early"]:
-                self._train_epoch()
-                self.epoch += 1
-                self.step_in_epoch = 0
-                if self.epoch % self.cfg["eval_step"] == 0 or self.epoch == self.cfg["epochs"]:
-                    self._validate()
+            self._epochs(save=False)
             distributed.barrier(self.dist)  # rank 0 has written the results: every rank returns them
             return read_json(self.paths.results) or {}
         finally:
-            _restore_signals(previous)
+            restore_signals(previous)
             distributed.teardown(self.dist)
+
+    def _epochs(self, *, save: bool) -> None:
+        """Train the remaining epochs, validating every eval_step; ``save``: rank 0 keeps last.pt."""
+        while self.epoch < self.cfg["epochs"] and not self.state["stopped_early"]:
+            self._train_epoch()
+            self.epoch += 1
+            self.step_in_epoch = 0
+            if self.epoch % self.cfg["eval_step"] == 0 or self.epoch == self.cfg["epochs"]:
+                self._validate()
+            if save:
+                self._save("last")
+                self._write_progress("running", force=True)
 
     def _train_epoch(self) -> None:
         cfg, model = self.cfg, self.forward_model
@@ -443,26 +396,15 @@ class Trainer:
             "world_size": self.dist.world_size,  # hook: ddp
         }, force=force)
 
+    def _note_signal(self, signum: int) -> None:
+        self.stop_signal = signum  # acted on at the end of the current step
+
     def _eta_total(self) -> float | None:
         done = self.epoch * self.steps_per_epoch + self.step_in_epoch
         total = self.cfg["epochs"] * self.steps_per_epoch
         if not done or self.state["elapsed_s"] <= 0:
             return None
         return round(self.state["elapsed_s"] / done * (total - done), 1)
-
-    def _install_signals(self) -> dict[int, Any]:
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-
-        def handler(signum: int, frame: Any) -> None:
-            self.stop_signal = signum  # acted on at the end of the current step
-
-        return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-
-
-def _restore_signals(previous: dict[int, Any]) -> None:
-    for s, h in previous.items():
-        signal.signal(s, h)
 
 
 def _tracker(cfg: Config, paths: ExperimentPaths) -> Any:

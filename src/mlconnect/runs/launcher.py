@@ -31,10 +31,11 @@ from typing import Any
 
 from mlconnect.errors import ExperimentError
 from mlconnect.expstate import ACTIVE, boot_id, now_iso, parse_iso, process_matches, state_of
-from mlconnect.fileio import atomic_write_json, read_json
+from mlconnect.fileio import atomic_write_json, locked, read_json
 from mlconnect.layout import ExperimentPaths
 from mlconnect.runs.client import run_args
 from mlconnect.runs.gpu import GpuSampler
+from mlconnect.runs.gpu_queue import gpu_slots, open_gpu_lock, queue_dir, take_free_gpu
 from mlconnect.runs.procs import terminate
 
 RESUMABLE = ("stopped", "lost", "failed")
@@ -55,12 +56,8 @@ def read_status(paths: ExperimentPaths) -> dict | None:
 def _status_lock(paths: ExperimentPaths):
     # The supervisor and `stop` both update status.json: serialise read-modify-write.
     paths.root.mkdir(parents=True, exist_ok=True)
-    with open(paths.root / ".status.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with locked(paths.root / ".status.lock"):
+        yield
 
 
 def update_status(paths: ExperimentPaths, **changes: Any) -> dict:
@@ -173,43 +170,6 @@ class _Cancelled(Exception):
     pass
 
 
-def _queue_dir() -> Path:
-    base = os.environ.get("MLCONNECT_QUEUE_DIR")
-    if base:
-        return Path(base)
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "mlconnect" / "queue"
-
-
-def _open_gpu_lock(slot: int | None = None) -> Any:
-    qdir = _queue_dir()
-    qdir.mkdir(parents=True, exist_ok=True)
-    name = "gpu.lock" if not slot else f"gpu{slot}.lock"  # GPU 0 keeps the historical name
-    return open(qdir / name, "a")  # noqa: SIM115 - held for the life of the run
-
-
-# --- hook: GPU-aware queue (issue 12). One lock per GPU: a queued run takes the first free GPU and
-# runs on it alone (CUDA_VISIBLE_DEVICES), so two single-GPU runs on a two-GPU box run together.
-# A plain detached run may use every GPU: it holds all the locks shared.
-def _gpu_slots() -> list[int]:
-    from mlconnect.runs.gpu import gpu_summary
-
-    summary = gpu_summary()
-    return [int(g["gpu"]) for g in summary["gpus"]] if summary.get("available") else []
-
-
-def _take_free_gpu(slots: list[int]) -> tuple[int | None, Any] | None:
-    for slot in slots or [None]:
-        f = _open_gpu_lock(slot)
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return slot, f
-        except BlockingIOError:
-            f.close()
-    return None
-# --- end hook
-
-
 def _wait_for_turn(paths: ExperimentPaths, run_id: str, slots: list[int]) -> tuple[int | None, Any]:
     """FIFO: wait until this run heads the host queue *and* no other run holds the GPU lock.
 
@@ -217,7 +177,7 @@ def _wait_for_turn(paths: ExperimentPaths, run_id: str, slots: list[int]) -> tup
     also waits for them. Dead waiters (supervisor gone) are dropped from the queue. Sleeps
     between checks: no busy loop.
     """
-    qdir = _queue_dir()
+    qdir = queue_dir()
     ticket = qdir / f"{time.time_ns():020d}-{run_id}.json"
     atomic_write_json(ticket, {"pid": os.getpid(), "run_id": run_id, "experiment": str(paths.root)})
     update_status(paths, waiting=True, queue_ticket=ticket.name)
@@ -233,7 +193,7 @@ def _wait_for_turn(paths: ExperimentPaths, run_id: str, slots: list[int]) -> tup
                 with contextlib.suppress(FileNotFoundError):
                     entry.unlink()  # a waiter that died: never let it block the queue
             if head == ticket:
-                taken = _take_free_gpu(slots)  # hook: GPU-aware queue
+                taken = take_free_gpu(slots)  # hook: GPU-aware queue
                 if taken is not None:
                     return taken
             if time.monotonic() - last_beat > HEARTBEAT_S:
@@ -281,7 +241,7 @@ def supervise(exp_dir: str, run_id: str) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    slots = _gpu_slots()  # hook: GPU-aware queue
+    slots = gpu_slots()  # hook: GPU-aware queue
     gpu, locks = None, []
     try:
         if st.get("queue"):
@@ -289,7 +249,7 @@ def supervise(exp_dir: str, run_id: str) -> int:
             locks.append(lock)
         else:
             for slot in slots or [None]:
-                locks.append(_open_gpu_lock(slot))
+                locks.append(open_gpu_lock(slot))
                 with contextlib.suppress(BlockingIOError):  # a queued run holds it: we still start
                     fcntl.flock(locks[-1], fcntl.LOCK_SH | fcntl.LOCK_NB)
     except _Cancelled:

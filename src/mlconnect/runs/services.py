@@ -34,8 +34,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mlconnect.errors import MlconnectError
-from mlconnect.expstate import now_iso, process_cmdline, process_matches
-from mlconnect.fileio import atomic_write_json, read_json
+from mlconnect.expstate import now_iso, pid_exists, process_cmdline, process_matches
+from mlconnect.fileio import atomic_write_json, locked, read_json
 from mlconnect.layout import EXPERIMENTS_DIR
 from mlconnect.ports import free_port_from, port_listening
 from mlconnect.runs.procs import terminate
@@ -159,17 +159,8 @@ def _locked(root: str | os.PathLike[str], service: str) -> Iterator[None]:
     """One start/stop at a time per service (two terminals running `mlconnect tensorboard` at once)."""
     d = services_dir(root)
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        import fcntl
-    except ImportError:  # Windows without WSL: no lock, the record still decides
+    with locked(d / f"{service}.lock"):  # Windows without WSL: no lock, the record still decides
         yield
-        return
-    with open(d / f"{service}.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def public_row(rec: dict) -> dict:
@@ -330,12 +321,8 @@ def _stop(root: Path, rec: dict, grace_s: float = 10.0) -> bool:
 
 def _gone(pid: int) -> bool:
     """No such process, or a zombie waiting for its parent (it holds no port and runs no code)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_exists(pid):
         return True
-    except PermissionError:
-        return False
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:

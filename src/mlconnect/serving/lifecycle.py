@@ -8,17 +8,15 @@ first stdout line and stops when its stdin closes.
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import os
-import socket
 import sys
-import threading
 from collections.abc import Callable
 from typing import Any
 
 from mlconnect.errors import ExperimentError, MlconnectError, UsageError
 from mlconnect.layout import experiment_paths
+from mlconnect.serving.listen import LoadErrors, bind_socket, run_server
 
 DEVICES = ("cpu", "cuda", "mps")
 DEFAULT_KEY_ENV = "MLCONNECT_API_KEY"
@@ -66,28 +64,6 @@ def read_api_key(api_key_env: str | None) -> str | None:
     return os.environ.get(DEFAULT_KEY_ENV) or None
 
 
-def bind_socket(bind: str, port: int) -> socket.socket:
-    """Bind before uvicorn starts, so a busy port is one clear error line rather than a log record."""
-    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
-    # proto=IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted sockets only when the proto
-    # says TCP. Without it, Nagle holds the response body behind its headers until the client's
-    # delayed ACK: 40 ms per request on loopback.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((bind, port))
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise MlconnectError(f"port {port} on {bind} is already in use",
-                                 "stop the other server or pick another --port") from None
-        raise MlconnectError(f"cannot listen on {bind}:{port}: {exc.strerror}",
-                             "use --bind 127.0.0.1 and a port above 1024") from None
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
-
-
 def _is_loopback(bind: str) -> bool:
     try:
         return ipaddress.ip_address(bind).is_loopback
@@ -118,6 +94,7 @@ def serve_local(name: str, *, bind: str, port: int, device: str, api_key: str | 
     paths = check_experiment(name)
     check_device(device)
     sock = bind_socket(bind, port)
+    sock.set_inheritable(True)
     port = sock.getsockname()[1]  # --port 0: the one the kernel picked
     if stop_on_stdin_eof:  # tell serve_remote on the laptop where to forward to
         import json
@@ -126,7 +103,6 @@ def serve_local(name: str, *, bind: str, port: int, device: str, api_key: str | 
         sys.stdout.flush()
 
     import torch
-    import uvicorn
 
     from mlconnect.serving.app import create_app
 
@@ -135,41 +111,16 @@ def serve_local(name: str, *, bind: str, port: int, device: str, api_key: str | 
         # thread gives a lower p50 and more req/s than two (benchmarks/serve_bench.py --threads).
         torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
 
-    load_error: list[str] = []
-    server: uvicorn.Server | None = None
-
-    def failed(reason: str) -> None:
-        load_error.append(reason)
-        if server is not None:
-            server.should_exit = True
-
+    errors = LoadErrors()
     app = create_app(paths.root, device=device, api_key=api_key, max_batch=max_batch,
                      max_body_bytes=max_body_bytes, max_items=max_items, batch_wait_ms=batch_wait_ms,
-                     on_load_error=failed)
-    # http/loop "auto": httptools and uvloop when installed (faster), h11 and asyncio otherwise.
-    config = uvicorn.Config(app, log_level="info", access_log=access_log, timeout_graceful_shutdown=10,
-                            lifespan="on", server_header=False)
-    server = uvicorn.Server(config)
+                     on_load_error=errors)
     if not _is_loopback(bind):
         warn = "" if api_key else " without an API key (--api-key-env): anyone who can reach it can query it"
         log(f"warning: listening on {bind}, not loopback{warn}")
-    if stop_on_stdin_eof:
-        threading.Thread(target=_stop_on_eof, args=(server,), daemon=True).start()
     log(f"serving {paths.name} on http://{bind}:{port} (device {device}); Ctrl-C to stop")
-    try:
-        server.run(sockets=[sock])
-    finally:
-        sock.close()
-    if load_error:
-        raise ExperimentError(f"could not load {paths.name}: {load_error[0]}",
+    run_server(app, sock, errors, access_log=access_log, stop_on_stdin_eof=stop_on_stdin_eof)
+    if errors.reasons:
+        raise ExperimentError(f"could not load {paths.name}: {errors.reasons[0]}",
                               "retrain it or pull a complete copy (`mlconnect pull`)")
 
-
-def _stop_on_eof(server: Any) -> None:
-    """Remote mode: the laptop's ssh closed our stdin (Ctrl-C, lost network): shut down gracefully."""
-    try:
-        while sys.stdin.buffer.read(4096):
-            pass
-    except OSError:
-        pass
-    server.should_exit = True

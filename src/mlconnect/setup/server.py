@@ -33,11 +33,10 @@ from pathlib import Path
 
 from mlconnect.errors import MlconnectError, UsageError
 from mlconnect.fileio import atomic_write_text
+from mlconnect.setup.keys import install_keys, key_id, read_keys_arg
 from mlconnect.wsl import is_wsl
 
 DROPIN_NAME = "00-mlconnect.conf"
-_KEY_TYPE = re.compile(
-    r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp(256|384|521)|sk-[a-z0-9@.-]+)(-cert-v01@openssh\.com)?$")
 
 WSL_IDLE_NOTE = (
     "WSL2 stops this distro (sshd and every run with it) about 15 s after the last Windows-side WSL "
@@ -69,51 +68,6 @@ def render_dropin(port: int, user: str) -> str:
         "AuthenticationMethods publickey\n"
         f"AllowUsers {user}\n"
     )
-
-
-# ---- keys ---------------------------------------------------------------------------------------
-
-def _key_id(line: str) -> tuple[str, str] | None:
-    """(type, base64 blob) of an authorized_keys line, options and comment ignored."""
-    parts = line.split()
-    for i, p in enumerate(parts[:-1]):
-        if _KEY_TYPE.match(p):
-            return p, parts[i + 1]
-    return None
-
-
-def read_keys_arg(value: str | None) -> list[str]:
-    """``--authorized-key``: a key line, or a file of key lines (e.g. id_ed25519.pub)."""
-    if not value:
-        return []
-    path = Path(os.path.expanduser(value))
-    text = path.read_text(encoding="utf-8") if path.is_file() else value
-    if "PRIVATE KEY" in text:
-        raise UsageError("--authorized-key was given a PRIVATE key", "pass the .pub file or the public key line")
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
-    if not lines:
-        raise UsageError(f"--authorized-key {value!r} holds no key", "pass the line `mlconnect setup client` printed")
-    for ln in lines:
-        if _key_id(ln) is None:
-            raise UsageError(f"--authorized-key: not a public key: {ln[:40]!r}",
-                             "pass the whole line, e.g. \"ssh-ed25519 AAAA... ana@mac\" (quoted)")
-        _check_with_ssh_keygen(ln)
-    return lines
-
-
-def _check_with_ssh_keygen(line: str) -> None:
-    if shutil.which("ssh-keygen") is None:
-        return
-    with tempfile.NamedTemporaryFile("w", suffix=".pub", delete=False) as f:
-        f.write(line + "\n")
-    try:
-        cp = subprocess.run(["ssh-keygen", "-l", "-f", f.name], capture_output=True, text=True, timeout=15,
-                            stdin=subprocess.DEVNULL)
-    finally:
-        os.unlink(f.name)
-    if cp.returncode != 0:
-        raise UsageError(f"--authorized-key: ssh-keygen cannot read the key {line[:40]!r}...",
-                         "copy the whole public key line again (it may have been cut)")
 
 
 # ---- staging and sshd -------------------------------------------------------------------------
@@ -212,34 +166,10 @@ def check_effective(values: dict[str, list[str]], port: int, user: str) -> tuple
     return problems, warnings
 
 
-# ---- authorized_keys ----------------------------------------------------------------------------
+# ---- paths under --prefix -----------------------------------------------------------------------
 
 def _under(prefix: Path, path: str) -> Path:
     return Path(path) if str(prefix) == "/" else prefix / path.lstrip("/")
-
-
-def install_keys(auth: Path, keys: list[str], uid: int, gid: int) -> int:
-    """Append the keys not already there; .ssh 700 and authorized_keys 600, owned by the user."""
-    existing = auth.read_text(encoding="utf-8") if auth.exists() else ""
-    have = {_key_id(ln) for ln in existing.splitlines()}
-    new = []
-    for k in keys:
-        kid = _key_id(k)
-        if kid not in have:
-            new.append(k)
-            have.add(kid)
-    auth.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(auth.parent, 0o700)
-    if new:
-        text = existing + ("" if not existing or existing.endswith("\n") else "\n") + "\n".join(new) + "\n"
-        atomic_write_text(auth, text)
-    if auth.exists():
-        os.chmod(auth, 0o600)
-    if os.geteuid() == 0:
-        for p in (auth.parent, auth):
-            if p.exists():
-                os.chown(p, uid, gid)
-    return len(new)
 
 
 # ---- /etc/wsl.conf ------------------------------------------------------------------------------
@@ -323,8 +253,8 @@ def setup_server(*, port: int = 2222, authorized_key: str | None = None, user: s
     keys = read_keys_arg(authorized_key)
     auth = _under(root, pw.pw_dir) / ".ssh" / "authorized_keys"
     existing = auth.read_text(encoding="utf-8") if auth.is_file() else ""
-    have = {k for k in (_key_id(ln) for ln in existing.splitlines()) if k}
-    adding = [k for k in keys if _key_id(k) not in have]
+    have = {k for k in (key_id(ln) for ln in existing.splitlines()) if k}
+    adding = [k for k in keys if key_id(k) not in have]
     if not have and not keys:
         raise MlconnectError(f"no key in {auth} and no --authorized-key: with password login off nobody could "
                              "log in", "pass --authorized-key with the line `mlconnect setup client` printed")

@@ -18,7 +18,6 @@ It needs no server and no extra package.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 from contextlib import contextmanager
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mlconnect.errors import ExperimentError, MlconnectError
-from mlconnect.fileio import read_json
+from mlconnect.fileio import locked, read_json
 
 SWEEPS_DIR = "sweeps"
 SAMPLERS = ("tpe", "random", "grid")
@@ -136,12 +135,8 @@ def open_study(paths: SweepPaths, spec: dict[str, Any], *, create: bool = False)
 @contextmanager
 def ask_lock(paths: SweepPaths):
     """Serialises "count the trials, then ask for one" across worker processes: never one too many."""
-    with open(paths.lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with locked(paths.lock):
+        yield
 
 
 def counted(t: Any) -> bool:

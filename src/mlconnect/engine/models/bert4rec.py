@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from mlconnect.engine.models.base import SequentialRecommender, init_normal_
-from mlconnect.engine.models.transformer import ACTIVATIONS, TransformerEncoder
+from mlconnect.engine.models.transformer import ACTIVATIONS, encoder_from
 
 
 class BERT4Rec(SequentialRecommender):
@@ -30,10 +30,7 @@ class BERT4Rec(SequentialRecommender):
         self.position_embedding = nn.Embedding(self.max_len, h)
         self.norm = nn.LayerNorm(h, eps=cfg["layer_norm_eps"])
         self.dropout = nn.Dropout(cfg["hidden_dropout_prob"])
-        self.encoder = TransformerEncoder(
-            cfg["n_layers"], hidden=h, n_heads=cfg["n_heads"], inner=cfg["inner_size"],
-            hidden_dropout=cfg["hidden_dropout_prob"], attn_dropout=cfg["attn_dropout_prob"],
-            act=cfg["hidden_act"], eps=cfg["layer_norm_eps"])
+        self.encoder = encoder_from(cfg)
         self.head = nn.Linear(h, h)
         self.head_act = ACTIVATIONS[cfg["hidden_act"].lower()]
         self.head_norm = nn.LayerNorm(h, eps=cfg["layer_norm_eps"])

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from mlconnect.engine.models.base import SequentialRecommender, init_normal_
-from mlconnect.engine.models.transformer import TransformerEncoder
+from mlconnect.engine.models.transformer import encoder_from
 
 
 class SASRec(SequentialRecommender):
@@ -25,10 +25,7 @@ class SASRec(SequentialRecommender):
         self.position_embedding = nn.Embedding(cfg["MAX_ITEM_LIST_LENGTH"], h)
         self.norm = nn.LayerNorm(h, eps=cfg["layer_norm_eps"])
         self.dropout = nn.Dropout(cfg["hidden_dropout_prob"])
-        self.encoder = TransformerEncoder(
-            cfg["n_layers"], hidden=h, n_heads=cfg["n_heads"], inner=cfg["inner_size"],
-            hidden_dropout=cfg["hidden_dropout_prob"], attn_dropout=cfg["attn_dropout_prob"],
-            act=cfg["hidden_act"], eps=cfg["layer_norm_eps"])
+        self.encoder = encoder_from(cfg)
         self.apply(lambda m: init_normal_(m, cfg["initializer_range"]))
 
     def encode(self, items: torch.Tensor) -> torch.Tensor:

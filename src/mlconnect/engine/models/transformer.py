@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,3 +48,11 @@ class TransformerEncoder(nn.Module):
         for layer in self.layers:
             x = layer(x, attn_mask=attn_mask, causal=causal)
         return x
+
+
+def encoder_from(cfg: Mapping[str, Any]) -> TransformerEncoder:
+    """The encoder of SASRec and BERT4Rec, sized by the RecBole config keys both share."""
+    return TransformerEncoder(
+        cfg["n_layers"], hidden=cfg["hidden_size"], n_heads=cfg["n_heads"], inner=cfg["inner_size"],
+        hidden_dropout=cfg["hidden_dropout_prob"], attn_dropout=cfg["attn_dropout_prob"],
+        act=cfg["hidden_act"], eps=cfg["layer_norm_eps"])
