@@ -126,7 +126,8 @@ def test_export_cli_and_its_errors(base: Path) -> None:
         export_bundle(base / "missing", base / "z")
 
 
-def test_export_registers_an_mlflow_model_version_when_the_config_asks(base: Path, tmp_path: Path) -> None:
+def test_export_registers_an_mlflow_model_version_when_the_config_asks(base: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     try:
         from mlflow.tracking import MlflowClient
     except ImportError:
@@ -134,6 +135,7 @@ def test_export_registers_an_mlflow_model_version_when_the_config_asks(base: Pat
     exp = tmp_path / "exp-mlflow"
     shutil.copytree(deploy.trained(base, "GRU4Rec"), exp)
     store = tmp_path / "mlruns"
+    monkeypatch.chdir(tmp_path / "exp-mlflow")  # nothing may land in the folder export is typed in
     with open(exp / "config.yaml", "a") as f:
         f.write(f"mlflow_tracking_uri: {store}\nmlflow_experiment: deploy-test\n")
     first = export_bundle(exp, tmp_path / "b1")["mlflow"]
@@ -145,6 +147,7 @@ def test_export_registers_an_mlflow_model_version_when_the_config_asks(base: Pat
     logged = Path(mv.source.removeprefix("file://"))
     assert sha256_file(logged / "model.onnx") == sha256_file(tmp_path / "b2" / "model.onnx")
     assert Bundle.load(logged).card["verification"]["ok"]
+    assert not (exp / "mlflow.db").exists()  # mlflow's default sqlite store was not touched
 
 
 # -- reading a bundle --------------------------------------------------------------------------------

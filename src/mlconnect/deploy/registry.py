@@ -21,12 +21,18 @@ def register_bundle(uri_value: str, bundle: Path, card: dict[str, Any], experime
 
     uri = resolve_uri(uri_value)
     try:
+        import mlflow
         from mlflow.tracking import MlflowClient
     except ImportError:
         raise MlconnectError("mlflow_tracking_uri is set but mlflow is not installed",
                              "pip install 'mlconnect[mlflow]', or remove mlflow_tracking_uri from the config") from None
     if uri.startswith("file:"):
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # see engine/tracking.py
+    # create_model_version looks the run up through mlflow's process-wide URIs, whose default is a
+    # sqlite mlflow.db in the current folder: point them at the configured store, or a stray
+    # database appears wherever `mlconnect export` was typed.
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     name = experiment or str(card["dataset"])
     exp = client.get_experiment_by_name(name)
