@@ -27,11 +27,11 @@ from mlconnect.data.timeparse import TimeError, to_seconds
 from mlconnect.errors import DataError, UsageError
 
 USER_NAMES = ("user_id", "userid", "user", "uid", "customer_id", "customer", "client_id", "visitor_id",
-              "account_id", "member_id", "session_id", "sessionid")
+              "account_id", "member_id", "session_id", "sessionid", "reviewer_id")
 ITEM_NAMES = ("item_id", "itemid", "item", "iid", "product_id", "product", "movie_id", "movieid", "sku",
-              "article_id", "track_id", "song_id", "content_id", "video_id", "book_id", "asin", "isbn")
+              "article_id", "track_id", "song_id", "content_id", "video_id", "book_id", "parent_asin", "asin", "isbn")
 TIME_NAMES = ("timestamp", "ts", "time", "event_time", "event_timestamp", "created_at", "datetime", "date",
-              "time_stamp", "unix_time", "event_ts")
+              "time_stamp", "unix_time", "event_ts", "unix_review_time")
 KNOWN = {norm(n) for n in (*USER_NAMES, *ITEM_NAMES, *TIME_NAMES)}
 _WHERE = re.compile(r"^\s*(.+?)\s*(==|!=|>=|<=|>|<)\s*(.+?)\s*$")
 _OPS = {"==": pc.equal, "!=": pc.not_equal, ">=": pc.greater_equal, "<=": pc.less_equal, ">": pc.greater,
@@ -56,6 +56,19 @@ def resolve(src: Source, given: str | None, candidates: tuple[str, ...], role: s
         if norm(cand) in by_norm:
             return by_norm[norm(cand)]
     return None
+
+
+def fullest_user(src: Source, found: str | None) -> str | None:
+    """Among the columns with a common user name, the one with the most values (ties: name order).
+
+    Diginetica has userId (mostly "NA") beside sessionId: the first name alone would keep a
+    few percent of the rows.
+    """
+    cands = [n for c in USER_NAMES for n in src.names if norm(n) == norm(c)]
+    if len(dict.fromkeys(cands)) < 2:
+        return found
+    table = src.read(list(dict.fromkeys(cands)))
+    return max(dict.fromkeys(cands), key=lambda c: table.num_rows - table.column(c).null_count)
 
 
 def parse_where(text: str) -> tuple[str, str, Any]:
@@ -165,6 +178,8 @@ def import_events(path: str | Path, out_dir: str | Path, name: str | None = None
     name = name or re.sub(r"\.(csv|tsv|txt|data|parquet|jsonl|ndjson|json|gz|zst)$", "", src.path.name,
                           flags=re.I).split(".")[0] or "dataset"
     ucol = resolve(src, user, USER_NAMES, "user id", "--user")
+    if user is None:
+        ucol = fullest_user(src, ucol)
     icol = resolve(src, item, ITEM_NAMES, "item id", "--item")
     tcol = resolve(src, time, TIME_NAMES, "time", "--time")
     for col, role, flag, cands in ((ucol, "user id", "--user", USER_NAMES), (icol, "item id", "--item", ITEM_NAMES)):

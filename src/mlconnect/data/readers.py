@@ -14,7 +14,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
@@ -23,8 +25,10 @@ from mlconnect.data.atomic import BOM
 from mlconnect.errors import DataError, MlconnectError
 
 GZIP, ZSTD, PARQUET = b"\x1f\x8b", b"\x28\xb5\x2f\xfd", b"PAR1"
-SEPARATORS = ("\t", ",", ";", "|", " ")
-NULLS = ["", "null", "NULL"]
+SEPARATORS = ("::", "\t", ",", ";", "|", " ")  # '::' first: MovieLens 1M/10M ratings.dat
+# pandas' usual missing markers too: Diginetica writes userId "NA"; kept as an id it would merge
+# every anonymous session into one user.
+NULLS = ["", "null", "NULL", "NA", "N/A", "NaN", "nan"]
 _NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
 
 
@@ -137,10 +141,10 @@ def open_source(path: Path, *, sep: str | None = None, header: bool | None = Non
         src.names = jsonl_names(src)
         return src
     sep = {"tab": "\t", "\\t": "\t", "space": " "}.get(sep or "", sep) or sniff_separator(lines)
-    if len(sep) != 1:
-        raise DataError(str(path), f"separator {sep!r} must be one character", hint="pass --sep ',' or --sep tab")
     def split(line: str) -> list[str]:  # the csv module only to read the header's quoting
-        return line.split() if sep == " " else next(csv.reader([line], delimiter=sep))
+        if sep == " " or len(sep) > 1 or sep == "\t":
+            return line.split(sep if sep != " " else None)
+        return next(csv.reader([line], delimiter=sep))
 
     first = [f.strip() for f in split(lines[0])]
     second = [f.strip() for f in split(lines[1])] if len(lines) > 1 else None
@@ -158,13 +162,40 @@ def _parquet_names(parts: list[Path]) -> list[str]:
 
 
 def _read_csv(src: Source, columns: list[str]) -> pa.Table:
+    if len(src.sep) > 1:
+        return _read_multichar(src, columns)
     return pacsv.read_csv(
         src.stream(),
         read_options=pacsv.ReadOptions(column_names=src.names, skip_rows=1 if src.header else 0,
                                        block_size=8 << 20),
-        parse_options=pacsv.ParseOptions(delimiter=src.sep, ignore_empty_lines=True),
+        # Tab-separated files are not quoted (Last.fm 1K, MovieLens u.data): a track named
+        # '"Weird Al" Yankovic - ...' must keep its quotes, not lose them to CSV quoting.
+        parse_options=pacsv.ParseOptions(delimiter=src.sep, ignore_empty_lines=True,
+                                         quote_char=False if src.sep == "\t" else '"'),
         convert_options=pacsv.ConvertOptions(include_columns=columns, null_values=NULLS, strings_can_be_null=True,
                                              column_types={c: pa.string() for c in columns}))
+
+
+def _read_multichar(src: Source, columns: list[str]) -> pa.Table:
+    """A multi-character separator ('::'): whole lines through Arrow, split with ``split_pattern``."""
+    lines = pacsv.read_csv(
+        src.stream(), read_options=pacsv.ReadOptions(column_names=["line"], skip_rows=1 if src.header else 0,
+                                                     block_size=8 << 20),
+        parse_options=pacsv.ParseOptions(delimiter="\x1f", quote_char=False, ignore_empty_lines=True),
+        convert_options=pacsv.ConvertOptions(column_types={"line": pa.string()}, strings_can_be_null=False)
+    ).column("line").combine_chunks()
+    lines = pc.utf8_rtrim(lines, "\r")
+    fields = pc.split_pattern(lines, src.sep)
+    bad = np.flatnonzero(pc.list_value_length(fields).to_numpy(zero_copy_only=False) != len(src.names))
+    if len(bad):
+        path, line, _ = row_location(src, int(bad[0]))
+        raise DataError(path, f"expected {len(src.names)} fields separated by {src.sep!r}, found "
+                        f"{len(fields[int(bad[0])])}", line=line, hint="fix the line, or pass the right --sep")
+    out = {}
+    for c in columns:
+        col = pc.list_element(fields, src.names.index(c))
+        out[c] = pc.if_else(pc.is_in(col, pa.array(NULLS)), pa.scalar(None, pa.string()), col)
+    return pa.table(out)
 
 
 def _read_parquet(src: Source, columns: list[str]) -> pa.Table:
