@@ -82,3 +82,18 @@ def test_yoochoose_iso_millis_and_parquet_ms_utc(tmp_path: Path) -> None:
     assert card["rows_read"] == card["rows_kept"] + card["rows_dropped"] == 4
     assert inter(out)[1:] == [["u1", 'i,"1"', f"{TS[0]}.005"], ["u1", "i2", f"{TS[1]}.005"],
                               ["u 2", "i1", f"{TS[2]}.005"], ["u 2", "ü", f"{TS[3]}.005"]]
+
+
+def test_goodreads_date_added_and_steam_iso_with_string_ids(tmp_path: Path) -> None:
+    f = tmp_path / "goodreads_interactions.json"
+    dates = ["Sun Jul 30 07:44:10 -0700 2017", "Mon Jul 31 00:00:00 +0000 2017"]
+    f.write_text("".join(json.dumps({"user_id": "8842281e1d1347389f2ab93d60773d4d", "book_id": b, "date_added": d,
+                                     "rating": 5}) + "\n" for b, d in zip(("24375664", "18245960"), dates)))
+    out, card = import_events(f, tmp_path / "o", "gr")
+    assert card["columns"]["time"] == "date_added"
+    assert [r[2] for r in inter(out)[1:]] == ["1501425850", "1501459200"]
+    f = tmp_path / "steam.jsonl"
+    f.write_text("".join(json.dumps({"user_id": "js41637", "item_id": i, "timestamp": s}) + "\n"
+                         for i, s in (("10", "2000-12-31T22:12:40Z"), ("20", "2000-12-31T22:14:20Z"))))
+    out, _ = import_events(f, tmp_path / "o", "steam")
+    assert [r[2] for r in inter(out)[1:]] == ["978300760", "978300860"]

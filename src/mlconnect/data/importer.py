@@ -31,7 +31,7 @@ USER_NAMES = ("user_id", "userid", "user", "uid", "customer_id", "customer", "cl
 ITEM_NAMES = ("item_id", "itemid", "item", "iid", "product_id", "product", "movie_id", "movieid", "sku",
               "article_id", "track_id", "song_id", "content_id", "video_id", "book_id", "parent_asin", "asin", "isbn")
 TIME_NAMES = ("timestamp", "ts", "time", "event_time", "event_timestamp", "created_at", "datetime", "date",
-              "time_stamp", "unix_time", "event_ts", "unix_review_time")
+              "time_stamp", "unix_time", "event_ts", "unix_review_time", "date_added")
 KNOWN = {norm(n) for n in (*USER_NAMES, *ITEM_NAMES, *TIME_NAMES)}
 _WHERE = re.compile(r"^\s*(.+?)\s*(==|!=|>=|<=|>|<)\s*(.+?)\s*$")
 _OPS = {"==": pc.equal, "!=": pc.not_equal, ">=": pc.greater_equal, "<=": pc.less_equal, ">": pc.greater,

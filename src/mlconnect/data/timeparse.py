@@ -23,6 +23,9 @@ _DIV = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
 # Unix time in seconds stays below 1e11 until the year 5138; each finer unit is 1000x larger.
 _LIMITS = (("s", 1e11), ("ms", 1e14), ("us", 1e17), ("ns", float("inf")))
 _NUMBER = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
+# Not ISO-8601 but common in public dumps: Goodreads' date_added (and Twitter's created_at),
+# "Sun Jul 30 07:44:10 -0700 2017".
+_OTHER_FORMATS = ("%a %b %d %H:%M:%S %z %Y",)
 _ZONE = r"(Z|z|[+-]\d\d:?\d\d)\s*$"
 
 
@@ -125,6 +128,12 @@ def to_seconds(col: pa.ChunkedArray, unit: str | None = None) -> tuple[np.ndarra
     try:
         stamps = pc.cast(arr, target)
     except pa.ArrowInvalid:
+        for fmt in _OTHER_FORMATS:
+            try:
+                stamps = pc.strptime(arr, format=fmt, unit="s")
+                return _with_nans(stamps, "s"), f"'{fmt}'"
+            except pa.ArrowInvalid:
+                pass
         row = _bad_row(arr, target)
         raise TimeError(row, arr[row].as_py(), "not a time: expected ISO-8601 (2024-05-01T12:00:00Z) or Unix "
                         "seconds/ms") from None
