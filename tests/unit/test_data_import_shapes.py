@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mlconnect.data.importer import import_events
-from mlconnect.errors import DataError
+from mlconnect.errors import DataError, UsageError
 
 TS = [978300760, 978300860, 978300960, 978301060]
 
@@ -97,3 +97,22 @@ def test_goodreads_date_added_and_steam_iso_with_string_ids(tmp_path: Path) -> N
                          for i, s in (("10", "2000-12-31T22:12:40Z"), ("20", "2000-12-31T22:14:20Z"))))
     out, _ = import_events(f, tmp_path / "o", "steam")
     assert [r[2] for r in inter(out)[1:]] == ["978300760", "978300860"]
+
+
+def test_retailrocket_where_filters_and_card_sums(tmp_path: Path) -> None:
+    f = tmp_path / "events.csv"
+    kinds = ["view", "addtocart", "transaction", "view", "transaction", "view"]
+    f.write_text("timestamp,visitorid,event,itemid,transactionid\n" + "".join(
+        f"{t * 1000},{v},{e},{i},{4000 if e == 'transaction' else ''}\n"
+        for t, v, e, i in zip(TS + [TS[0] + 1, TS[0] + 2], (257597, 257597, 257597, 992329, 992329, 111),
+                              kinds, (355908, 248676, 318965, 355908, 5411, 1))))
+    out, card = import_events(f, tmp_path / "o", "buy", where=['event == "transaction"'])
+    assert card["columns"] == {"user": "visitorid", "item": "itemid", "time": "timestamp"}
+    assert card["rows_read"] == 6 and card["rows_kept"] == 2
+    assert card["dropped"] == {"--where event == 'transaction'": 4} and card["rows_dropped"] == 4
+    assert inter(out)[1:] == [["257597", "318965", str(TS[2])], ["992329", "5411", str(TS[0] + 1)]]
+    _, card = import_events(f, tmp_path / "o", "not_view", where=["event != 'view'"])
+    assert card["rows_kept"] == 3 and card["rows_read"] == card["rows_kept"] + card["rows_dropped"]
+    with pytest.raises(UsageError, match=r"matches no row \('event' has: 'addtocart', 'transaction', 'view'\)"):
+        import_events(f, tmp_path / "o", "typo", where=['event == "purchase"'])
+    assert not (tmp_path / "o" / "typo").exists()

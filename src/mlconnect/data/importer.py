@@ -210,6 +210,11 @@ def import_events(path: str | Path, out_dir: str | Path, name: str | None = None
         elif isinstance(value, str):
             arr = _strings(arr)
         ok = _OPS[op](arr, value).fill_null(False).to_numpy(zero_copy_only=False)
+        if op == "==" and not ok.any():  # a typo ("purchase" for "transaction") should not read as "no data"
+            seen = pc.unique(_strings(pa.chunked_array([arr])).drop_null()).to_pylist()
+            raise UsageError(f"--where {col} == {value!r} matches no row ({col!r} has: "
+                             f"{', '.join(map(repr, sorted(seen)[:8]))}{', ...' if len(seen) > 8 else ''})",
+                             "use one of those values")
         dropped[f"--where {col} {op} {value!r}"] = int((mask & ~ok).sum())
         mask &= ok
     users, items = _strings(table.column(ucol)), _strings(table.column(icol))
