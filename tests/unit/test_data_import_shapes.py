@@ -80,6 +80,7 @@ def test_yoochoose_iso_millis_and_parquet_ms_utc(tmp_path: Path) -> None:
     pq.write_table(table, tmp_path / "ev.parquet")
     out, card = import_events(tmp_path / "ev.parquet", tmp_path / "o", "pq")
     assert card["rows_read"] == card["rows_kept"] + card["rows_dropped"] == 4
+    assert card["ids_with_tab_or_newline_made_spaces"] == {"user": 2, "item": 0}
     assert inter(out)[1:] == [["u1", 'i,"1"', f"{TS[0]}.005"], ["u1", "i2", f"{TS[1]}.005"],
                               ["u 2", "i1", f"{TS[2]}.005"], ["u 2", "ü", f"{TS[3]}.005"]]
 

@@ -269,6 +269,11 @@ def import_events(path: str | Path, out_dir: str | Path, name: str | None = None
         card = make_card(source=str(src.path), fmt=src.describe(), columns=columns, time_order=time_order,
                          rows_read=n, dropped=dropped, users=ucodes[mask], items=icodes[mask],
                          seconds=seconds[mask] if seconds is not None else None, n_catalog=n_catalog)
+        # Tabs / line breaks in ids become spaces (the .inter is a TSV); say how many, since
+        # "a<TAB>b" and "a b" are now one id.
+        touched = [int(pc.sum(pc.match_substring_regex(c, r"[\t\r\n]")).as_py() or 0) for c in out_cols[:2]]
+        if any(touched):
+            card["ids_with_tab_or_newline_made_spaces"] = {"user": touched[0], "item": touched[1]}
         (tmp / "card.json").write_text(json.dumps(card, indent=2) + "\n")
         (tmp / "suggested.yaml").write_text(_suggested(Path(out_dir), name, seconds is not None, min_user_inter,
                                                        min_item_inter))
