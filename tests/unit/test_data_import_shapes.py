@@ -117,3 +117,14 @@ def test_retailrocket_where_filters_and_card_sums(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=r"matches no row \('event' has: 'addtocart', 'transaction', 'view'\)"):
         import_events(f, tmp_path / "o", "typo", where=['event == "purchase"'])
     assert not (tmp_path / "o" / "typo").exists()
+
+
+def test_jsonl_ids_that_change_type_and_broken_lines(tmp_path: Path) -> None:
+    f = tmp_path / "steam.jsonl"
+    f.write_text('{"user_id": "a", "item_id": 10, "timestamp": 978300760}\n'
+                 '{"user_id": "a", "item_id": "x2", "timestamp": 978300860}\n')
+    out, _ = import_events(f, tmp_path / "o", "mixed")
+    assert inter(out)[1:] == [["a", "10", "978300760"], ["a", "x2", "978300860"]]
+    f.write_text('{"user_id": "a", "item_id": 10, "timestamp": 1}\n{"user_id": "a", "item_id": 11\n')
+    with pytest.raises(DataError, match=r"steam.jsonl, line 2: not JSON Lines.*one JSON object per line"):
+        import_events(f, tmp_path / "o", "broken")

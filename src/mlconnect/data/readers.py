@@ -9,6 +9,7 @@ keep their exact text ("007" stays "007"); Parquet and JSON keep their own types
 from __future__ import annotations
 
 import csv
+import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -204,7 +205,12 @@ def _read_parquet(src: Source, columns: list[str]) -> pa.Table:
 
 
 def _read_jsonl(src: Source, columns: list[str]) -> pa.Table:
-    table = pajson.read_json(src.stream())
+    try:
+        table = pajson.read_json(src.stream())
+    except pa.ArrowInvalid as exc:
+        if "changed from" not in str(exc):
+            raise
+        table = _read_jsonl_mixed(src, columns)  # ids that are numbers in some records, text in others
     missing = [c for c in columns if c not in table.column_names]
     if missing:  # names are only known after reading: report like a missing CSV column
         raise DataError(str(src.path), f"no column {missing[0]!r} (the records have: "
@@ -212,14 +218,41 @@ def _read_jsonl(src: Source, columns: list[str]) -> pa.Table:
     return table.select(columns)
 
 
+def _read_jsonl_mixed(src: Source, columns: list[str]) -> pa.Table:
+    """The slow path (Python's json): a column whose values change type is read as text."""
+    values: dict[str, list[object]] = {c: [] for c in columns}
+    with src.stream() as f:
+        for lineno, raw in enumerate(_lines(f), start=1):
+            if not raw.strip():
+                continue
+            try:
+                rec = json.loads(raw)
+            except ValueError as exc:
+                raise DataError(str(src.path), f"not JSON: {exc}", line=lineno, hint=JSON_HINT) from None
+            for c in columns:
+                values[c].append(rec.get(c) if isinstance(rec, dict) else None)
+    out = {}
+    for c, vals in values.items():
+        kinds = {type(v) for v in vals if v is not None}
+        out[c] = pa.array(vals) if len(kinds) <= 1 else pa.array([None if v is None else str(v) for v in vals])
+    return pa.table(out)
+
+
+JSON_HINT = "fix the file: one JSON object per line"
+
+
 def jsonl_names(src: Source) -> list[str]:
-    """Field names of a JSON Lines file, from its first records."""
-    lines = _head_lines(src.path, src.compression, n=50)
-    try:
-        table = pajson.read_json(pa.BufferReader("\n".join(lines).encode()))
-    except pa.ArrowInvalid as exc:
-        raise DataError(str(src.path), f"not JSON Lines: {exc}", line=1) from None
-    return list(table.column_names)
+    """Field names of a JSON Lines file, from its first records (Python's json: types may vary)."""
+    names: dict[str, None] = {}
+    for lineno, line in enumerate(_head_lines(src.path, src.compression, n=50), start=1):
+        try:
+            rec = json.loads(line)
+        except ValueError as exc:
+            raise DataError(str(src.path), f"not JSON Lines: {exc}", line=lineno, hint=JSON_HINT) from None
+        if not isinstance(rec, dict):
+            raise DataError(str(src.path), "not JSON Lines: a record is not an object", line=lineno, hint=JSON_HINT)
+        names.update(dict.fromkeys(rec))
+    return list(names)
 
 
 def row_location(src: Source, row: int) -> tuple[str, int | None, str]:
