@@ -128,3 +128,13 @@ def test_jsonl_ids_that_change_type_and_broken_lines(tmp_path: Path) -> None:
     f.write_text('{"user_id": "a", "item_id": 10, "timestamp": 1}\n{"user_id": "a", "item_id": 11\n')
     with pytest.raises(DataError, match=r"steam.jsonl, line 2: not JSON Lines.*one JSON object per line"):
         import_events(f, tmp_path / "o", "broken")
+
+
+@pytest.mark.parametrize("sep", [",", "\t"])
+def test_a_line_with_too_many_or_few_fields_is_named(tmp_path: Path, sep: str) -> None:
+    f = tmp_path / "ratings.csv"
+    rows = ["userId", "movieId", "timestamp"], ["1", "2", "978300760"], ["1", "3", "978300761", "9"], ["2", "3"]
+    f.write_text("".join(sep.join(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"ratings.csv, line 3: expected 3 columns, found 4"):
+        import_events(f, tmp_path / "o", "bad")
+    assert not (tmp_path / "o" / "bad").exists()

@@ -60,10 +60,27 @@ class Source:
         try:
             return _READERS[self.kind](self, columns)
         except (pa.ArrowInvalid, OSError, EOFError) as exc:
-            raise DataError(str(self.path), _arrow_problem(exc, self.compression)) from None
+            if self.kind == "csv" and (m := _BAD_ROW.search(str(exc))):
+                raise DataError(str(self.path), f"expected {m.group(1)} columns, found {m.group(2)}",
+                                line=_line_of(self, m.group(3).encode()),
+                                hint="fix that line, or pass the right --sep") from None
+            raise DataError(str(self.path), _arrow_problem(exc, self.compression),
+                            hint="fix the file, or export it again") from None
 
     def stream(self) -> pa.NativeFile:
         return pa.input_stream(str(self.path), compression=self.compression)
+
+
+_BAD_ROW = re.compile(r"Expected (\d+) columns, got (\d+): (.*)$", re.S)
+
+
+def _line_of(src: Source, text: bytes) -> int | None:
+    """1-based line number of the first line that reads ``text`` (Arrow quotes the row, not its line)."""
+    with src.stream() as f:
+        for lineno, raw in enumerate(_lines(f), start=1):
+            if raw.rstrip(b"\r") == text.rstrip(b"\r\n"):
+                return lineno
+    return None
 
 
 def _arrow_problem(exc: Exception, compression: str | None) -> str:
@@ -93,11 +110,18 @@ def _head_lines(path: Path, compression: str | None, n: int = 20) -> list[str]:
 
 def sniff_separator(lines: list[str]) -> str:
     """The separator that splits every sampled line into the same number (> 1) of fields."""
+    def count(line: str, sep: str) -> int:
+        return len(line.split(sep)) if sep != " " else len(line.split())
+
     for sep in SEPARATORS:
-        counts = {len(line.split(sep)) if sep != " " else len(line.split()) for line in lines}
+        counts = {count(line, sep) for line in lines}
         if len(counts) == 1 and counts.pop() > 1:
             return sep
-    return ","
+    # No separator is uniform (a broken line): the one that splits the header and most lines alike,
+    # so the read then names the odd line instead of calling the whole file one column.
+    agree = {sep: sum(count(line, sep) == count(lines[0], sep) for line in lines) for sep in SEPARATORS
+             if count(lines[0], sep) > 1}
+    return max(agree, key=lambda sep: agree[sep]) if agree else ","
 
 
 def looks_like_header(first: list[str], second: list[str] | None, known: set[str]) -> bool:
