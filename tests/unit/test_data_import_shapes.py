@@ -138,3 +138,10 @@ def test_a_line_with_too_many_or_few_fields_is_named(tmp_path: Path, sep: str) -
     with pytest.raises(DataError, match=r"ratings.csv, line 3: expected 3 columns, found 4"):
         import_events(f, tmp_path / "o", "bad")
     assert not (tmp_path / "o" / "bad").exists()
+
+
+def test_utf16_text_is_refused_in_one_line(tmp_path: Path) -> None:
+    f = tmp_path / "export.txt"
+    f.write_bytes("userId\tmovieId\n1\t2\n".encode("utf-16"))
+    with pytest.raises(DataError, match=r"export.txt, line 1: the file is UTF-16 text — save it as UTF-8"):
+        import_events(f, tmp_path / "o", "u16")

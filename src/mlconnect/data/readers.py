@@ -156,6 +156,8 @@ def open_source(path: Path, *, sep: str | None = None, header: bool | None = Non
     magic = _magic(path)
     if magic == PARQUET:
         return Source(path, "parquet", _parquet_names([path]), parts=[path])
+    if magic[:2] in (b"\xff\xfe", b"\xfe\xff"):  # Excel's "Unicode text": would read as one column of noise
+        raise DataError(str(path), "the file is UTF-16 text", line=1, hint="save it as UTF-8 and import again")
     compression = "gzip" if magic[:2] == GZIP else "zstd" if magic == ZSTD else None
     lines = _head_lines(path, compression)
     if not lines:
