@@ -58,17 +58,15 @@ def resolve(src: Source, given: str | None, candidates: tuple[str, ...], role: s
     return None
 
 
-def fullest_user(src: Source, found: str | None) -> str | None:
-    """Among the columns with a common user name, the one with the most values (ties: name order).
+def user_candidates(src: Source, found: str | None) -> list[str]:
+    """Every column with a common user name (Diginetica: userId, mostly "NA", beside sessionId)."""
+    cands = list(dict.fromkeys(n for c in USER_NAMES for n in src.names if norm(n) == norm(c)))
+    return cands if len(cands) > 1 else [found] if found else []
 
-    Diginetica has userId (mostly "NA") beside sessionId: the first name alone would keep a
-    few percent of the rows.
-    """
-    cands = [n for c in USER_NAMES for n in src.names if norm(n) == norm(c)]
-    if len(dict.fromkeys(cands)) < 2:
-        return found
-    table = src.read(list(dict.fromkeys(cands)))
-    return max(dict.fromkeys(cands), key=lambda c: table.num_rows - table.column(c).null_count)
+
+def fullest(table: pa.Table, cands: list[str]) -> str:
+    """The candidate with the most values (ties: name order): the first name alone could keep 3% of rows."""
+    return max(cands, key=lambda c: table.num_rows - table.column(c).null_count)
 
 
 def parse_where(text: str) -> tuple[str, str, Any]:
@@ -178,8 +176,7 @@ def import_events(path: str | Path, out_dir: str | Path, name: str | None = None
     name = name or re.sub(r"\.(csv|tsv|txt|data|parquet|jsonl|ndjson|json|gz|zst)$", "", src.path.name,
                           flags=re.I).split(".")[0] or "dataset"
     ucol = resolve(src, user, USER_NAMES, "user id", "--user")
-    if user is None:
-        ucol = fullest_user(src, ucol)
+    ucands = user_candidates(src, ucol) if user is None else [ucol]
     icol = resolve(src, item, ITEM_NAMES, "item id", "--item")
     tcol = resolve(src, time, TIME_NAMES, "time", "--time")
     for col, role, flag, cands in ((ucol, "user id", "--user", USER_NAMES), (icol, "item id", "--item", ITEM_NAMES)):
@@ -193,7 +190,8 @@ def import_events(path: str | Path, out_dir: str | Path, name: str | None = None
                                                                                f"col{col}")))
     conds = [parse_where(w) for w in where or []]
     conds = [(resolve(src, c, (), f"--where {c}", "--where"), op, v) for c, op, v in conds]
-    table = src.read([ucol, icol, *([tcol] if tcol else []), *(c for c, _ in kept), *(c for c, _, _ in conds)])
+    table = src.read([*ucands, icol, *([tcol] if tcol else []), *(c for c, _ in kept), *(c for c, _, _ in conds)])
+    ucol = fullest(table, ucands)
     n = table.num_rows
     if n == 0:
         raise DataError(str(src.path), "the file has no rows", hint="export the data again")
