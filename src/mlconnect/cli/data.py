@@ -101,14 +101,23 @@ def import_cmd(
     path: Path = typer.Argument(..., help="CSV / TSV (gzip or zstd too), Parquet file or folder, JSON Lines."),
     out: Path = OutOpt,
     name: str | None = typer.Option(None, "--name", help="Dataset name (default: the file name)."),
-    user: str | None = typer.Option(None, "--user", help="User column: a name or 0-based position."),
-    item: str | None = typer.Option(None, "--item", help="Item column: a name or 0-based position."),
-    time: str | None = typer.Option(None, "--time", help="Time column (none found: row order is time order)."),
-    time_unit: str | None = typer.Option(None, "--time-unit", help="s, ms, us or ns (default: by magnitude)."),
-    sep: str | None = typer.Option(None, "--sep", help="Separator (default: detected; 'tab' for a tab)."),
-    where: list[str] = typer.Option([], "--where", help='Keep rows where e.g. \'event == "buy"\' (repeatable).'),
-    keep: list[str] = typer.Option([], "--keep", help="Carry a column as a RecBole field: COL or COL=NAME."),
-    items: Path | None = typer.Option(None, "--items", help="An item table to write as the .item file."),
+    user: str | None = typer.Option(None, "--user", help="User column: a header name or 0-based position "
+                                      "(default: a common name: user_id, userId, visitorid, session_id, ...)."),
+    item: str | None = typer.Option(None, "--item", help="Item column: a header name or 0-based position "
+                                      "(default: a common name: item_id, movieId, itemid, parent_asin, asin, ...)."),
+    time: str | None = typer.Option(None, "--time", help="Time column: Unix s/ms/us/ns, ISO-8601 or a native timestamp "
+                                      "(default: timestamp, time, ...; none found: row order is time order)."),
+    time_unit: str | None = typer.Option(None, "--time-unit", help="Unit of a numeric time column: s, ms, us or ns "
+                                           "(default: by magnitude)."),
+    sep: str | None = typer.Option(None, "--sep", help="Separator of a text file, one or more characters, e.g. ';' "
+                                     "or '::' (default: detected; 'tab' for a tab). Tab-separated files are unquoted."),
+    where: list[str] = typer.Option([], "--where", help="Keep rows where COLUMN OP VALUE holds (OP: == != < <= > "
+                               ">=; a quoted VALUE compares as text, else as a number), e.g. 'event != \"view\"'. "
+                               "Repeatable: all must hold."),
+    keep: list[str] = typer.Option([], "--keep", help="Also write this column into the .inter file (float when all "
+                              "values are numbers, else token): COL or COL=NAME. Repeatable."),
+    items: Path | None = typer.Option(None, "--items", help="An item table (any format above) written as the .item "
+                                      "file; its item column is named as in the events, or item_id."),
     min_user: int = typer.Option(0, "--min-user-inter", help="k-core: users need at least N interactions."),
     min_item: int = typer.Option(0, "--min-item-inter", help="k-core: items need at least N interactions."),
     dedup: bool = typer.Option(True, "--dedup/--no-dedup", help="Drop repeated (user, item, time) rows."),

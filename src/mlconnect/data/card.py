@@ -55,6 +55,9 @@ def card_rows(card: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("sparsity", f"{card['sparsity']:.4%}"))
     if "items_in_item_file" in card:
         rows.append(("items in item file", f"{card['items_in_item_file']:,}"))
+    if "ids_with_tab_or_newline_made_spaces" in card:
+        n = card["ids_with_tab_or_newline_made_spaces"]
+        rows.append(("ids: tab/newline -> space", f"{n['user']:,} user rows, {n['item']:,} item rows"))
     if "time_span" in card:
         span = card["time_span"]
         rows.append(("time span", f"{span['first']} .. {span['last']} ({span['days']:,} days)"))

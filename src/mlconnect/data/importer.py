@@ -27,11 +27,11 @@ from mlconnect.data.timeparse import TimeError, to_seconds
 from mlconnect.errors import DataError, UsageError
 
 USER_NAMES = ("user_id", "userid", "user", "uid", "customer_id", "customer", "client_id", "visitor_id",
-              "account_id", "member_id", "session_id", "sessionid")
+              "account_id", "member_id", "session_id", "sessionid", "reviewer_id")
 ITEM_NAMES = ("item_id", "itemid", "item", "iid", "product_id", "product", "movie_id", "movieid", "sku",
-              "article_id", "track_id", "song_id", "content_id", "video_id", "book_id", "asin", "isbn")
+              "article_id", "track_id", "song_id", "content_id", "video_id", "book_id", "parent_asin", "asin", "isbn")
 TIME_NAMES = ("timestamp", "ts", "time", "event_time", "event_timestamp", "created_at", "datetime", "date",
-              "time_stamp", "unix_time", "event_ts")
+              "time_stamp", "unix_time", "event_ts", "unix_review_time", "date_added")
 KNOWN = {norm(n) for n in (*USER_NAMES, *ITEM_NAMES, *TIME_NAMES)}
 _WHERE = re.compile(r"^\s*(.+?)\s*(==|!=|>=|<=|>|<)\s*(.+?)\s*$")
 _OPS = {"==": pc.equal, "!=": pc.not_equal, ">=": pc.greater_equal, "<=": pc.less_equal, ">": pc.greater,
@@ -56,6 +56,17 @@ def resolve(src: Source, given: str | None, candidates: tuple[str, ...], role: s
         if norm(cand) in by_norm:
             return by_norm[norm(cand)]
     return None
+
+
+def user_candidates(src: Source, found: str | None) -> list[str]:
+    """Every column with a common user name (Diginetica: userId, mostly "NA", beside sessionId)."""
+    cands = list(dict.fromkeys(n for c in USER_NAMES for n in src.names if norm(n) == norm(c)))
+    return cands if len(cands) > 1 else [found] if found else []
+
+
+def fullest(table: pa.Table, cands: list[str]) -> str:
+    """The candidate with the most values (ties: name order): the first name alone could keep 3% of rows."""
+    return max(cands, key=lambda c: table.num_rows - table.column(c).null_count)
 
 
 def parse_where(text: str) -> tuple[str, str, Any]:
@@ -165,6 +176,7 @@ def import_events(path: str | Path, out_dir: str | Path, name: str | None = None
     name = name or re.sub(r"\.(csv|tsv|txt|data|parquet|jsonl|ndjson|json|gz|zst)$", "", src.path.name,
                           flags=re.I).split(".")[0] or "dataset"
     ucol = resolve(src, user, USER_NAMES, "user id", "--user")
+    ucands = user_candidates(src, ucol) if user is None else [ucol]
     icol = resolve(src, item, ITEM_NAMES, "item id", "--item")
     tcol = resolve(src, time, TIME_NAMES, "time", "--time")
     for col, role, flag, cands in ((ucol, "user id", "--user", USER_NAMES), (icol, "item id", "--item", ITEM_NAMES)):
@@ -178,7 +190,8 @@ def import_events(path: str | Path, out_dir: str | Path, name: str | None = None
                                                                                f"col{col}")))
     conds = [parse_where(w) for w in where or []]
     conds = [(resolve(src, c, (), f"--where {c}", "--where"), op, v) for c, op, v in conds]
-    table = src.read([ucol, icol, *([tcol] if tcol else []), *(c for c, _ in kept), *(c for c, _, _ in conds)])
+    table = src.read([*ucands, icol, *([tcol] if tcol else []), *(c for c, _ in kept), *(c for c, _, _ in conds)])
+    ucol = fullest(table, ucands)
     n = table.num_rows
     if n == 0:
         raise DataError(str(src.path), "the file has no rows", hint="export the data again")
@@ -195,6 +208,11 @@ def import_events(path: str | Path, out_dir: str | Path, name: str | None = None
         elif isinstance(value, str):
             arr = _strings(arr)
         ok = _OPS[op](arr, value).fill_null(False).to_numpy(zero_copy_only=False)
+        if op == "==" and not ok.any():  # a typo ("purchase" for "transaction") should not read as "no data"
+            seen = pc.unique(_strings(pa.chunked_array([arr])).drop_null()).to_pylist()
+            raise UsageError(f"--where {col} == {value!r} matches no row ({col!r} has: "
+                             f"{', '.join(map(repr, sorted(seen)[:8]))}{', ...' if len(seen) > 8 else ''})",
+                             "use one of those values")
         dropped[f"--where {col} {op} {value!r}"] = int((mask & ~ok).sum())
         mask &= ok
     users, items = _strings(table.column(ucol)), _strings(table.column(icol))
@@ -249,6 +267,11 @@ def import_events(path: str | Path, out_dir: str | Path, name: str | None = None
         card = make_card(source=str(src.path), fmt=src.describe(), columns=columns, time_order=time_order,
                          rows_read=n, dropped=dropped, users=ucodes[mask], items=icodes[mask],
                          seconds=seconds[mask] if seconds is not None else None, n_catalog=n_catalog)
+        # Tabs / line breaks in ids become spaces (the .inter is a TSV); say how many, since
+        # "a<TAB>b" and "a b" are now one id.
+        touched = [int(pc.sum(pc.match_substring_regex(c, r"[\t\r\n]")).as_py() or 0) for c in out_cols[:2]]
+        if any(touched):
+            card["ids_with_tab_or_newline_made_spaces"] = {"user": touched[0], "item": touched[1]}
         (tmp / "card.json").write_text(json.dumps(card, indent=2) + "\n")
         (tmp / "suggested.yaml").write_text(_suggested(Path(out_dir), name, seconds is not None, min_user_inter,
                                                        min_item_inter))

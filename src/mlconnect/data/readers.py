@@ -9,12 +9,15 @@ keep their exact text ("007" stays "007"); Parquet and JSON keep their own types
 from __future__ import annotations
 
 import csv
+import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
@@ -23,8 +26,10 @@ from mlconnect.data.atomic import BOM
 from mlconnect.errors import DataError, MlconnectError
 
 GZIP, ZSTD, PARQUET = b"\x1f\x8b", b"\x28\xb5\x2f\xfd", b"PAR1"
-SEPARATORS = ("\t", ",", ";", "|", " ")
-NULLS = ["", "null", "NULL"]
+SEPARATORS = ("::", "\t", ",", ";", "|", " ")  # '::' first: MovieLens 1M/10M ratings.dat
+# pandas' usual missing markers too: Diginetica writes userId "NA"; kept as an id it would merge
+# every anonymous session into one user.
+NULLS = ["", "null", "NULL", "NA", "N/A", "NaN", "nan"]
 _NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
 
 
@@ -55,10 +60,27 @@ class Source:
         try:
             return _READERS[self.kind](self, columns)
         except (pa.ArrowInvalid, OSError, EOFError) as exc:
-            raise DataError(str(self.path), _arrow_problem(exc, self.compression)) from None
+            if self.kind == "csv" and (m := _BAD_ROW.search(str(exc))):
+                raise DataError(str(self.path), f"expected {m.group(1)} columns, found {m.group(2)}",
+                                line=_line_of(self, m.group(3).encode()),
+                                hint="fix that line, or pass the right --sep") from None
+            raise DataError(str(self.path), _arrow_problem(exc, self.compression),
+                            hint="fix the file, or export it again") from None
 
     def stream(self) -> pa.NativeFile:
         return pa.input_stream(str(self.path), compression=self.compression)
+
+
+_BAD_ROW = re.compile(r"Expected (\d+) columns, got (\d+): (.*)$", re.S)
+
+
+def _line_of(src: Source, text: bytes) -> int | None:
+    """1-based line number of the first line that reads ``text`` (Arrow quotes the row, not its line)."""
+    with src.stream() as f:
+        for lineno, raw in enumerate(_lines(f), start=1):
+            if raw.rstrip(b"\r") == text.rstrip(b"\r\n"):
+                return lineno
+    return None
 
 
 def _arrow_problem(exc: Exception, compression: str | None) -> str:
@@ -88,11 +110,18 @@ def _head_lines(path: Path, compression: str | None, n: int = 20) -> list[str]:
 
 def sniff_separator(lines: list[str]) -> str:
     """The separator that splits every sampled line into the same number (> 1) of fields."""
+    def count(line: str, sep: str) -> int:
+        return len(line.split(sep)) if sep != " " else len(line.split())
+
     for sep in SEPARATORS:
-        counts = {len(line.split(sep)) if sep != " " else len(line.split()) for line in lines}
+        counts = {count(line, sep) for line in lines}
         if len(counts) == 1 and counts.pop() > 1:
             return sep
-    return ","
+    # No separator is uniform (a broken line): the one that splits the header and most lines alike,
+    # so the read then names the odd line instead of calling the whole file one column.
+    agree = {sep: sum(count(line, sep) == count(lines[0], sep) for line in lines) for sep in SEPARATORS
+             if count(lines[0], sep) > 1}
+    return max(agree, key=lambda sep: agree[sep]) if agree else ","
 
 
 def looks_like_header(first: list[str], second: list[str] | None, known: set[str]) -> bool:
@@ -127,6 +156,8 @@ def open_source(path: Path, *, sep: str | None = None, header: bool | None = Non
     magic = _magic(path)
     if magic == PARQUET:
         return Source(path, "parquet", _parquet_names([path]), parts=[path])
+    if magic[:2] in (b"\xff\xfe", b"\xfe\xff"):  # Excel's "Unicode text": would read as one column of noise
+        raise DataError(str(path), "the file is UTF-16 text", line=1, hint="save it as UTF-8 and import again")
     compression = "gzip" if magic[:2] == GZIP else "zstd" if magic == ZSTD else None
     lines = _head_lines(path, compression)
     if not lines:
@@ -137,10 +168,10 @@ def open_source(path: Path, *, sep: str | None = None, header: bool | None = Non
         src.names = jsonl_names(src)
         return src
     sep = {"tab": "\t", "\\t": "\t", "space": " "}.get(sep or "", sep) or sniff_separator(lines)
-    if len(sep) != 1:
-        raise DataError(str(path), f"separator {sep!r} must be one character", hint="pass --sep ',' or --sep tab")
     def split(line: str) -> list[str]:  # the csv module only to read the header's quoting
-        return line.split() if sep == " " else next(csv.reader([line], delimiter=sep))
+        if sep == " " or len(sep) > 1 or sep == "\t":
+            return line.split(sep if sep != " " else None)
+        return next(csv.reader([line], delimiter=sep))
 
     first = [f.strip() for f in split(lines[0])]
     second = [f.strip() for f in split(lines[1])] if len(lines) > 1 else None
@@ -158,13 +189,40 @@ def _parquet_names(parts: list[Path]) -> list[str]:
 
 
 def _read_csv(src: Source, columns: list[str]) -> pa.Table:
+    if len(src.sep) > 1:
+        return _read_multichar(src, columns)
     return pacsv.read_csv(
         src.stream(),
         read_options=pacsv.ReadOptions(column_names=src.names, skip_rows=1 if src.header else 0,
                                        block_size=8 << 20),
-        parse_options=pacsv.ParseOptions(delimiter=src.sep, ignore_empty_lines=True),
+        # Tab-separated files are not quoted (Last.fm 1K, MovieLens u.data): a track named
+        # '"Weird Al" Yankovic - ...' must keep its quotes, not lose them to CSV quoting.
+        parse_options=pacsv.ParseOptions(delimiter=src.sep, ignore_empty_lines=True,
+                                         quote_char=False if src.sep == "\t" else '"'),
         convert_options=pacsv.ConvertOptions(include_columns=columns, null_values=NULLS, strings_can_be_null=True,
                                              column_types={c: pa.string() for c in columns}))
+
+
+def _read_multichar(src: Source, columns: list[str]) -> pa.Table:
+    """A multi-character separator ('::'): whole lines through Arrow, split with ``split_pattern``."""
+    lines = pacsv.read_csv(
+        src.stream(), read_options=pacsv.ReadOptions(column_names=["line"], skip_rows=1 if src.header else 0,
+                                                     block_size=8 << 20),
+        parse_options=pacsv.ParseOptions(delimiter="\x1f", quote_char=False, ignore_empty_lines=True),
+        convert_options=pacsv.ConvertOptions(column_types={"line": pa.string()}, strings_can_be_null=False)
+    ).column("line").combine_chunks()
+    lines = pc.utf8_rtrim(lines, "\r")
+    fields = pc.split_pattern(lines, src.sep)
+    bad = np.flatnonzero(pc.list_value_length(fields).to_numpy(zero_copy_only=False) != len(src.names))
+    if len(bad):
+        path, line, _ = row_location(src, int(bad[0]))
+        raise DataError(path, f"expected {len(src.names)} fields separated by {src.sep!r}, found "
+                        f"{len(fields[int(bad[0])])}", line=line, hint="fix the line, or pass the right --sep")
+    out = {}
+    for c in columns:
+        col = pc.list_element(fields, src.names.index(c))
+        out[c] = pc.if_else(pc.is_in(col, pa.array(NULLS)), pa.scalar(None, pa.string()), col)
+    return pa.table(out)
 
 
 def _read_parquet(src: Source, columns: list[str]) -> pa.Table:
@@ -173,7 +231,12 @@ def _read_parquet(src: Source, columns: list[str]) -> pa.Table:
 
 
 def _read_jsonl(src: Source, columns: list[str]) -> pa.Table:
-    table = pajson.read_json(src.stream())
+    try:
+        table = pajson.read_json(src.stream())
+    except pa.ArrowInvalid as exc:
+        if "changed from" not in str(exc):
+            raise
+        table = _read_jsonl_mixed(src, columns)  # ids that are numbers in some records, text in others
     missing = [c for c in columns if c not in table.column_names]
     if missing:  # names are only known after reading: report like a missing CSV column
         raise DataError(str(src.path), f"no column {missing[0]!r} (the records have: "
@@ -181,14 +244,41 @@ def _read_jsonl(src: Source, columns: list[str]) -> pa.Table:
     return table.select(columns)
 
 
+def _read_jsonl_mixed(src: Source, columns: list[str]) -> pa.Table:
+    """The slow path (Python's json): a column whose values change type is read as text."""
+    values: dict[str, list[object]] = {c: [] for c in columns}
+    with src.stream() as f:
+        for lineno, raw in enumerate(_lines(f), start=1):
+            if not raw.strip():
+                continue
+            try:
+                rec = json.loads(raw)
+            except ValueError as exc:
+                raise DataError(str(src.path), f"not JSON: {exc}", line=lineno, hint=JSON_HINT) from None
+            for c in columns:
+                values[c].append(rec.get(c) if isinstance(rec, dict) else None)
+    out = {}
+    for c, vals in values.items():
+        kinds = {type(v) for v in vals if v is not None}
+        out[c] = pa.array(vals) if len(kinds) <= 1 else pa.array([None if v is None else str(v) for v in vals])
+    return pa.table(out)
+
+
+JSON_HINT = "fix the file: one JSON object per line"
+
+
 def jsonl_names(src: Source) -> list[str]:
-    """Field names of a JSON Lines file, from its first records."""
-    lines = _head_lines(src.path, src.compression, n=50)
-    try:
-        table = pajson.read_json(pa.BufferReader("\n".join(lines).encode()))
-    except pa.ArrowInvalid as exc:
-        raise DataError(str(src.path), f"not JSON Lines: {exc}", line=1) from None
-    return list(table.column_names)
+    """Field names of a JSON Lines file, from its first records (Python's json: types may vary)."""
+    names: dict[str, None] = {}
+    for lineno, line in enumerate(_head_lines(src.path, src.compression, n=50), start=1):
+        try:
+            rec = json.loads(line)
+        except ValueError as exc:
+            raise DataError(str(src.path), f"not JSON Lines: {exc}", line=lineno, hint=JSON_HINT) from None
+        if not isinstance(rec, dict):
+            raise DataError(str(src.path), "not JSON Lines: a record is not an object", line=lineno, hint=JSON_HINT)
+        names.update(dict.fromkeys(rec))
+    return list(names)
 
 
 def row_location(src: Source, row: int) -> tuple[str, int | None, str]:

@@ -17,9 +17,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+# Divide, never multiply by UNITS: 978300760123 / 1000 is the double nearest 978300760.123, while
+# 978300760123 * 1e-3 is 978300760.1230001 (and that noise ends up in the .inter text).
+_DIV = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
 # Unix time in seconds stays below 1e11 until the year 5138; each finer unit is 1000x larger.
 _LIMITS = (("s", 1e11), ("ms", 1e14), ("us", 1e17), ("ns", float("inf")))
 _NUMBER = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
+# Not ISO-8601 but common in public dumps: Goodreads' date_added (and Twitter's created_at),
+# "Sun Jul 30 07:44:10 -0700 2017".
+_OTHER_FORMATS = ("%a %b %d %H:%M:%S %z %Y",)
 _ZONE = r"(Z|z|[+-]\d\d:?\d\d)\s*$"
 
 
@@ -54,7 +60,21 @@ def numeric_seconds(values: np.ndarray, unit: str | None) -> tuple[np.ndarray, s
         how = f"Unix {unit} (by magnitude)"
     else:
         how = f"Unix {unit}"
-    return values * UNITS[unit], how
+    return values / _DIV[unit], how
+
+
+def _int_seconds(ints: np.ndarray, unit: str) -> np.ndarray:
+    """Exact integer counts of ``unit`` -> seconds: whole seconds and the fraction apart (ns exceed 2**53)."""
+    whole, frac = np.divmod(ints, _DIV[unit])
+    return whole.astype(np.float64) + frac.astype(np.float64) / _DIV[unit]
+
+
+def _with_nans(stamps: pa.Array, unit: str) -> np.ndarray:
+    """Seconds of a timestamp array, NaN where null."""
+    ints = pc.fill_null(pc.cast(stamps, pa.int64()), 0).to_numpy(zero_copy_only=False)
+    secs = _int_seconds(ints, unit)
+    secs[stamps.is_null().to_numpy(zero_copy_only=False)] = np.nan
+    return secs
 
 
 def _bad_row(arr: pa.Array, target: pa.DataType) -> int:
@@ -76,8 +96,9 @@ def to_seconds(col: pa.ChunkedArray, unit: str | None = None) -> tuple[np.ndarra
     t = arr.type
     if pa.types.is_timestamp(t):
         tz = f", zone {t.tz}" if t.tz else " (no zone: UTC)"
-        ints = pc.cast(arr, pa.int64()).to_numpy(zero_copy_only=False).astype(np.float64)
-        return ints * UNITS[t.unit], f"timestamp{tz}"
+        ints = pc.cast(arr, pa.int64()).to_numpy(zero_copy_only=False)
+        secs = _int_seconds(ints, t.unit) if arr.null_count == 0 else _with_nans(arr, t.unit)
+        return secs, f"timestamp{tz}"
     if pa.types.is_date(t):
         days = pc.cast(pc.cast(arr, pa.timestamp("s")), pa.int64())
         return days.to_numpy(zero_copy_only=False).astype(np.float64), "date (UTC midnight)"
@@ -107,9 +128,15 @@ def to_seconds(col: pa.ChunkedArray, unit: str | None = None) -> tuple[np.ndarra
     try:
         stamps = pc.cast(arr, target)
     except pa.ArrowInvalid:
+        for fmt in _OTHER_FORMATS:
+            try:
+                stamps = pc.strptime(arr, format=fmt, unit="s")
+                return _with_nans(stamps, "s"), f"'{fmt}'"
+            except pa.ArrowInvalid:
+                pass
         row = _bad_row(arr, target)
         raise TimeError(row, arr[row].as_py(), "not a time: expected ISO-8601 (2024-05-01T12:00:00Z) or Unix "
                         "seconds/ms") from None
-    secs = pc.cast(stamps, pa.int64()).to_numpy(zero_copy_only=False).astype(np.float64) * 1e-9
+    secs = _with_nans(stamps, "ns")
     return secs, "ISO-8601" + (" with zone" if n_zoned else " (no zone: UTC)")
 
