@@ -108,3 +108,12 @@ def ssh_client_pids(ssh_config: Path, control_dir: str) -> list[int]:
         if ours or master:
             out.append(int(d.name))
     return out
+
+
+def kill_ssh_clients(box: dict) -> int:
+    """SIGKILL every ssh client of this box's control dir (a dropped Wi-Fi, a closed laptop): how many."""
+    pids = box["sshd"].client_pids(box["env"]["MLCONNECT_CONTROL_DIR"])
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return len(pids)

@@ -7,10 +7,7 @@ master included) are SIGKILLed mid-run.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -18,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from runs_sshd import start_sshd, stop_sshd
+from runs_sshd import kill_ssh_clients, start_sshd, stop_sshd
 from runs_support import cli_env, mlc, ps_json, read_json, wait_for, write_project, write_tiny_dataset
 from tests.conftest import require_tool
 
@@ -43,14 +40,6 @@ def box(tmp_path_factory):
     host = ["--host", sshd.alias, "--ssh-config", str(sshd.ssh_config)]
     yield {"sshd": sshd, "laptop": laptop, "remote": remote, "env": env, "host": host}
     stop_sshd(sshd, env["MLCONNECT_CONTROL_DIR"])
-
-
-def _kill_clients(box) -> int:
-    pids = box["sshd"].client_pids(box["env"]["MLCONNECT_CONTROL_DIR"])
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    return len(pids)
 
 
 def _remote_state(box, name: str) -> str:
@@ -97,7 +86,7 @@ def test_killing_the_clients_ssh_does_not_stop_the_run(box):
     laptop, env, host = box["laptop"], box["env"], box["host"]
     mlc(["train", *host, "--config", "configs/tiny.yaml", "--experiment", "r2", "--set", "epochs=20",
          "--set", "stopping_step=100"], laptop, env)
-    assert _kill_clients(box) >= 1  # the multiplexing master, at least
+    assert kill_ssh_clients(box) >= 1  # the multiplexing master, at least
     st = read_json(box["remote"] / "experiments" / "r2" / "status.json")
     assert st["state"] == "running"
     # Reconnects on its own (a new master) and sees the run through to the end.
@@ -117,7 +106,7 @@ def test_logs_follow_survives_forced_disconnects(box):
     for target_epoch in (3, 10):
         wait_for(lambda e=target_epoch: f"epoch {e}/25" in (log.read_text() if log.exists() else ""),
                  timeout=120, what=f"epoch {target_epoch}")
-        killed += _kill_clients(box)  # mid long-poll: the in-flight read dies with its ssh
+        killed += kill_ssh_clients(box)  # mid long-poll: the in-flight read dies with its ssh
     out, err = follower.communicate(timeout=200)
     assert follower.returncode == 0, err
     assert killed >= 2

@@ -3,17 +3,14 @@ stop + resume loses and duplicates no trial, and the best config trains."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import signal
 import sys
 import tempfile
 from collections import Counter
 
 import pytest
-from runs_sshd import start_sshd, stop_sshd
+from runs_sshd import kill_ssh_clients, start_sshd, stop_sshd
 from runs_support import cli_env, mlc, read_json, wait_for, write_project, write_tiny_dataset
 from tests.conftest import require_tool
 
@@ -42,14 +39,6 @@ def box(tmp_path_factory):
     stop_sshd(sshd, env["MLCONNECT_CONTROL_DIR"])
 
 
-def _kill_clients(box) -> int:
-    pids = box["sshd"].client_pids(box["env"]["MLCONNECT_CONTROL_DIR"])
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    return len(pids)
-
-
 def _status(box, name: str) -> dict:
     return json.loads(mlc(["sweep", "status", name, "--json", *box["host"]], box["laptop"], box["env"]).stdout)
 
@@ -62,7 +51,7 @@ def test_remote_sweep_survives_disconnects_stop_resume_and_best_trains(box):
     assert (remote / "space.yaml").is_file() and (remote / "sweeps" / "rs" / "journal.log").is_file()
     log = remote / "sweeps" / "rs" / "training.log"
     wait_for(lambda: " started on " in log.read_text(), timeout=120, what="a first trial")
-    assert _kill_clients(box) >= 1  # the laptop's ssh (the multiplexing master) dies mid-sweep
+    assert kill_ssh_clients(box) >= 1  # the laptop's ssh (the multiplexing master) dies mid-sweep
     # Stop once a trial has finished and two are mid-training (the log is read on the box's disk
     # here only to poll cheaply; every assertion below goes through `sweep status` over ssh).
     def mid_sweep() -> bool:
@@ -84,7 +73,7 @@ def test_remote_sweep_survives_disconnects_stop_resume_and_best_trains(box):
     assert had_checkpoint  # at least the trials seen mid-training
     assert "interrupted (stop)" in log.read_text()
     mlc(["sweep", "resume", "rs", *host], laptop, env)
-    _kill_clients(box)
+    kill_ssh_clients(box)
     wait_for(lambda: (read_json(remote / "sweeps" / "rs" / "status.json") or {}).get("state") == "succeeded",
              timeout=240, interval=0.5, what="the resumed sweep to finish")
     final = json.loads(mlc(["sweep", "status", "rs", "--json", "--plot", "plots", *host], laptop, env).stdout)
