@@ -213,6 +213,9 @@ def test_ps_rows_format():
     assert rows[0] == {"name": "a", "state": "running", "epoch": "3/50", "best": "ndcg@10 0.0512",
                        "gpu": "37%", "age": "1h"}
     assert rows[1]["epoch"] == "-" and rows[1]["age"] == "5s"
+    ddp = ps_table_rows([{"name": "c", "state": "running", "gpu_util": 80.0, "gpu_index": 1, "world_size": 2,
+                          "age_s": 1}])
+    assert ddp[0]["gpu"] == "#1 80% x2"  # the GPU the run holds, its load, its DDP world size
 
 
 def test_pulled_status_from_another_host_is_left_alone(tmp_path):

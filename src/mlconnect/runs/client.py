@@ -229,13 +229,21 @@ def _age(seconds: float | None) -> str:
     return f"{s}s"
 
 
+def _gpu_cell(r: dict) -> str:
+    """Which GPU a queued run holds (``#1``), its utilisation, and a DDP run's world size (``x2``)."""
+    parts = [] if r.get("gpu_index") is None else [f"#{r['gpu_index']}"]
+    parts += [] if r.get("gpu_util") is None else [f"{r['gpu_util']:.0f}%"]
+    parts += [f"x{r['world_size']}"] if (r.get("world_size") or 1) > 1 else []
+    return " ".join(parts) or "-"
+
+
 def ps_table_rows(rows: list[dict]) -> list[dict]:
     """Agent rows for people (the JSON keeps the raw values)."""
     out = []
     for r in rows:
         epoch = "-" if r.get("epoch") is None else f"{r['epoch']}/{r.get('epochs') or '?'}"
         best = "-" if r.get("best_value") is None else f"{r.get('best_metric')} {r['best_value']:.4f}"
-        gpu = "-" if r.get("gpu_util") is None else f"{r['gpu_util']:.0f}%"
+        gpu = _gpu_cell(r)
         out.append({"name": r["name"], "state": r["state"], "epoch": epoch, "best": best,
                     "gpu": gpu, "age": _age(r.get("age_s"))})
     return out
