@@ -74,7 +74,10 @@ def socket_holders(path: str) -> list[int]:
             inode = None
             for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
                 parts = line.split()
-                if len(parts) >= 8 and (parts[7] == path or parts[7].startswith(path + ".")):  # bound as tmp
+                # The listening socket only (flag __SO_ACCEPTCON): the master's accepted connections carry
+                # the same path, and one that is closing has no holder left by the time we look.
+                if (len(parts) >= 8 and int(parts[3], 16) & 0x10000
+                        and (parts[7] == path or parts[7].startswith(path + "."))):  # bound as tmp
                     inode = parts[6]
             if inode is None:
                 return []
