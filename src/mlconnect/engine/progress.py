@@ -70,3 +70,17 @@ def _same_file(stream: Any, path: Path) -> bool:
     except (OSError, ValueError, AttributeError):
         return False
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def eta_s(epoch_elapsed: float, steps_done: int, steps_per_epoch: int, epochs_after: int) -> float | None:
+    """Seconds left, from this epoch's pace: the rest of this epoch plus ``epochs_after`` whole epochs."""
+    if steps_done == 0:
+        return None
+    return epoch_elapsed / steps_done * ((steps_per_epoch - steps_done) + steps_per_epoch * epochs_after)
+
+
+def eta_total_s(elapsed_s: float, steps_done: int, steps_total: int) -> float | None:
+    """Seconds left for the whole run, from its average pace so far (progress.json's ``eta_s``)."""
+    if not steps_done or elapsed_s <= 0:
+        return None
+    return round(elapsed_s / steps_done * (steps_total - steps_done), 1)

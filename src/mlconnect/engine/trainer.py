@@ -35,7 +35,7 @@ from mlconnect.engine.experiment import (
 )
 from mlconnect.engine.interrupts import TrainingInterrupted, install_signals, restore_signals
 from mlconnect.engine.models import SequentialRecommender, build_model
-from mlconnect.engine.progress import Reporter
+from mlconnect.engine.progress import Reporter, eta_s, eta_total_s
 from mlconnect.engine.runtime import amp_dtype, make_optimizer, select_device
 from mlconnect.errors import MlconnectError
 from mlconnect.fileio import atomic_write_json, read_json
@@ -117,7 +117,9 @@ class Trainer:
         from torch.utils.tensorboard import SummaryWriter
 
         self.tb = SummaryWriter(str(self.paths.tensorboard), purge_step=self.global_step if self.resume else None)
-        self.tracker = _tracker(cfg, self.paths)
+        from mlconnect.engine.tracking import make_tracker  # imported here: MLflow only when the config asks
+
+        self.tracker = make_tracker(cfg.to_dict(), self.paths.root)
 
     def _restore(self, ck: dict[str, Any]) -> None:
         if ck.get("format") != CHECKPOINT_FORMAT or ck.get("model_name") != self.cfg["model"]:
@@ -277,7 +279,8 @@ class Trainer:
             if self.global_step % cfg["log_interval"] == 0 or step + 1 == self.steps_per_epoch:
                 self.last_loss = float(loss_sum / loss_n)
                 self.tb.add_scalar("train/loss", self.last_loss, self.global_step)
-                self.reporter.step(self.epoch + 1, step + 1, self.last_loss, tps, self._eta(elapsed, step + 1))
+                eta = eta_s(elapsed, step + 1, self.steps_per_epoch, cfg["epochs"] - self.epoch - 1)
+                self.reporter.step(self.epoch + 1, step + 1, self.last_loss, tps, eta)
             self.state["elapsed_s"] += time.perf_counter() - step_t0
             self._write_progress("running")
             if self.dist.enabled and distributed.any_rank(self.stop_signal is not None, self.dist, self.device):
@@ -373,13 +376,6 @@ class Trainer:
         return results
 
     # --- bookkeeping ----------------------------------------------------------------------------
-    def _eta(self, epoch_elapsed: float, steps_done: int) -> float | None:
-        if steps_done == 0:
-            return None
-        per_step = epoch_elapsed / steps_done
-        remaining = (self.steps_per_epoch - steps_done) + self.steps_per_epoch * (self.cfg["epochs"] - self.epoch - 1)
-        return per_step * remaining
-
     def _write_progress(self, state: str, force: bool = False) -> None:
         h = self.state["history"]
         self.progress.write({
@@ -392,23 +388,10 @@ class Trainer:
             "valid_history": h, "best_valid": self.state["best_valid"], "best_epoch": self.state["best_epoch"],
             "throughput_tokens_per_s": round(getattr(self, "tokens_per_s", 0.0), 1),
             "elapsed_s": round(self.state["elapsed_s"], 2),
-            "eta_s": self._eta_total(),
+            "eta_s": eta_total_s(self.state["elapsed_s"], self.epoch * self.steps_per_epoch + self.step_in_epoch,
+                                 self.cfg["epochs"] * self.steps_per_epoch),
             "world_size": self.dist.world_size,  # hook: ddp
         }, force=force)
 
     def _note_signal(self, signum: int) -> None:
         self.stop_signal = signum  # acted on at the end of the current step
-
-    def _eta_total(self) -> float | None:
-        done = self.epoch * self.steps_per_epoch + self.step_in_epoch
-        total = self.cfg["epochs"] * self.steps_per_epoch
-        if not done or self.state["elapsed_s"] <= 0:
-            return None
-        return round(self.state["elapsed_s"] / done * (total - done), 1)
-
-
-def _tracker(cfg: Config, paths: ExperimentPaths) -> Any:
-    """MLflow tracking when the config asks for it (mlconnect.engine.tracking)."""
-    from mlconnect.engine.tracking import make_tracker
-
-    return make_tracker(cfg.to_dict(), paths.root)
