@@ -158,3 +158,12 @@ def test_queue_from_the_cli_and_force_restart(project):
     s2b = read_json(root / "experiments" / "q2" / "status.json")
     assert s2b["run_id"] != old_run and s2b["state"] == "succeeded" and s2b["exit_code"] == 0
     assert old_run not in log and log.count("training SASRec") == 1
+
+
+def test_train_json_prints_only_json_on_stdout(project):
+    """`--json` is for scripts: the progress lines go to stderr, stdout parses as one JSON object."""
+    root, env = project
+    cp = mlc(["train", "--config", "configs/tiny.yaml", "--experiment", "js", "--json"], root, env)
+    res = json.loads(cp.stdout)
+    assert res["experiment"] == "js" and res["epochs"] == 2
+    assert "training SASRec" in cp.stderr and "valid" in cp.stderr

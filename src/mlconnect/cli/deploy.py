@@ -22,7 +22,7 @@ def _require(*modules: str) -> None:
                              "pip install 'mlconnect[deploy]'")
 
 
-HOST_HELP = "Run on this host (an ~/.ssh/config alias or [hosts.NAME]); default: this machine."
+HOST_HELP = "Run on this host (an ~/.ssh/config alias or \\[hosts.NAME]); default: this machine."
 
 
 def _remote(host: str | None, ssh_config: str | None) -> object | None:

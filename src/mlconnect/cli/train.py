@@ -66,15 +66,20 @@ def run_foreground(config: Path | None, experiment: str | None, model: str | Non
     cfg = run_config(config, experiment, model=model, dataset=dataset, data_path=data_path, sets=sets,
                      device=device)
     name = experiment or default_experiment_name(cfg["model"], cfg["dataset"])
-    results = train_engine(cfg, experiment_paths(name).root, resume=resume, force=force)
     if json_out:
+        import contextlib
         import json
+        import sys
 
+        # stdout carries the JSON alone (scripts parse it); the progress lines go to stderr.
+        with contextlib.redirect_stdout(sys.stderr):
+            results = train_engine(cfg, experiment_paths(name).root, resume=resume, force=force)
         typer.echo(json.dumps(results, indent=2))
-    else:
-        print_results(results)
-        _out.print(f"TensorBoard: mlconnect tensorboard {name}   (logs in "
-                   f"{experiment_paths(name).tensorboard})")
+        return results
+    results = train_engine(cfg, experiment_paths(name).root, resume=resume, force=force)
+    print_results(results)
+    _out.print(f"TensorBoard: mlconnect tensorboard {name}   (logs in "
+               f"{experiment_paths(name).tensorboard})")
     return results
 
 
