@@ -39,6 +39,12 @@ VARIANTS = [  # label, config overrides, autocast
 ]
 
 
+def emit(rows: list[str], row: str) -> None:
+    """Keep the row for the table and print it now: a run cut short still shows what it measured."""
+    rows.append(row)
+    print(row, flush=True)
+
+
 def catalog_rows(args: argparse.Namespace, sizes: dict, work: Path) -> list[str]:
     import torch
 
@@ -52,8 +58,9 @@ def catalog_rows(args: argparse.Namespace, sizes: dict, work: Path) -> list[str]
     cfg = load_config(cb.REPO / "configs" / "baseline.yaml", base)
     ds, _, inputs, targets = cb.prepare(cfg, device)
     prep_s = time.perf_counter() - t0
-    rows = [f"| data: {ds.n_interactions:,} interactions, {ds.n_items - 1:,} items | generated + loaded in "
-            f"{prep_s:.0f} s | | |"]
+    rows: list[str] = []
+    emit(rows, f"| data: {ds.n_interactions:,} interactions, {ds.n_items - 1:,} items | generated + loaded in "
+         f"{prep_s:.0f} s | | |")
     for label, over, autocast in VARIANTS:
         cfg = load_config(cb.REPO / "configs" / "baseline.yaml", {**base, **over})
         torch.manual_seed(0)
@@ -74,10 +81,10 @@ def catalog_rows(args: argparse.Namespace, sizes: dict, work: Path) -> list[str]
             tps = cb.train_steps(cfg, model, inputs, targets, device, sizes["steps"], sizes["warmup"], amp=amp)
             wall = time.perf_counter() - t0
         except Exception as exc:  # a variant that cannot run here (no compiler, no bf16) is a row, not a crash
-            rows.append(f"| {label} | failed: {type(exc).__name__}: {str(exc).splitlines()[0][:80]} | | |")
+            emit(rows, f"| {label} | failed: {type(exc).__name__}: {str(exc).splitlines()[0][:80]} | | |")
             continue
         mem = (f"{torch.cuda.max_memory_allocated() / 2**20:,.0f} MB" if device.type == "cuda" else "– (CPU)")
-        rows.append(f"| {label} | {tps:,.0f} tokens/s | {mem} | {wall:.0f} s incl. warm-up |")
+        emit(rows, f"| {label} | {tps:,.0f} tokens/s | {mem} | {wall:.0f} s incl. warm-up |")
         del model
     return rows
 
@@ -120,7 +127,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         rows = catalog_rows(args, sizes, work)
-        rows.append(ml100k_row(args, sizes, work))
+        emit(rows, ml100k_row(args, sizes, work))
     print(f"\n{name}, torch {torch.__version__}, SASRec hidden 64, 2 layers, 50 positions, 2,048 targets a batch, "
           f"{sizes['steps']} timed steps per variant{' (--quick)' if args.quick else ''}:\n")
     print("| run | throughput / result | peak GPU memory | time |\n|---|---|---|---|")
