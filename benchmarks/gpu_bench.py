@@ -35,6 +35,10 @@ VARIANTS = [  # label, config overrides, autocast
     ("fp32, CE over the catalog (chunked)", {"enable_amp": False}, False),
     ("bf16 autocast, CE (chunked)", {"enable_amp": True}, True),
     ("bf16 + compiled encoder, CE (chunked)", {"enable_amp": True, "compile": True}, True),
+    # One chunk = the whole [targets, catalog] logits at once (plain F.cross_entropy): what a GPU with
+    # memory to spare could do instead of the memory-bounded chunks.
+    ("fp32, CE in one chunk (loss_chunk_size = catalog)", {"enable_amp": False, "loss_chunk_size": 10**7}, False),
+    ("bf16 autocast, CE in one chunk", {"enable_amp": True, "loss_chunk_size": 10**7}, True),
     ("bf16 autocast, gBCE k=256", {"enable_amp": True, "loss_type": "gBCE", "sampled_negatives": 256}, True),
 ]
 
@@ -43,6 +47,18 @@ def emit(rows: list[str], row: str) -> None:
     """Keep the row for the table and print it now: a run cut short still shows what it measured."""
     rows.append(row)
     print(row, flush=True)
+
+
+def profile_steps(cfg, model, inputs, targets, device) -> None:
+    """Where a step's time goes (torch.profiler, 5 steps): the top kernels by device time, printed."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        cb.train_steps(cfg, model, inputs, targets, device, 5, 1)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=60), flush=True)
+
 
 
 def catalog_rows(args: argparse.Namespace, sizes: dict, work: Path) -> list[str]:
@@ -85,6 +101,8 @@ def catalog_rows(args: argparse.Namespace, sizes: dict, work: Path) -> list[str]
             continue
         mem = (f"{torch.cuda.max_memory_allocated() / 2**20:,.0f} MB" if device.type == "cuda" else "– (CPU)")
         emit(rows, f"| {label} | {tps:,.0f} tokens/s | {mem} | {wall:.0f} s incl. warm-up |")
+        if args.profile and label == VARIANTS[0][0]:
+            profile_steps(cfg, model, inputs, targets, device)
         del model
     return rows
 
@@ -112,6 +130,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (40k interactions, 3 steps, 2 epochs)")
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--profile", action="store_true", help="print where the first variant's step time goes")
     ap.add_argument("--data-path", default=cb.default_data_path())
     ap.add_argument("--work", default=None, help="folder for the synthetic data (default: a temp dir)")
     args = ap.parse_args()
