@@ -1,0 +1,84 @@
+"""``sweep start --hosts a,b``: two "boxes" (two host aliases of one loopback sshd, each with its own
+remote root, so each has its own project copy and experiments) run trials against the one study on
+the first box; the second box's workers reach it only through their ssh session (no port anywhere)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+
+import pytest
+from runs_sshd import start_sshd, stop_sshd
+from runs_support import cli_env, mlc, read_json, wait_for, write_project, write_tiny_dataset
+from tests.conftest import require_tool
+
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
+
+SPACE = "learning_rate: {float: [1e-3, 1e-2], log: true}\n"
+
+
+@pytest.fixture(scope="module")
+def boxes(tmp_path_factory):
+    require_tool("sshd", "ssh", "rsync", "ssh-keygen")
+    tmp = tmp_path_factory.mktemp("sweep_hosts")
+    sshd = start_sshd(tmp / "sshd", alias="boxa")
+    cfg = sshd.ssh_config.read_text()
+    sshd.ssh_config.write_text(cfg + cfg.replace("Host boxa", "Host boxb"))  # a second box on the same sshd
+    data = write_tiny_dataset(tmp / "hostdata")
+    laptop = tmp / "laptop"
+    laptop.mkdir()
+    write_project(laptop, data, epochs=1)
+    (laptop / "space.yaml").write_text(SPACE)
+    roots = {b: tmp / f"root_{b}" for b in ("boxa", "boxb")}
+    (laptop / "mlconnect.toml").write_text("".join(
+        f'[hosts.{b}]\nremote_root = "{r}"\npython = "{sys.executable}"\n' for b, r in roots.items()))
+    env = cli_env(tmp)
+    env["MLCONNECT_CONTROL_DIR"] = tempfile.mkdtemp(prefix="mlc-hosts-", dir="/tmp")
+    yield {"sshd": sshd, "laptop": laptop, "roots": roots, "env": env, "cfg": ["--ssh-config", str(sshd.ssh_config)]}
+    stop_sshd(sshd, env["MLCONNECT_CONTROL_DIR"])
+
+
+def _start(boxes, *extra: str, check: bool = False):
+    return mlc(["sweep", "start", "--config", "configs/tiny.yaml", "--space", "space.yaml", *boxes["cfg"], *extra],
+               boxes["laptop"], boxes["env"], check=check)
+
+
+def test_bad_hosts_are_one_line_and_start_nothing(boxes):
+    cp = _start(boxes, "--hosts", "boxa,nobox", "--trials", "2", "--name", "bad1")
+    assert cp.returncode != 0 and cp.stderr.strip().splitlines() == [cp.stderr.strip()], cp.stderr
+    assert "unknown host 'nobox' in --hosts" in cp.stderr
+    cp = _start(boxes, "--hosts", "boxa,boxb", "--host", "boxa", "--trials", "2", "--name", "bad2")
+    assert cp.returncode != 0 and len(cp.stderr.strip().splitlines()) == 1 and "--host and --hosts" in cp.stderr
+    assert not any((r / "sweeps").exists() for r in boxes["roots"].values())
+
+
+def test_trials_spread_over_two_boxes_one_study_and_pull_finds_each(boxes):
+    laptop, env, roots, cfg = boxes["laptop"], boxes["env"], boxes["roots"], boxes["cfg"]
+    out = _start(boxes, "--hosts", "boxa,boxb", "--trials", "4", "--name", "hs", "--no-prune",
+                 "--sampler", "random", check=True).stdout
+    assert "sweep hs: running on boxa, boxb" in out and "--host boxa" in out
+    assert not (roots["boxb"] / "sweeps" / "hs" / "journal.log").exists()  # one study: on the first box
+    wait_for(lambda: (read_json(roots["boxa"] / "sweeps" / "hs" / "status.json") or {}).get("state") == "succeeded",
+             timeout=180, interval=0.5, what="the two-box sweep to finish")
+    res = json.loads(mlc(["sweep", "status", "hs", "--json", "--host", "boxa", *cfg], laptop, env).stdout)
+    assert res["boxes"] == ["boxa", "boxb"] and res["counts"] == {"complete": 4}
+    by_box = {b: [t for t in res["trials"] if t["box"] == b] for b in ("boxa", "boxb")}
+    assert by_box["boxa"] and by_box["boxb"], res["trials"]  # trials landed on both boxes
+    for box, trials in by_box.items():
+        other = roots["boxb" if box == "boxa" else "boxa"]
+        for t in trials:  # an ordinary experiment on the box that ran it, and only there
+            exp = roots[box] / "experiments" / t["experiments"][0]
+            assert read_json(exp / "results" / "metrics.json")["best_valid"]["mrr@10"] == pytest.approx(t["value"])
+            assert read_json(exp / "sweep.json")["trial"] == t["number"]
+            assert not (other / "experiments" / t["experiments"][0]).exists()
+    log = (roots["boxa"] / "sweeps" / "hs" / "training.log").read_text()
+    assert "started on boxb worker 0" in log and "1 on each of boxb" in log  # the remote worker's lines too
+    table = mlc(["sweep", "status", "hs", "--host", "boxa", *cfg], laptop, env).stdout
+    assert "boxb" in table and "box" in table.splitlines()[1] + table.splitlines()[2]
+    name = by_box["boxb"][0]["experiments"][0]
+    out = mlc(["pull", name, "--host", "boxa", *cfg], laptop, env).stdout  # asked of the first box
+    assert f"pulled {name} from boxb" in out
+    assert read_json(laptop / "experiments" / name / "results" / "metrics.json")["epochs"] == 1
+    cp = mlc(["pull", "hs-t099", "--host", "boxa", *cfg], laptop, env, check=False)
+    assert cp.returncode != 0 and len(cp.stderr.strip().splitlines()) == 1 and "hs-t099" in cp.stderr
