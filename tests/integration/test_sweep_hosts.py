@@ -5,8 +5,12 @@ the first box; the second box's workers reach it only through their ssh session 
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 from runs_sshd import start_sshd, stop_sshd
@@ -82,3 +86,58 @@ def test_trials_spread_over_two_boxes_one_study_and_pull_finds_each(boxes):
     assert read_json(laptop / "experiments" / name / "results" / "metrics.json")["epochs"] == 1
     cp = mlc(["pull", "hs-t099", "--host", "boxa", *cfg], laptop, env, check=False)
     assert cp.returncode != 0 and len(cp.stderr.strip().splitlines()) == 1 and "hs-t099" in cp.stderr
+
+
+def _relay_ssh_pids(box: str) -> list[int]:
+    """The first box's ssh sessions to ``box``'s trial workers (the channel their study goes through)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            cmd = (d / "cmdline").read_bytes().split(b"\0") if d.name.isdigit() else []
+        except OSError:
+            continue
+        if cmd and cmd[0] == b"ssh" and any(b"--relay" in a and f"--box {box}".encode() in a for a in cmd):
+            out.append(int(d.name))
+    return out
+
+
+def test_stop_resume_reach_every_box_and_a_box_that_drops_out_loses_only_its_running_trial(boxes):
+    laptop, env, roots, cfg = boxes["laptop"], boxes["env"], boxes["roots"], boxes["cfg"]
+    host = ["--host", "boxa", *cfg]
+    _start(boxes, "--hosts", "boxa,boxb", "--trials", "4", "--name", "dr", "--no-prune", "--sampler", "random",
+           "--set", "epochs=3", check=True)
+    log = roots["boxa"] / "sweeps" / "dr" / "training.log"
+    exps_b = roots["boxb"] / "experiments"
+    wait_for(lambda: [p for p in exps_b.glob("dr-t*") if (p / "checkpoints" / "last.json").is_file()],
+             timeout=120, what="a trial on boxb mid-training")
+    mlc(["sweep", "stop", "dr", *host], laptop, env)  # asked of the first box: it stops every box's workers
+    stopped = json.loads(mlc(["sweep", "status", "dr", "--json", *host], laptop, env).stdout)
+    assert stopped["state"] == "stopped" and "running" not in stopped["counts"]
+    on_b = [t for t in stopped["trials"] if t["state"] == "interrupted" and t["box"] == "boxb"]
+    assert on_b, stopped["trials"]  # boxb's trial was stopped, not lost: it checkpointed and said so
+    assert f"trial {on_b[0]['number']} interrupted (stop)" in log.read_text()
+    assert read_json(exps_b / on_b[0]["experiments"][0] / "status.json")["state"] == "stopped"  # `ps` on boxb
+    assert (exps_b / on_b[0]["experiments"][0] / "checkpoints" / "last.pt").is_file()
+
+    mlc(["sweep", "resume", "dr", *host], laptop, env)  # every box's workers start again
+    def after() -> str:  # the resumed controller's lines ("" until it has started)
+        return (log.read_text().split("queued again the trials interrupted earlier", 1) + [""])[1]
+
+    number = int(wait_for(lambda: re.search(r"trial (\d+) started on boxb", after()), timeout=120,
+                          what="a trial on boxb after resume").group(1))
+    pids = _relay_ssh_pids("boxb")
+    assert len(pids) == 1
+    os.kill(pids[0], signal.SIGKILL)  # the network to boxb drops mid-trial: its session to the study is gone
+    wait_for(lambda: (read_json(roots["boxa"] / "sweeps" / "dr" / "status.json") or {}).get("state") == "succeeded",
+             timeout=180, interval=0.5, what="the sweep to finish without boxb's lost session")
+    assert "worker boxb/0 exited with" in after()
+    final = json.loads(mlc(["sweep", "status", "dr", "--json", *host], laptop, env).stdout)
+    done = [t for t in final["trials"] if t["state"] == "complete"]
+    requeued = [t for t in final["trials"] if t["state"] == "requeued"]
+    assert len(done) == 4 and number in {t["number"] for t in requeued}  # the dropped box's trial ran again
+    # Each interrupted trial was queued again exactly once (a chain when the retry was interrupted too),
+    # and every configuration finished once: none lost, none run twice.
+    assert sorted(t["requeued_from"] for t in final["trials"] if t["requeued_from"] is not None) == \
+        sorted(t["number"] for t in requeued)
+    assert len({json.dumps(t["params"], sort_keys=True) for t in done}) == 4
+    assert {t["box"] for t in done} <= {"boxa", "boxb"}

@@ -61,15 +61,19 @@ class RelayBackend(BaseJournalBackend):
         self._replies: queue.Queue[dict | None] = queue.Queue()
         self._n = 0
         self._on_stop = on_stop
+        self.stopped = threading.Event()
         threading.Thread(target=self._read, args=(rfile,), daemon=True).start()
 
     def _read(self, rfile: IO[bytes]) -> None:
-        for line in rfile:
-            msg = json.loads(line)
-            if msg.get("stop"):
-                self._on_stop()
-            else:
-                self._replies.put(msg)
+        try:
+            for line in rfile:
+                msg = json.loads(line)
+                if msg.get("stop"):
+                    self._on_stop()
+                else:
+                    self._replies.put(msg)
+        except (OSError, ValueError):
+            pass  # a broken channel is a closed one
         self._replies.put(None)  # EOF: the study is out of reach, so this worker stops
         self._on_stop()
 
@@ -130,7 +134,9 @@ def attach(log_file: Path) -> RelayBackend:
             stopped.set()
             os.kill(os.getpid(), signal.SIGTERM)
 
-    return RelayBackend(rfile, wfile, stop)
+    backend = RelayBackend(rfile, wfile, stop)
+    backend.stopped = stopped  # the worker also asks this between trials (a trainer may swallow a late SIGTERM)
+    return backend
 
 
 # -------------------------------------------------------------------------- the first box's side

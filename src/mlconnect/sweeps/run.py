@@ -25,6 +25,7 @@ from mlconnect.sweeps.worker import log_line
 from mlconnect.sweeps.worker import run_id as marker_run_id
 
 MAX_RESTARTS = 3  # per slot: a worker that keeps crashing is a bug, not bad luck
+REDIAL_S = (2, 10, 30)  # another box's worker whose ssh ended: dial again after (a reboot takes a while)
 
 
 def worker_alive(t: Any, remote: dict[str, Any] | None = None, here: str | None = None) -> bool:
@@ -127,8 +128,15 @@ def control(sweep_dir: str) -> int:
     labels = [str(k) for k in range(parallel)] + [f"{b['name']}/{k}" for b in boxes[1:] for k in range(parallel)]
     procs.update({label: spawn(label) for label in labels})
     restarts = dict.fromkeys(procs, 0)
+    retry_at: dict[str, float] = {}  # another box's worker, to be dialled again (it may be rebooting)
     while procs:
         time.sleep(0.2)
+        for label, due in list(retry_at.items()):
+            if stopping:
+                retry_at.clear()
+            elif time.monotonic() >= due:
+                del retry_at[label]
+                procs[label] = spawn(label)
         for label, p in list(procs.items()):
             rc = p.poll()
             if rc is None:
@@ -136,15 +144,20 @@ def control(sweep_dir: str) -> int:
             del procs[label]
             if label in servers:
                 servers[label].thread.join(5)  # its last answers (the trial's end) are in the journal
-            if rc not in (0, 143) and not stopping and restarts[label] < MAX_RESTARTS:
-                # A box that dropped out loses only its running trials: queued again for any worker.
-                st.requeue_interrupted(study, alive=alive)
-                restarts[label] += 1
-                log_line(paths, f"worker {label} exited with {rc}; starting it again")
+            if rc in (0, 143) or stopping:
+                continue
+            # A box that dropped out loses only its running trials: queued again for any worker.
+            st.requeue_interrupted(study, alive=alive)
+            if restarts[label] >= MAX_RESTARTS:
+                log_line(paths, f"worker {label} exited with {rc} {MAX_RESTARTS + 1} times; the others go on")
+                continue
+            restarts[label] += 1
+            delay = REDIAL_S[restarts[label] - 1] if label in servers else 0
+            log_line(paths, f"worker {label} exited with {rc}; starting it again" + (f" in {delay} s" if delay else ""))
+            if delay:  # pending only while other workers run: when they are all done, so is the study
+                retry_at[label] = time.monotonic() + delay
+            else:
                 procs[label] = spawn(label)
-            elif rc not in (0, 143) and "/" in label and not stopping:
-                st.requeue_interrupted(study, alive=alive)
-                log_line(paths, f"worker {label} gave up after {MAX_RESTARTS} restarts; the other boxes go on")
     rows = st.trial_rows(study, sweep_active=True)
     best = st.best_trial(study)
     done = sum(r["state"] in ("complete", "pruned") for r in rows)

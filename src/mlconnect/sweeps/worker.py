@@ -160,7 +160,7 @@ def work(sweep_dir: str, slot: int, box: str | None = None, relay: Any = None) -
     space = parse_space(spec["space"])
     study = st.open_study(paths, spec, backend=relay)
     where = f"{box or socket.gethostname()} worker {slot}"
-    while not STOP:
+    while not stop_requested(paths, relay):
         with relay.ask_lock() if relay else st.ask_lock(paths):
             if sum(st.counted(t) for t in study.get_trials(deepcopy=False)) >= spec["trials"]:
                 return 0
@@ -194,6 +194,17 @@ def work(sweep_dir: str, slot: int, box: str | None = None, relay: Any = None) -
 
 
 STOP = False
+
+
+def stop_requested(paths: st.SweepPaths, relay: Any = None) -> bool:
+    """SIGTERM reached this worker, or the sweep is being stopped. The second matters when the signal
+    came after a trial's last step: the trainer notes it, has nothing left to stop, and finishes."""
+    if STOP or (relay is not None and relay.stopped.is_set()):
+        return True
+    if relay is not None or not run_id():
+        return False
+    status = read_json(paths.status) or {}  # the launcher writes stop_requested before it signals us
+    return bool(status.get("stop_requested")) and status.get("run_id") == run_id()
 
 
 def _on_term(signum: int, frame: Any) -> None:
