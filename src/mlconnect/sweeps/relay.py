@@ -30,6 +30,7 @@ import os
 import queue
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -112,8 +113,8 @@ class RelayBackend(BaseJournalBackend):
                 self.call("unlock")
 
     def log(self, text: str) -> None:
-        """A line in the sweep's log on the first box (here too, in this worker's own log)."""
-        print(text, flush=True)
+        """A line in the sweep's log on the first box (here too, in this worker's own log: stderr)."""
+        print(text, file=sys.stderr, flush=True)
         with contextlib.suppress(RelayLost):
             self.call("log", text=text)
 
