@@ -31,7 +31,7 @@ def start_cmd(
     space: str = typer.Option(..., "--space", help="space.yaml: key: {float: [lo, hi]}, {int: ..}, {choice: ..}"),
     trials: int = typer.Option(20, "--trials", help="How many trials the study runs."),
     name: str = typer.Option(None, "--name", help="Sweep name (default: sweep-<time>)."),
-    parallel: int = typer.Option(1, "--parallel", help="Trials at once: one per GPU, or CPU processes."),
+    parallel: int = typer.Option(1, "--parallel", help="Trials at once (per box): one per GPU, or CPU processes."),
     seeds: str = typer.Option(None, "--seeds", help="Train each config once per seed: 2020,2021 (mean)."),
     sampler: str = typer.Option("tpe", "--sampler", help="tpe | random | grid"),
     no_prune: bool = typer.Option(False, "--no-prune", help="Never stop a trial early (median pruner off)."),
