@@ -28,7 +28,8 @@ def boxes(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sweep_hosts")
     sshd = start_sshd(tmp / "sshd", alias="boxa")
     cfg = sshd.ssh_config.read_text()
-    sshd.ssh_config.write_text(cfg + cfg.replace("Host boxa", "Host boxb"))  # a second box on the same sshd
+    # A second box on the same sshd; a third one is reachable but has no python with mlconnect.
+    sshd.ssh_config.write_text(cfg + cfg.replace("Host boxa", "Host boxb") + cfg.replace("Host boxa", "Host boxc"))
     data = write_tiny_dataset(tmp / "hostdata")
     laptop = tmp / "laptop"
     laptop.mkdir()
@@ -36,7 +37,8 @@ def boxes(tmp_path_factory):
     (laptop / "space.yaml").write_text(SPACE)
     roots = {b: tmp / f"root_{b}" for b in ("boxa", "boxb")}
     (laptop / "mlconnect.toml").write_text("".join(
-        f'[hosts.{b}]\nremote_root = "{r}"\npython = "{sys.executable}"\n' for b, r in roots.items()))
+        f'[hosts.{b}]\nremote_root = "{r}"\npython = "{sys.executable}"\n' for b, r in roots.items())
+        + f'[hosts.boxc]\nremote_root = "{tmp / "root_boxc"}"\npython = "/nonexistent/python3"\n')
     env = cli_env(tmp)
     env["MLCONNECT_CONTROL_DIR"] = tempfile.mkdtemp(prefix="mlc-hosts-", dir="/tmp")
     yield {"sshd": sshd, "laptop": laptop, "roots": roots, "env": env, "cfg": ["--ssh-config", str(sshd.ssh_config)]}
@@ -54,6 +56,9 @@ def test_bad_hosts_are_one_line_and_start_nothing(boxes):
     assert "unknown host 'nobox' in --hosts" in cp.stderr
     cp = _start(boxes, "--hosts", "boxa,boxb", "--host", "boxa", "--trials", "2", "--name", "bad2")
     assert cp.returncode != 0 and len(cp.stderr.strip().splitlines()) == 1 and "--host and --hosts" in cp.stderr
+    cp = _start(boxes, "--hosts", "boxa,boxc", "--trials", "2", "--name", "bad3")  # checked from boxa
+    assert cp.returncode != 0 and len(cp.stderr.strip().splitlines()) == 1, cp.stderr
+    assert "box boxc has no mlconnect with optuna for /nonexistent/python3" in cp.stderr, cp.stderr
     assert not any((r / "sweeps").exists() for r in boxes["roots"].values())
 
 

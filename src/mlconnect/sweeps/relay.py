@@ -174,20 +174,24 @@ def worker_argv(box: dict[str, Any], sweep: str, slot: int, run_id: str) -> list
                              "--relay"])
 
 
-def check_reachable(boxes: list[dict[str, Any]], timeout: float = 60) -> None:
+def check_reachable(boxes: list[dict[str, Any]], first: str, timeout: float = 60) -> None:
     """Every other box answers ``ssh`` from here and has mlconnect and Optuna: else one line naming it."""
     for box in boxes:
+        name = box["name"]
         argv = remote_argv(box, [box["python"], "-c", "import optuna, mlconnect.sweeps.worker"])
         try:
             cp = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
-            cp = subprocess.CompletedProcess(argv, 124, "", f"no answer within {timeout:g} s")
-        if cp.returncode != 0:
-            tail = (cp.stderr.strip().splitlines() or ["?"])[-1][:200]
-            what = "has no mlconnect with optuna" if cp.returncode != 255 else "cannot be reached over ssh"
-            raise ExperimentError(f"box {box['name']} {what} from the first box ({tail})",
-                                  f"the first box must run `ssh {box['name']} true` without a prompt and "
-                                  f"`mlconnect bootstrap --host {box['name']}` must have installed the sweep extra")
+            cp = subprocess.CompletedProcess(argv, 255, "", f"no answer within {timeout:g} s")
+        if cp.returncode == 0:
+            continue
+        tail = (cp.stderr.strip().splitlines() or ["?"])[-1][:200]
+        if cp.returncode == 255:  # ssh's own failure
+            raise ExperimentError(f"box {name} cannot be reached over ssh from the first box {first} ({tail})",
+                                  f"{first} must run `ssh {name} true` without a prompt: put a key of {first} "
+                                  f"into {name}'s authorized_keys")
+        raise ExperimentError(f"box {name} has no mlconnect with optuna for {box['python']} ({tail})",
+                              f"`mlconnect bootstrap --host {name}`, then `pip install 'mlconnect[sweep]'` there")
 
 
 class Server:

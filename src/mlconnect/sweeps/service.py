@@ -80,7 +80,7 @@ def start(*, name: str, config: str | None, space_path: str, trials: int, overri
     if boxes:
         from mlconnect.sweeps.relay import check_reachable
 
-        check_reachable(boxes[1:])  # before anything is written: one line naming the box
+        check_reachable(boxes[1:], first=boxes[0]["name"])  # before anything is written: one line naming it
     paths.root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(paths.spec, spec)
     st.open_study(paths, spec, create=True)
