@@ -86,13 +86,16 @@ class RelayBackend(BaseJournalBackend):
                 self._w.flush()
             except (BrokenPipeError, OSError, ValueError) as exc:
                 raise RelayLost(f"the channel to the first box is closed ({exc})") from None
-            try:
-                msg = self._replies.get(timeout=REPLY_TIMEOUT_S)
-            except queue.Empty:
-                raise RelayLost(f"the first box did not answer within {REPLY_TIMEOUT_S:g} s") from None
-            if msg is None:
-                self._replies.put(None)
-                raise RelayLost("the channel to the first box is closed")
+            while True:  # one request in flight at a time: its reply carries its id
+                try:
+                    msg = self._replies.get(timeout=REPLY_TIMEOUT_S)
+                except queue.Empty:
+                    raise RelayLost(f"the first box did not answer within {REPLY_TIMEOUT_S:g} s") from None
+                if msg is None:
+                    self._replies.put(None)
+                    raise RelayLost("the channel to the first box is closed")
+                if msg.get("id") == self._n:
+                    break
         if "error" in msg:
             raise RuntimeError(f"the first box refused {op}: {msg['error']}")
         return msg.get("result")
@@ -241,12 +244,17 @@ class Server:
         assert self.proc.stdout is not None
         try:
             for line in self.proc.stdout:
-                msg: Any = None
                 try:
                     msg = json.loads(line)
+                except ValueError:
+                    msg = None
+                if not isinstance(msg, dict) or "op" not in msg:
+                    # e.g. a shell startup file on that box that prints: not ours, not answered
+                    self._log(f"ignored output of a remote worker: {line[:200]!r}")
+                    continue
+                try:
                     self._send({"id": msg.get("id"), "result": self._answer(msg, held)})
                 except Exception as exc:  # a bad request fails that request, not the controller
-                    self._send({"id": msg.get("id") if isinstance(msg, dict) else None,
-                                "error": f"{type(exc).__name__}: {exc}"})
+                    self._send({"id": msg.get("id"), "error": f"{type(exc).__name__}: {exc}"})
         finally:
             held.close()  # a worker cut off while holding the lock must not block the others
