@@ -56,8 +56,8 @@ def start_args(*, name: str, config: str | None, space: str, trials: int, parall
 
 
 def known_host(name: str, ssh_config: str | None) -> bool:
-    """``name`` is a ``[hosts.NAME]`` in mlconnect.toml, a ``Host`` in the ssh config (``ssh -G`` says
-    more about it than about an unknown name), or a name the resolver knows."""
+    """``name`` is a ``[hosts.NAME]`` in mlconnect.toml, a ``Host`` alias the ssh config gives another
+    ``HostName``, or a name the resolver knows (a ``Host *`` block alone does not make a name known)."""
     import socket
     import subprocess
     from concurrent.futures import ThreadPoolExecutor
@@ -69,13 +69,12 @@ def known_host(name: str, ssh_config: str | None) -> bool:
     if t.is_local or t.host is not None:
         return True
     cfg = t.ssh_config or str(Path.home() / ".ssh" / "config")
-
-    def resolved(c: str) -> str:
-        return subprocess.run(["ssh", "-F", c, "-G", name], capture_output=True, text=True, timeout=10,
-                              stdin=subprocess.DEVNULL).stdout
-
-    if Path(cfg).is_file() and resolved(cfg) != resolved("/dev/null"):
-        return True
+    if Path(cfg).is_file():
+        out = subprocess.run(["ssh", "-F", cfg, "-G", name], capture_output=True, text=True, timeout=10,
+                             stdin=subprocess.DEVNULL).stdout
+        if any(line.split()[1:2] not in ([name], [name.lower()]) for line in out.splitlines()
+               if line.startswith("hostname ")):
+            return True
     pool = ThreadPoolExecutor(1)  # the resolver has no timeout of its own
     try:
         return bool(pool.submit(socket.getaddrinfo, name, 22).result(timeout=5))
