@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 
 import optuna
 import pytest
@@ -35,6 +36,8 @@ CHILD = textwrap.dedent("""
         relay.call("no-such-op")
     except RuntimeError as exc:
         relay.log(f"refused: {exc}")
+    relay.log("waiting")
+    relay.log(f"stop arrived: {relay.stopped.wait(30)}, callback ran: {stops == [1]}")
     relay.call("lock")  # and exit while holding it: the controller must let it go
     sys.stdout.flush()
     import os; os._exit(0)  # as the real worker ends (its reader thread holds stdin)
@@ -49,6 +52,10 @@ def test_a_remote_worker_reads_and_writes_the_study_and_its_lock_through_its_pip
     lines: list[str] = []
     proc = subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     server = Server(proc, paths.journal, paths.lock, spec, lines.append)
+    deadline = time.monotonic() + 30
+    while "waiting" not in lines and time.monotonic() < deadline:
+        time.sleep(0.05)
+    server.stop()  # what `sweep stop` sends each remote worker
     assert proc.wait(60) == 0
     server.thread.join(10)
     t = st.open_study(paths, spec).get_trials()[0]  # written into the first box's journal file
@@ -56,6 +63,7 @@ def test_a_remote_worker_reads_and_writes_the_study_and_its_lock_through_its_pip
     assert t.state == optuna.trial.TrialState.COMPLETE
     assert "ignored output of a remote worker: b'Welcome to box b!" in lines[0]
     assert lines[1] == "trial done on b" and "unknown op 'no-such-op'" in lines[2]
+    assert lines[4] == "stop arrived: True, callback ran: True"
     with st.ask_lock(paths):  # released when the worker's channel closed with the lock held
         pass
 

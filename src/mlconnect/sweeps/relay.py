@@ -70,13 +70,18 @@ class RelayBackend(BaseJournalBackend):
             for line in rfile:
                 msg = json.loads(line)
                 if msg.get("stop"):
-                    self._on_stop()
+                    self._stop()
                 else:
                     self._replies.put(msg)
-        except (OSError, ValueError):
-            pass  # a broken channel is a closed one
+        except Exception:  # noqa: BLE001  (a broken or garbled channel is a closed one)
+            pass
         self._replies.put(None)  # EOF: the study is out of reach, so this worker stops
-        self._on_stop()
+        self._stop()
+
+    def _stop(self) -> None:
+        if not self.stopped.is_set():  # once: the worker's (or the trainer's) SIGTERM handler does the rest
+            self.stopped.set()
+            self._on_stop()
 
     def call(self, op: str, **fields: Any) -> Any:
         with self._lock:
@@ -131,16 +136,8 @@ def attach(log_file: Path) -> RelayBackend:
         os.dup2(out, fd)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
-    stopped = threading.Event()
-
-    def stop() -> None:  # once: the worker's (or the trainer's) SIGTERM handler does the rest
-        if not stopped.is_set():
-            stopped.set()
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    backend = RelayBackend(rfile, wfile, stop)
-    backend.stopped = stopped  # the worker also asks this between trials (a trainer may swallow a late SIGTERM)
-    return backend
+    # Asked to stop (or cut off): SIGTERM to ourselves, as `sweep stop` on one box: the trainer checkpoints.
+    return RelayBackend(rfile, wfile, lambda: os.kill(os.getpid(), signal.SIGTERM))
 
 
 # -------------------------------------------------------------------------- the first box's side
