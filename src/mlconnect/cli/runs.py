@@ -117,8 +117,8 @@ def register(app: typer.Typer) -> None:
                  checkpoints: str = typer.Option("best", "--checkpoints", help="best | all | none"),
                  host: str | None = HostOpt, ssh_config: str | None = SshConfigOpt) -> None:
         """Fetch a run's results, logs, config and checkpoints from the host (incremental rsync)."""
-        target = target_from(host, ssh_config)
-        dest = client.pull(target, name, project_root(), checkpoints)
+        from mlconnect.sweeps.client import pull_trial  # a sweep trial may live on another box (--hosts)
+        target, dest = pull_trial(target_from(host, ssh_config), name, project_root(), checkpoints)
         typer.echo(f"pulled {name} from {target.name} into {dest}")
 
     @app.command("status")

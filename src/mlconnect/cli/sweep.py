@@ -25,17 +25,13 @@ def _call(host: str | None, ssh_config: str | None, verb: str, *args: str, timeo
     return call(target_from(host, ssh_config), verb, *args, timeout=timeout)
 
 
-def _host_flag(host: str | None) -> str:
-    return f" --host {host}" if host and host != "local" else ""
-
-
 @sweep_app.command("start")
 def start_cmd(
     config: str = typer.Option(None, "--config", "-c", help="Base config (YAML) every trial starts from."),
     space: str = typer.Option(..., "--space", help="space.yaml: key: {float: [lo, hi]}, {int: ..}, {choice: ..}"),
     trials: int = typer.Option(20, "--trials", help="How many trials the study runs."),
     name: str = typer.Option(None, "--name", help="Sweep name (default: sweep-<time>)."),
-    parallel: int = typer.Option(1, "--parallel", help="Trials at once: one per GPU, or CPU processes."),
+    parallel: int = typer.Option(1, "--parallel", help="Trials at once (per box): one per GPU, or CPU processes."),
     seeds: str = typer.Option(None, "--seeds", help="Train each config once per seed: 2020,2021 (mean)."),
     sampler: str = typer.Option("tpe", "--sampler", help="tpe | random | grid"),
     no_prune: bool = typer.Option(False, "--no-prune", help="Never stop a trial early (median pruner off)."),
@@ -43,31 +39,38 @@ def start_cmd(
     sets: list[str] = typer.Option([], "--set", "-s", help="Override a config key (repeatable)."),
     model: str = typer.Option(None, "--model", "-m"), dataset: str = typer.Option(None, "--dataset", "-d"),
     data_path: str = typer.Option(None, "--data-path"),
+    hosts: str = typer.Option(None, "--hosts", help="Spread trials over boxes a,b (the study lives on a)."),
     host: str = HostOpt, ssh_config: str = SshConfigOpt, as_json: bool = JsonOpt,
 ) -> None:
-    """Start a sweep detached (here, or on the box with --host); returns in seconds."""
+    """Start a sweep detached (here, on the box with --host, or over boxes with --hosts); returns in seconds."""
     from mlconnect.cli.runs import project_root, sync_project
-    from mlconnect.runs.client import relative_config
-    from mlconnect.sweeps.client import start_args
+    from mlconnect.runs.client import host_flag, relative_config
+    from mlconnect.sweeps.client import box_entry, resolve_boxes, start_args
 
+    boxes = resolve_boxes(hosts, host, ssh_config) if hosts else []
+    host = boxes[0].name if boxes else host
     target = target_from(host, ssh_config)
     name = name or f"sweep-{datetime.now():%Y%m%d-%H%M%S}"
+    per_box = data_path is None  # each box's own data_path (mlconnect.toml) unless --data-path names one
     if data_path is None and target.host is not None and target.host.data_path:
         data_path = target.host.data_path
     flags = [f"{k}={v}" for k, v in (("model", model), ("dataset", dataset), ("data_path", data_path)) if v]
     rel_config, rel_space = (relative_config(c, target, project_root()) for c in (config, space))
-    sync_project(target)
+    for t in boxes or [target]:
+        sync_project(t)
     args = start_args(name=name, config=rel_config, space=rel_space or space, trials=trials, parallel=parallel,
                       seeds=seeds, sampler=sampler, prune=not no_prune, gpus=gpus, sets=[*sets, *flags])
-    res = _call(host, ssh_config, "start", *args, timeout=120)
+    if boxes:
+        args += ["--boxes", json.dumps([box_entry(t, per_box) for t in boxes])]
+    res = _call(host, ssh_config, "start", *args, timeout=180)
     if as_json:
         typer.echo(json.dumps(res, default=str))
         return
-    where = "" if target.is_local else f" on {target.name}"
-    typer.echo(f"sweep {name}: {res.get('state')}{where} ({trials} trials, {parallel} at a time)")
-    typer.echo(f"  status:  mlconnect sweep status {name}{_host_flag(host)}")
-    typer.echo(f"  best:    mlconnect sweep best {name} --write best.yaml{_host_flag(host)}")
-    typer.echo(f"  stop:    mlconnect sweep stop {name}{_host_flag(host)}")
+    where = f" on {', '.join(t.name for t in boxes)}" if boxes else "" if target.is_local else f" on {target.name}"
+    typer.echo(f"sweep {name}: {res.get('state')}{where} ({trials} trials, {parallel} at a time"
+               f"{' per box' if boxes else ''})")
+    for verb, extra in (("status", ""), ("best", " --write best.yaml"), ("stop", "")):
+        typer.echo(f"  {verb + ':':8} mlconnect sweep {verb} {name}{extra}{host_flag(target)}")
 
 
 @sweep_app.command("status")
@@ -86,8 +89,9 @@ def status_cmd(name: str = typer.Argument(...), plot: Path = typer.Option(
         typer.echo(json.dumps(res, default=str))
         return
     rows = [{"trial": r["number"], "state": r["state"], "value": r["value"], "pruned_at": r["pruned_at"],
+             "box": r.get("box") or r.get("host"),
              "params": ", ".join(f"{k}={_fmt(v)}" for k, v in r["params"].items())} for r in res["trials"]]
-    print_table(rows, ["trial", "state", "value", "pruned_at", "params"], as_json=False,
+    print_table(rows, ["trial", "state", "value", "pruned_at", "box", "params"], as_json=False,
                 title=f"sweep {name}: {res['state']} — {res['metric']} ({res['direction']})")
     counts = ", ".join(f"{v} {k}" for k, v in sorted(res["counts"].items()))
     typer.echo(f"{counts or 'no trials yet'} (of {res['trials_wanted']})")

@@ -63,6 +63,7 @@ class Trainer:
         self.cfg, self.paths, self.resume = cfg, paths, resume
         self.on_eval = on_eval  # hook: sweeps (per-epoch report for pruning)
         self.stop_signal: int | None = None
+        self.tokens_per_s = 0.0  # a run resumed after its epoch's last step trains no step in that epoch
         self.started = now_iso()
 
     # --- setup ----------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-prune", action="store_true")
     s.add_argument("--gpus", default=None)
     s.add_argument("--set", action="append", default=[])
+    s.add_argument("--boxes", default=None, help="--hosts: JSON list, this box first (sweeps.client.box_entry)")
     verb("resume")
     verb("stop").add_argument("--grace", type=float, default=30.0)
     verb("status")
@@ -67,7 +68,8 @@ def run(a: argparse.Namespace) -> Any:
         return service.start(name=a.name, config=a.config, space_path=a.space, trials=a.trials,
                              overrides=parse_overrides(a.set), parallel=a.parallel,
                              seeds=_ints(a.seeds, "--seeds"), sampler=a.sampler, prune=not a.no_prune,
-                             gpus=_ints(a.gpus, "--gpus"), sampler_seed=a.sampler_seed)
+                             gpus=_ints(a.gpus, "--gpus"), sampler_seed=a.sampler_seed,
+                             boxes=json.loads(a.boxes) if a.boxes else None)
     if a.verb == "stop":
         return service.stop(a.name, a.grace)
     if a.verb == "list":

@@ -48,7 +48,9 @@ def base_config(config: str | None, overrides: dict[str, Any]) -> dict[str, Any]
 
 def start(*, name: str, config: str | None, space_path: str, trials: int, overrides: dict[str, Any],
           parallel: int = 1, seeds: list[int] | None = None, sampler: str = "tpe", prune: bool = True,
-          gpus: list[int] | None = None, sampler_seed: int | None = None) -> dict[str, Any]:
+          gpus: list[int] | None = None, sampler_seed: int | None = None,
+          boxes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """``boxes`` (``--hosts``): this box first, then how this box reaches each other one (see relay)."""
     from mlconnect.engine.config import load_config
 
     paths = st.sweep_paths(name)
@@ -71,10 +73,14 @@ def start(*, name: str, config: str | None, space_path: str, trials: int, overri
             "seeds": seeds or [], "sampler": sampler, "prune": prune, "gpus": gpus,
             "sampler_seed": sampler_seed, "metric": cfg["valid_metric"].lower(),
             "direction": "maximize" if cfg["valid_metric_bigger"] else "minimize",
-            "created": now_iso(), "config_file": config}
+            "created": now_iso(), "config_file": config, "boxes": boxes or []}
     if sampler == "grid":
         st.sampler(spec)  # a float without step is refused now, not in every worker
     st._optuna()
+    if boxes:
+        from mlconnect.sweeps.relay import check_reachable
+
+        check_reachable(boxes[1:], first=boxes[0]["name"])  # before anything is written: one line naming it
     paths.root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(paths.spec, spec)
     st.open_study(paths, spec, create=True)
@@ -99,7 +105,8 @@ def status(name: str) -> dict[str, Any]:
     run = launcher.reconcile(_run_paths(paths)) or {}
     active = run.get("state") in launcher.ACTIVE
     return {**st.summary(paths, sweep_active=active), "state": run.get("state"), "pid": run.get("pid"),
-            "host": run.get("host"), "root": str(Path.cwd())}
+            "host": run.get("host"), "root": str(Path.cwd()),
+            "boxes": [b["name"] for b in st.read_spec(paths).get("boxes") or []]}
 
 
 def list_sweeps() -> list[dict[str, Any]]:

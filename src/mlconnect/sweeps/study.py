@@ -8,11 +8,12 @@ Layout (on the box that holds the study)::
                   training.log   one line per trial event (the sweep's log)
                   workers/       each worker's own output (the trainer's lines)
 
-Why a journal file and not SQLite: several worker processes (and, with ``--hosts``, a storage
-proxy) write the same study at once. SQLite serialises writers with a database lock that file
-systems on WSL2 and network mounts honour badly and that makes concurrent writers fail with
-"database is locked"; Optuna's journal is an append-only log of operations guarded by a lock
-file, so a writer that dies mid-trial leaves every earlier record intact and readers replay it.
+Why a journal file and not SQLite: several worker processes (and, with ``--hosts``, the relays of
+the other boxes' workers: :mod:`mlconnect.sweeps.relay`) write the same study at once. SQLite
+serialises writers with a database lock that file systems on WSL2 and network mounts honour
+badly and that makes concurrent writers fail with "database is locked"; Optuna's journal is an
+append-only log of operations guarded by a lock file, so a writer that dies mid-trial leaves
+every earlier record intact and readers replay it.
 It needs no server and no extra package.
 """
 
@@ -94,11 +95,12 @@ def _optuna() -> Any:
     return optuna
 
 
-def storage(paths: SweepPaths) -> Any:
+def storage(paths: SweepPaths, backend: Any = None) -> Any:
+    """The study's journal file; or, on another box of ``--hosts``, ``backend`` (the relay to it)."""
     optuna = _optuna()
     from optuna.storages.journal import JournalFileBackend
 
-    return optuna.storages.JournalStorage(JournalFileBackend(str(paths.journal)))
+    return optuna.storages.JournalStorage(backend or JournalFileBackend(str(paths.journal)))
 
 
 def sampler(spec: dict[str, Any]) -> Any:
@@ -123,9 +125,9 @@ def pruner(spec: dict[str, Any]) -> Any:
                                        n_warmup_steps=spec.get("prune_warmup_epochs", 2))
 
 
-def open_study(paths: SweepPaths, spec: dict[str, Any], *, create: bool = False) -> Any:
+def open_study(paths: SweepPaths, spec: dict[str, Any], *, create: bool = False, backend: Any = None) -> Any:
     optuna = _optuna()
-    kw = {"study_name": spec["name"], "storage": storage(paths), "sampler": sampler(spec),
+    kw = {"study_name": spec["name"], "storage": storage(paths, backend), "sampler": sampler(spec),
           "pruner": pruner(spec)}
     if create:
         return optuna.create_study(direction=spec["direction"], load_if_exists=True, **kw)
@@ -176,7 +178,7 @@ def trial_rows(study: Any, sweep_active: bool) -> list[dict[str, Any]]:
             state = "interrupted"  # resume queues it again
         attrs = t.user_attrs
         rows.append({"number": t.number, "state": state, "params": dict(t.params), "value": t.value,
-                     **{k: attrs.get(k) for k in ("pruned_at", "seed_values", "host", "gpu", "error",
+                     **{k: attrs.get(k) for k in ("pruned_at", "seed_values", "host", "box", "gpu", "error",
                                                   "first_eval_s", "requeued_from")},
                      "experiments": attrs.get("experiments", []),
                      "started": t.datetime_start, "completed": t.datetime_complete})

@@ -136,51 +136,75 @@ def _now() -> str:
     return now_iso()
 
 
-def work(sweep_dir: str, slot: int) -> int:
-    """Run trials until the study has its number of them; 0 when done, 143 when stopped."""
+def work(sweep_dir: str, slot: int, box: str | None = None, relay: Any = None) -> int:
+    """Run trials until the study has its number of them; 0 when done, 143 when stopped.
+
+    ``relay`` (:class:`mlconnect.sweeps.relay.RelayBackend`): this worker runs on another box than
+    the study, and reaches it, its lock and its log through the ssh channel it was started on.
+    """
     import optuna
 
     from mlconnect.engine.trainer import TrainingInterrupted
 
     paths = st.SweepPaths(Path(sweep_dir))
-    spec = st.read_spec(paths)
+    spec = relay.call("spec") if relay else st.read_spec(paths)
+    mine = next((b for b in spec.get("boxes") or [] if b["name"] == box), {})
+    if mine.get("data_path"):  # mlconnect.toml's data_path for this box
+        spec["base"] = {**spec["base"], "data_path": mine["data_path"]}
+    log = relay.log if relay else lambda text: log_line(paths, text)
     threads = os.environ.get("MLCONNECT_SWEEP_THREADS")  # this worker's share of the cores
     if threads:
         import torch
 
         torch.set_num_threads(int(threads))
     space = parse_space(spec["space"])
-    study = st.open_study(paths, spec)
-    where = f"{socket.gethostname()} worker {slot}"
-    while not STOP:
-        with st.ask_lock(paths):
+    study = st.open_study(paths, spec, backend=relay)
+    where = f"{box or socket.gethostname()} worker {slot}"
+    while not stop_requested(paths, relay):
+        with relay.ask_lock() if relay else st.ask_lock(paths):
             if sum(st.counted(t) for t in study.get_trials(deepcopy=False)) >= spec["trials"]:
                 return 0
             trial = study.ask()
+        if box:
+            trial.set_user_attr("box", box)  # the name `pull` and `sweep status` know the box by
+            trial.set_user_attr("slot", slot)
         params = suggest(trial, space)
-        log_line(paths, f"trial {trial.number} started on {where}: {params}")
+        log(f"trial {trial.number} started on {where}: {params}")
         try:
             value = train_trial(spec, paths, trial, params)
         except optuna.TrialPruned:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            log_line(paths, f"trial {trial.number} pruned at epoch {trial.user_attrs.get('pruned_at')}")
+            log(f"trial {trial.number} pruned at epoch {trial.user_attrs.get('pruned_at')}")
             continue
         except (TrainingInterrupted, KeyboardInterrupt):
             # Left RUNNING on purpose: `sweep resume` queues its params again (as after a reboot).
-            log_line(paths, f"trial {trial.number} interrupted (stop); resume queues it again")
+            log(f"trial {trial.number} interrupted (stop); resume queues it again")
             return 143
         except Exception as exc:  # a config that crashes (NaN, OOM) fails its trial, not the sweep
+            if type(exc).__name__ == "RelayLost":
+                raise  # the study is out of reach: nothing to tell it
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:500])
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            log_line(paths, f"trial {trial.number} failed: {type(exc).__name__}: {exc}")
+            log(f"trial {trial.number} failed: {type(exc).__name__}: {exc}")
             traceback.print_exc()
             continue
         study.tell(trial, value)
-        log_line(paths, f"trial {trial.number} finished: {spec['metric']} {value:.4f}")
+        log(f"trial {trial.number} finished: {spec['metric']} {value:.4f}")
     return 143
 
 
 STOP = False
+
+
+def stop_requested(paths: st.SweepPaths, relay: Any = None) -> bool:
+    """SIGTERM reached this worker, or the sweep is being stopped. The second matters when the signal
+    came after a trial's last step: the trainer notes it, has nothing left to stop, and finishes."""
+    if STOP or (relay is not None and relay.stopped.is_set()):
+        return True
+    if relay is not None or not run_id():
+        return False
+    status = read_json(paths.status) or {}  # the launcher writes stop_requested before it signals us
+    return bool(status.get("stop_requested")) and status.get("run_id") == run_id()
 
 
 def _on_term(signum: int, frame: Any) -> None:
@@ -193,14 +217,33 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mlconnect.sweeps.worker")
     p.add_argument("--sweep-dir", required=True)
     p.add_argument("--slot", type=int, default=0)
+    p.add_argument("--box", default=None, help="this box's name in --hosts")
+    p.add_argument("--relay", action="store_true", help="the study is on the first box, over stdin/stdout")
     a = p.parse_args(argv)
     # Between trials SIGTERM ends the loop (during one, the trainer checkpoints and raises).
     signal.signal(signal.SIGTERM, _on_term)
     signal.signal(signal.SIGINT, _on_term)
+    relay = None
+    if a.relay:  # started by the first box's controller over ssh (see mlconnect.sweeps.relay)
+        from mlconnect.sweeps import relay as rl
+
+        relay = rl.attach(Path(a.sweep_dir) / "workers" / f"{a.box}-{a.slot}.log")
+        _slot_env(relay, a.slot)
     try:
-        return work(a.sweep_dir, a.slot)
+        return work(a.sweep_dir, a.slot, a.box, relay)
     except KeyboardInterrupt:
         return 143
+
+
+def _slot_env(relay: Any, slot: int) -> None:
+    """This box's GPU (or share of its cores) for this worker, before torch is imported."""
+    from mlconnect.sweeps.run import box_gpus, slot_env
+
+    spec = relay.call("spec")
+    parallel = int(spec.get("parallel", 1))
+    env = slot_env(slot, parallel, box_gpus({}))  # --gpus named the first box's GPUs, not ours
+    os.environ.update({k: env[k] for k in ("CUDA_VISIBLE_DEVICES", "MLCONNECT_SWEEP_THREADS", "OMP_NUM_THREADS")
+                       if k in env})
 
 
 if __name__ == "__main__":

@@ -1,0 +1,36 @@
+"""A run stopped on the last step of an epoch resumes (its checkpoint says: this epoch's steps are all
+done). Seen in the two-box sweep test: a requeued trial crashed on resume with an AttributeError."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from mlconnect.data.synth import generate
+from mlconnect.engine.config import load_config
+from mlconnect.engine.interrupts import TrainingInterrupted
+from mlconnect.engine.trainer import train
+from mlconnect.fileio import read_json
+
+
+def test_a_stop_on_an_epochs_last_step_resumes(tmp_path: Path) -> None:
+    generate(tmp_path / "data", "tiny", n_users=60, n_items=40, n_interactions=1200, seed=3)
+    # One step per epoch: wherever the stop lands, it is on an epoch's last step.
+    cfg = load_config(None, {"model": "SASRec", "dataset": "tiny", "data_path": str(tmp_path / "data"), "epochs": 3,
+                             "train_batch_size": 100_000, "hidden_size": 16, "inner_size": 32, "num_threads": 1,
+                             "device": "cpu", "progress_interval_s": 0})
+    exp = tmp_path / "exp"
+
+    def stop_after_first_epoch(epoch: int, value: float) -> None:
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # noted by the trainer, acted on at the next step's end
+
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, exp, on_eval=stop_after_first_epoch)
+    ck = read_json(exp / "checkpoints" / "last.json")
+    assert ck["step"] >= 1 and (ck["epoch"], ck["step"]) != (0, 0)
+    results = train(cfg, exp, resume=True)
+    assert results["epochs"] == 3
