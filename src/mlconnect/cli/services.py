@@ -100,15 +100,13 @@ def _call(target: Any, verb: str, service: str, *, experiment: str | None = None
         if verb == "service-stop":
             return services.stop_service(root, service)
         return services.start_service(root, service, experiment=experiment, port=port)
-    from mlconnect.runs.client import call_agent
-
     args = ["--service", service]
     if experiment:
         args += ["--experiment", experiment]
     if port is not None:
         args += ["--port", str(port)]
-    # The agent refusing on purpose (jupyterlab missing, unknown experiment): its own words.
-    return call_agent(target, verb, *args, timeout=START_TIMEOUT_S, refused=services.ServiceError)
+    # The agent refusing on purpose (jupyterlab missing, unknown experiment): AgentRefused, its own words.
+    return target.agent(verb, *args, timeout=START_TIMEOUT_S)
 
 
 def _announce(service: str, res: dict, *, local_port: int | None, moved_from: int | None, where: str,

@@ -1,0 +1,107 @@
+"""A training run, described once: the JSON the laptop sends to the host agent.
+
+``mlconnect train --host`` (and ``--detach``/``--queue``, and ``resume``) builds a :class:`RunSpec`,
+the agent validates it (:meth:`RunSpec.from_json`: one line naming the field) and writes it into the
+experiment folder, and the supervisor starts ``python -m mlconnect.engine.run <that file>``; the same
+file is what every DDP rank reads. Standard library only (the agent imports it on every call).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+
+from mlconnect.errors import ExperimentError, MlconnectError
+from mlconnect.layout import check_experiment_name
+
+SPEC_FILE = "run_spec.json"  # in the experiment folder, next to status.json
+SPEC_VERSION = 1
+_GPUS = re.compile(r"^\d+(,\d+)*$")
+
+
+class SpecError(MlconnectError):
+    """A run spec the host cannot run: which field, what is wrong with it."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What to train and how: the options of ``mlconnect train``, and nothing host-specific."""
+
+    experiment: str
+    config: str | None = None      # a path inside the project on the host
+    model: str | None = None
+    dataset: str | None = None
+    data_path: str | None = None
+    overrides: tuple[str, ...] = ()  # --set KEY=VALUE, in order
+    resume: bool = False
+    force: bool = False
+    queue: bool = False            # wait for the GPU (FIFO) before starting
+    nproc: int | None = None       # DDP: ranks (torchrun)
+    gpus: str | None = None        # DDP: one rank per listed GPU ("0,1")
+    env: dict[str, str] = field(default_factory=dict)  # MLCONNECT_* settings for this run only
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """One :class:`SpecError` (or the experiment-name error) for the first wrong field."""
+        try:
+            check_experiment_name(self.experiment)
+        except ExperimentError as exc:
+            raise SpecError(f"run spec: experiment: {exc.message}", exc.hint) from None
+        for name in ("config", "model", "dataset", "data_path", "gpus"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                _bad(name, "is not a non-empty string")
+        for name in ("resume", "force", "queue"):
+            if not isinstance(getattr(self, name), bool):
+                _bad(name, "is not true or false")
+        if not isinstance(self.overrides, tuple) or not all(
+                isinstance(o, str) and "=" in o and o.split("=", 1)[0].strip() for o in self.overrides):
+            _bad("overrides", "is not a list of KEY=VALUE strings")
+        if self.nproc is not None and (isinstance(self.nproc, bool) or not isinstance(self.nproc, int)
+                                       or self.nproc < 1):
+            _bad("nproc", "is not a whole number of at least 1")
+        if self.gpus is not None and not _GPUS.match(self.gpus):
+            _bad("gpus", "is not a comma-separated list of GPU numbers (e.g. 0,1)")
+        if not isinstance(self.env, dict) or not all(
+                isinstance(k, str) and k.startswith("MLCONNECT_") and isinstance(v, str)
+                for k, v in self.env.items()):
+            _bad("env", "is not a map of MLCONNECT_NAME to string values")
+
+    def to_json(self) -> str:
+        return json.dumps({"version": SPEC_VERSION, **asdict(self), "overrides": list(self.overrides)},
+                          sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> RunSpec:
+        """Parse and validate; every problem is one line (:class:`SpecError`)."""
+        try:
+            doc = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise SpecError(f"run spec is not JSON: {exc}", _HINT) from None
+        if not isinstance(doc, dict):
+            raise SpecError(f"run spec is a JSON {type(doc).__name__}, not an object", _HINT)
+        doc = dict(doc)
+        version = doc.pop("version", SPEC_VERSION)
+        if version != SPEC_VERSION:
+            raise SpecError(f"run spec version {version!r} is not {SPEC_VERSION}",
+                            "run the same mlconnect version here and on the host (`mlconnect bootstrap`)")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(doc) - known)
+        if unknown:
+            raise SpecError(f"run spec has unknown field(s): {', '.join(unknown)}",
+                            "run the same mlconnect version here and on the host (`mlconnect bootstrap`)")
+        if "experiment" not in doc:
+            raise SpecError("run spec has no experiment", _HINT)
+        if isinstance(doc.get("overrides"), list):
+            doc["overrides"] = tuple(doc["overrides"])
+        return cls(**doc)
+
+
+_HINT = "this is a bug in the client: run the same mlconnect version on both sides"
+
+
+def _bad(name: str, problem: str) -> None:
+    raise SpecError(f"run spec: {name} {problem}", _HINT)
