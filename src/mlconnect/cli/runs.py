@@ -30,23 +30,16 @@ def sync_project(target: Any) -> None:
         rsync_project(target, project_root())
 
 
-def launch_train(*, host: str | None, ssh_config: str | None, config: str | None,
-                 experiment: str | None, model: str | None, dataset: str | None,
-                 data_path: str | None, overrides: list[str], queue: bool, resume: bool,
-                 force: bool, nproc: int | None = None, gpus: str | None = None) -> dict:
-    """``train --host/--detach/--queue``: sync, start detached, print what to do next."""
-    from mlconnect.engine.runspec import RunSpec
+def launch_train(*, host: str | None, ssh_config: str | None, **run: Any) -> dict:
+    """``train --host/--detach/--queue``: sync, start detached, print what to do next.
+    ``run``: train's options (config, experiment, model, dataset, data_path, overrides, queue, ...)."""
     from mlconnect.settings import load_settings
 
     target = target_from(host, ssh_config)
-    rel_config = client.relative_config(config, target, project_root())
-    name = experiment or client.default_name(config, model, dataset)
-    env = client.run_env(target, name, load_settings(overrides={"ssh_config": ssh_config}))
-    spec = RunSpec(experiment=name, config=rel_config, model=model, dataset=dataset, data_path=data_path,
-                   overrides=tuple(overrides), queue=queue, resume=resume, force=force, nproc=nproc,
-                   gpus=gpus, env=env)
+    spec = client.describe_run(target, project_root(), load_settings(overrides={"ssh_config": ssh_config}), **run)
     sync_project(target)
     st = client.launch(target, spec)
+    name = spec.experiment
     _warn(st)
     flag = client.host_flag(target)
     where = "" if target.is_local else f" on {target.name}"

@@ -70,12 +70,17 @@ def torchrun_argv(nproc: int, train_args: list[str], rank_entry: tuple[str, ...]
 def exec_ranks(nproc: int | None, gpus: str | None, rank_argv: list[str]) -> None:
     """Become torchrun over ``nproc``/``gpus`` ranks, each running ``python RANK_ARGV`` (same pid, so a
     supervised run keeps its marker). Returns at once for one process, and inside a rank."""
+    wanted = _ranks_wanted(nproc, gpus)
+    if wanted:
+        _become_torchrun(*wanted, torchrun_argv(wanted[0], rank_argv, rank_entry=()))
+
+
+def _ranks_wanted(nproc: int | None, gpus: str | None) -> tuple[int, str | None] | None:
+    """(ranks, CUDA_VISIBLE_DEVICES) when this process should become torchrun; None: train here."""
     if not (nproc or gpus) or "LOCAL_RANK" in os.environ:
-        return
+        return None
     n, visible = plan(nproc, gpus)
-    if n == 1 and not visible:
-        return
-    _become_torchrun(n, visible, torchrun_argv(n, rank_argv, rank_entry=()))
+    return None if n == 1 and not visible else (n, visible)
 
 
 def _become_torchrun(n: int, visible: str | None, argv: list[str]) -> None:
@@ -92,11 +97,10 @@ def exec_torchrun(nproc: int | None, gpus: str | None, config: Any, experiment: 
                   resume: bool, force: bool, device: str | None, json_out: bool) -> None:
     """``mlconnect train --nproc N``: replace this process with torchrun over N ranks (same pid, so a
     supervised run keeps its marker). Returns at once for one process, and inside a rank."""
-    if not (nproc or gpus) or "LOCAL_RANK" in os.environ:
+    wanted = _ranks_wanted(nproc, gpus)
+    if not wanted:
         return
-    n, visible = plan(nproc, gpus)
-    if n == 1 and not visible:
-        return
+    n, visible = wanted
     if experiment is None:  # every rank must write (rank 0) and read the same folder: fix the name now
         from mlconnect.engine.config import load_config, parse_overrides
         from mlconnect.layout import default_experiment_name

@@ -145,6 +145,13 @@ def logs_read(paths, offset: int, max_bytes: int = 1 << 20, wait_s: float = 0.0)
         time.sleep(LOG_POLL_S)
 
 
+def cmd_snapshot(a: argparse.Namespace) -> dict:
+    """What ``monitor --host`` draws: every small file of the folder (a missing one is not an error)."""
+    from mlconnect.expstate import snapshot
+
+    return snapshot(str(store.experiments_dir(".") / check_experiment_name(a.experiment)), a.log_lines)
+
+
 def cmd_logs_read(a: argparse.Namespace) -> dict:
     return logs_read(store.find_experiment(a.experiment), a.offset, a.max_bytes, a.wait)
 
@@ -249,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     lr.add_argument("--offset", type=int, default=0)
     lr.add_argument("--max-bytes", type=int, default=1 << 20)
     lr.add_argument("--wait", type=float, default=0.0)
+    verb("snapshot", cmd_snapshot).add_argument("--log-lines", type=int, default=12)
     verb("host-status", cmd_host_status, exp=False)
     ec = verb("exp-create", cmd_exp_create)
     ec.add_argument("--config", required=True)

@@ -71,6 +71,19 @@ def default_name(config: str | None, model: str | None, dataset: str | None) -> 
     return default_experiment_name(str(model or "run"), str(dataset or "data"))
 
 
+def describe_run(target: Any, project_root: Path, settings: Any, *, config: str | None, experiment: str | None,
+                 model: str | None = None, dataset: str | None = None, data_path: str | None = None,
+                 overrides: list[str] | tuple[str, ...] = (), queue: bool = False, resume: bool = False,
+                 force: bool = False, nproc: int | None = None, gpus: str | None = None) -> RunSpec:
+    """``train``'s options as the host will run them: the config's path inside the synced project,
+    the experiment's name, and the run's environment there (:func:`run_env`)."""
+    rel_config = relative_config(config, target, project_root)
+    name = experiment or default_name(config, model, dataset)
+    return RunSpec(experiment=name, config=rel_config, model=model, dataset=dataset, data_path=data_path,
+                   overrides=tuple(overrides), queue=queue, resume=resume, force=force, nproc=nproc,
+                   gpus=gpus, env=run_env(target, name, settings))
+
+
 def launch(target: Any, spec: RunSpec) -> dict:
     """Start the run detached on the host (or here) and return its status: within seconds, as
     soon as the supervisor has recorded the training pid (or queued it). The project is synced.

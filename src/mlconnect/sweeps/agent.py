@@ -1,8 +1,8 @@
 """The host side of ``mlconnect sweep``: ``python -m mlconnect.sweeps.agent <verb> --json ...``.
 
 Same contract as :mod:`mlconnect.runs.agent` (one JSON document on stdout; a deliberate error is
-``{"error", "hint", "type"}``, one line on stderr and exit 3), so the laptop's ``call_agent``
-handling applies unchanged. Runs in the project root, here or on the box.
+``{"error", "hint", "type"}``, one line on stderr and exit 3), so the laptop's ``Target.agent``
+handles both (``module=``). Runs in the project root, here or on the box.
 """
 
 from __future__ import annotations
