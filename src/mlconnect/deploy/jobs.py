@@ -14,7 +14,6 @@ runs.store.experiments_dir, remote.ssh.Target (run, python, rsync_rsh, rsync_pat
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -23,7 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlconnect.errors import AGENT_REFUSED_EXIT, ExperimentError, MlconnectError, RemoteError
+from mlconnect.errors import ExperimentError, RemoteError
+
+JOBS = "mlconnect.deploy.jobs"  # this module, as the host entry ``Target.agent`` calls
 
 
 def job_name(kind: str, experiment: str) -> str:
@@ -48,43 +49,43 @@ def start_job(name: str, command: list[str]) -> dict[str, Any]:
     return {"job": name, **launcher.start_run(paths, argv, run_id=run_id)}
 
 
+def export_here(name: str, out: str, fmt: str, docker: bool) -> dict[str, Any]:
+    """``export --host``'s host side: the bundle into ``out`` (in the project), as ``export --json`` says it."""
+    from mlconnect.deploy.export import export_bundle
+    from mlconnect.layout import check_experiment_name, experiment_paths
+
+    card = export_bundle(experiment_paths(check_experiment_name(name)).root, out, fmt=fmt, docker=docker,
+                         log=lambda m: print(m, file=sys.stderr))
+    return {"out": out, "verification": card["verification"], "files": card["files"], "mlflow": card.get("mlflow")}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m mlconnect.deploy.jobs start NAME -- <mlconnect args>``: one JSON document on stdout."""
+    """``python -m mlconnect.deploy.jobs start --json NAME -- <mlconnect args>`` / ``export --json --out DIR
+    [--format F] [--docker] NAME``: the agent protocol (one JSON document; a refusal is exit 3)."""
+    from mlconnect.runs.agent import reply
+
     p = argparse.ArgumentParser(prog="python -m mlconnect.deploy.jobs")
-    p.add_argument("verb", choices=["start"])
+    p.add_argument("verb", choices=["start", "export"])
+    p.add_argument("--json", action="store_true", help="accepted for symmetry: output is JSON")
+    p.add_argument("--out")
+    p.add_argument("--format", default="onnx")
+    p.add_argument("--docker", action="store_true")
     p.add_argument("name")
     p.add_argument("command", nargs=argparse.REMAINDER)
     a = p.parse_args(argv)
     command = a.command[1:] if a.command[:1] == ["--"] else a.command
-    try:
-        print(json.dumps(start_job(a.name, command), default=str))
-    except MlconnectError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return AGENT_REFUSED_EXIT
-    return 0
+    if a.verb == "export":
+        return reply(lambda: export_here(a.name, a.out, a.format, a.docker))
+    return reply(lambda: start_job(a.name, command))
 
 
 # -- laptop side --------------------------------------------------------------------------------
-
-def _on_host(target: Any, argv: list[str], timeout: float | None) -> subprocess.CompletedProcess[str]:
-    cp = target.run(argv, timeout=timeout, check=False)
-    if cp.returncode != 0:
-        line = next((ln for ln in reversed(cp.stderr.splitlines()) if ln.startswith("error: ")), None)
-        if line:
-            msg, _, hint = line[len("error: "):].partition(" — ")
-            raise MlconnectError(f"{msg} (on {target.name})", hint)
-        raise RemoteError(f"`{' '.join(argv[:5])} ...` failed on {target.name} (exit {cp.returncode})",
-                          "see its output above", command=argv, returncode=cp.returncode, stderr=cp.stderr)
-    return cp
-
 
 def predict_on_host(target: Any, name: str, out: str, args: list[str]) -> dict[str, Any]:
     """Start ``predict NAME`` detached on the box; its output lands in experiments/<job>/<out's name>."""
     job = job_name("predict", name)
     remote_out = f"experiments/{job}/{Path(out).name}"
-    argv = [target.python, "-m", "mlconnect.deploy.jobs", "start", job, "--",
-            "predict", name, "--out", remote_out, *args]
-    st = json.loads(_on_host(target, argv, timeout=60).stdout)
+    st = target.agent("start", job, "--", "predict", name, "--out", remote_out, *args, timeout=60, module=JOBS)
     return {**st, "remote_out": remote_out}
 
 
@@ -93,9 +94,9 @@ def export_on_host(target: Any, name: str, out: Path, args: list[str]) -> dict[s
     if out.exists():
         raise ExperimentError(f"{out} already exists", "choose another --out, or remove that folder first")
     remote_dir = f"experiments/{name}/exports/{time.strftime('%Y%m%d-%H%M%S')}"
-    cp = _on_host(target, [target.python, "-m", "mlconnect", "export", name, "--out", remote_dir, "--json", *args],
-                  timeout=3600)
-    result = json.loads(cp.stdout.strip().splitlines()[-1])
+    result = target.agent("export", "--out", remote_dir, *args, name, timeout=3600, module=JOBS)  # NAME last
+    result.pop("mlconnect_version", None)
+    result.pop("mlconnect_build", None)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     out.parent.mkdir(parents=True, exist_ok=True)
     src = target.rsync_path(f"{target.remote_root.rstrip('/')}/{remote_dir}") + "/"

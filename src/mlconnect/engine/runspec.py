@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field, fields
+import shlex
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import TypeVar
 
 from mlconnect.errors import ExperimentError, MlconnectError
 from mlconnect.layout import check_experiment_name
@@ -18,6 +20,7 @@ from mlconnect.layout import check_experiment_name
 SPEC_FILE = "run_spec.json"  # in the experiment folder, next to status.json
 SPEC_VERSION = 1
 _GPUS = re.compile(r"^\d+(,\d+)*$")
+T = TypeVar("T")
 
 
 class SpecError(MlconnectError):
@@ -74,33 +77,49 @@ class RunSpec:
         return json.dumps({"version": SPEC_VERSION, **asdict(self), "overrides": list(self.overrides)},
                           sort_keys=True)
 
+    def as_train_options(self) -> str:
+        """The same run as ``mlconnect train`` options, for the log line a person reads."""
+        argv = ["--experiment", self.experiment]
+        for flag, value in (("--config", self.config), ("--model", self.model), ("--dataset", self.dataset),
+                            ("--data-path", self.data_path), ("--nproc", self.nproc), ("--gpus", self.gpus)):
+            argv += [flag, str(value)] if value else []
+        argv += [a for ov in self.overrides for a in ("--set", ov)]
+        return shlex.join(argv + [f for f, on in (("--resume", self.resume), ("--force", self.force)) if on])
+
     @classmethod
     def from_json(cls, text: str | bytes) -> RunSpec:
         """Parse and validate; every problem is one line (:class:`SpecError`)."""
-        try:
-            doc = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise SpecError(f"run spec is not JSON: {exc}", _HINT) from None
-        if not isinstance(doc, dict):
-            raise SpecError(f"run spec is a JSON {type(doc).__name__}, not an object", _HINT)
-        doc = dict(doc)
-        version = doc.pop("version", SPEC_VERSION)
-        if version != SPEC_VERSION:
-            raise SpecError(f"run spec version {version!r} is not {SPEC_VERSION}",
-                            "run the same mlconnect version here and on the host (`mlconnect bootstrap`)")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(doc) - known)
-        if unknown:
-            raise SpecError(f"run spec has unknown field(s): {', '.join(unknown)}",
-                            "run the same mlconnect version here and on the host (`mlconnect bootstrap`)")
-        if "experiment" not in doc:
-            raise SpecError("run spec has no experiment", _HINT)
-        if isinstance(doc.get("overrides"), list):
-            doc["overrides"] = tuple(doc["overrides"])
-        return cls(**doc)
+        return parse_spec(cls, text, "run spec")
+
+
+def parse_spec(cls: type[T], text: str | bytes, what: str) -> T:
+    """A spec dataclass from its JSON (``version`` checked, unknown fields refused); the class's own
+    ``__post_init__`` checks the values. Every problem is one :class:`SpecError` line."""
+    try:
+        doc = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{what} is not JSON: {exc}", _HINT) from None
+    if not isinstance(doc, dict):
+        raise SpecError(f"{what} is a JSON {type(doc).__name__}, not an object", _HINT)
+    doc = dict(doc)
+    version = doc.pop("version", SPEC_VERSION)
+    if version != SPEC_VERSION:
+        raise SpecError(f"{what} version {version!r} is not {SPEC_VERSION}", _SKEW)
+    unknown = sorted(set(doc) - {f.name for f in fields(cls)})  # type: ignore[arg-type]
+    if unknown:
+        raise SpecError(f"{what} has unknown field(s): {', '.join(unknown)}", _SKEW)
+    missing = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING  # type: ignore[arg-type]
+               and f.name not in doc]
+    if missing:
+        raise SpecError(f"{what} has no {missing[0]}", _HINT)
+    for f in fields(cls):  # type: ignore[arg-type]
+        if isinstance(doc.get(f.name), list):
+            doc[f.name] = tuple(doc[f.name])  # JSON has no tuples
+    return cls(**doc)
 
 
 _HINT = "this is a bug in the client: run the same mlconnect version on both sides"
+_SKEW = "run the same mlconnect version here and on the host (`mlconnect bootstrap`)"
 
 
 def _bad(name: str, problem: str) -> None:

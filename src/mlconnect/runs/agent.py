@@ -17,6 +17,7 @@ import shutil
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,13 @@ def cmd_start(a: argparse.Namespace) -> dict:
             # The trainer accepts a folder holding only config.yaml as a new ("fresh") experiment;
             # it rewrites the file with the fully resolved config when it starts.
             atomic_write_bytes(paths.config, Path(spec.config).read_bytes() if spec.config else b"{}\n")
-    return launcher.start_training(paths, spec)
+    return _with_warnings(launcher.start_training(paths, spec))
+
+
+def _with_warnings(st: dict) -> dict:
+    from mlconnect.wsl import run_warnings  # a WSL distro that idles out kills the run (#14)
+
+    return {**st, "warnings": run_warnings()}
 
 
 def cmd_resume(a: argparse.Namespace) -> dict:
@@ -94,7 +101,7 @@ def cmd_resume(a: argparse.Namespace) -> dict:
                               f"({paths.checkpoint('last')})",
                               f"start it over: `mlconnect train --experiment {spec.experiment} --force`")
     world = (read_json(paths.progress) or {}).get("world_size")  # DDP: resume with as many ranks
-    return launcher.start_training(paths, replace(spec, nproc=world if world and world > 1 else None))
+    return _with_warnings(launcher.start_training(paths, replace(spec, nproc=world if world and world > 1 else None)))
 
 
 def cmd_stop(a: argparse.Namespace) -> dict:
@@ -272,22 +279,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def reply(produce: Callable[[], Any]) -> int:
+    """The agent protocol, for every host entry (this agent, the sweep agent, deploy's jobs): one JSON
+    document on stdout; a deliberate error is ``{"error", "hint", "type"}``, its line on stderr and
+    exit 3, which ``Target.agent`` raises as ``AgentRefused`` (apart from a connection or installation
+    failure). Every answer names the code that produced it, so the laptop reports version skew."""
     try:
-        out: Any = args.fn(args)
-        code = 0
+        out, code = produce(), 0
     except MlconnectError as exc:
-        # The shape Target.agent turns into one error line; exit 3 tells the laptop "the agent
-        # refused" apart from a connection or installation failure (worth retrying).
         out = {"error": exc.message, "hint": exc.hint, "type": type(exc).__name__}
         print(f"error: {exc}", file=sys.stderr)
         code = AGENT_REFUSED_EXIT
-    if code == 0 and args.verb in ("start", "resume") and isinstance(out, dict):
-        from mlconnect.wsl import run_warnings  # a WSL distro that idles out kills the run (#14)
-        out["warnings"] = run_warnings()
     if isinstance(out, dict):
-        # Every answer names the code that produced it, so the laptop reports version skew (Target.agent).
         out.setdefault("mlconnect_version", __version__)
         build = baked_build_id()  # only in wheels `mlconnect bootstrap` built: equal versions, other code
         if build:
@@ -295,6 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write(json.dumps(out, default=str) + "\n")
     sys.stdout.flush()
     return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return reply(lambda: args.fn(args))
 
 
 if __name__ == "__main__":

@@ -112,7 +112,7 @@ def start_training(paths: ExperimentPaths, spec: RunSpec) -> dict:
     atomic_write_bytes(spec_file, (spec.to_json() + "\n").encode())
     run_id = new_run_id()
     return start_run(paths, train_argv(spec_file, run_id=run_id), run_id=run_id, queue=spec.queue,
-                     env=dict(spec.env))
+                     env=dict(spec.env), described=f"mlconnect train {spec.as_train_options()}")
 
 
 def _refuse_active(paths: ExperimentPaths) -> None:
@@ -124,11 +124,12 @@ def _refuse_active(paths: ExperimentPaths) -> None:
 
 def start_run(paths: ExperimentPaths, argv: list[str], *, run_id: str, queue: bool = False,
               cwd: str | os.PathLike[str] | None = None, wait_s: float = 10.0,
-              env: dict[str, str] | None = None) -> dict:
+              env: dict[str, str] | None = None, described: str | None = None) -> dict:
     """Record the run and spawn its supervisor detached; return the status once it is recorded.
 
     ``argv`` must carry ``run_id`` (see :func:`train_argv`; sweeps and jobs bring their own entry
-    point). Refuses when the experiment already has a live run: one folder, one writer.
+    point); ``described`` is what the log's starting line adds for people. Refuses when the
+    experiment already has a live run: one folder, one writer.
     """
     if is_active(paths):
         _refuse_active(paths)
@@ -138,7 +139,8 @@ def start_run(paths: ExperimentPaths, argv: list[str], *, run_id: str, queue: bo
             "run_id": run_id, "pid": None, "pgid": None, "supervisor_pid": None,
             "state": "queued", "queue": queue, "exit_code": None, "created": now_iso(),
             "started": None, "ended": None, "heartbeat": now_iso(), "boot_id": boot_id(),
-            "host": socket.gethostname(), "cwd": cwd, "command": list(argv), "env": env or {}})
+            "host": socket.gethostname(), "cwd": cwd, "command": list(argv), "env": env or {},
+            "described": described})
     sup_log = open(paths.root / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
     try:
         sup = subprocess.Popen(
@@ -272,7 +274,8 @@ def supervise(exp_dir: str, run_id: str) -> int:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     # Output goes to training.log in append mode, next to the lines the trainer writes itself.
     with open(paths.log, "ab", buffering=0) as log:
-        log.write(f"[mlconnect] run {run_id} starting: {' '.join(st['command'])}\n".encode())
+        what = f" ({st['described']})" if st.get("described") else ""  # the run in a person's words
+        log.write(f"[mlconnect] run {run_id} starting: {' '.join(st['command'])}{what}\n".encode())
         child = subprocess.Popen(st["command"], cwd=st.get("cwd"), stdin=subprocess.DEVNULL,
                                  stdout=log, stderr=subprocess.STDOUT, env=env, close_fds=True,
                                  **_own_group())  # own group: `stop` signals the run, not us
