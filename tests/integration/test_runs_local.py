@@ -158,3 +158,17 @@ def test_queue_from_the_cli_and_force_restart(project):
     s2b = read_json(root / "experiments" / "q2" / "status.json")
     assert s2b["run_id"] != old_run and s2b["state"] == "succeeded" and s2b["exit_code"] == 0
     assert old_run not in log and log.count("training SASRec") == 1
+
+
+def test_a_detached_run_that_cannot_start_says_why_in_one_line(project):
+    # The engine's entry point, not the CLI, reads the run's spec: its refusal is still one line.
+    root, env = project
+    mlc(["train", "--detach", "--config", "configs/tiny.yaml", "--experiment", "bad", "--set", "epochs=many"],
+        root, env)
+    exp = root / "experiments" / "bad"
+    wait_for(lambda: (read_json(exp / "status.json") or {}).get("state") == "failed", timeout=60,
+             what="the run to fail")
+    log = (exp / "training.log").read_text()
+    errors = [ln for ln in log.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "epochs" in errors[0] and " — " in errors[0] and "Traceback" not in log, log
+    assert "(mlconnect train --experiment bad --config configs/tiny.yaml --set epochs=many)" in log

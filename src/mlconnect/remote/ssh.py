@@ -58,7 +58,6 @@ class Target:
     data_path: str | None = None
     _control_path: str | None = field(default=None, repr=False)
     _probed: bool = field(default=False, repr=False)
-    _remote_version: str | None = field(default=None, repr=False)
     _remote_build: str | None = field(default=None, repr=False)
 
     # ---- argv building (pure) -----------------------------------------------------------------
@@ -218,27 +217,11 @@ class Target:
 
     # ---- version skew -------------------------------------------------------------------------
 
-    def remote_version(self, *, timeout: float | None = 30) -> str:
-        """The mlconnect version installed for ``python`` on the target (cached per Target)."""
-        if self.is_local:
-            return __version__
-        if self._remote_version is None:
-            argv = [self.python, "-c", "import mlconnect; print(mlconnect.__version__)"]
-            cp = self.run(argv, timeout=timeout, check=True, cwd="~")
-            self._remote_version = cp.stdout.strip().splitlines()[-1] if cp.stdout.strip() else "?"
-        return self._remote_version
-
-    def version_skew(self) -> str | None:
-        """One line when laptop and host run different mlconnect versions (or builds), else None."""
-        remote = self.remote_version()
-        return skew_message(self.name, remote, self._remote_build)
-
     def _note_remote_version(self, data: dict) -> None:
         """Remember the agent's version; the first mismatch per host in this process prints one warning."""
         version = data.get("mlconnect_version")
         if not isinstance(version, str) or self.is_local:
             return
-        self._remote_version = version
         build = data.get("mlconnect_build")
         self._remote_build = build if isinstance(build, str) else None
         if self.name in _SKEW_WARNED:
