@@ -12,7 +12,7 @@ import json
 import re
 import shlex
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from mlconnect.errors import ExperimentError, MlconnectError
 from mlconnect.layout import check_experiment_name
@@ -20,16 +20,37 @@ from mlconnect.layout import check_experiment_name
 SPEC_FILE = "run_spec.json"  # in the experiment folder, next to status.json
 SPEC_VERSION = 1
 _GPUS = re.compile(r"^\d+(,\d+)*$")
-T = TypeVar("T")
+T = TypeVar("T", bound="Spec")
 
 
 class SpecError(MlconnectError):
     """A run spec the host cannot run: which field, what is wrong with it."""
 
 
+class Spec:
+    """What the laptop sends a host entry point, as a frozen dataclass: ``to_json``/``from_json`` (the
+    version checked, unknown fields refused, then the subclass's ``__post_init__`` checks the values)."""
+
+    KIND = "spec"  # names the spec in its errors: "run spec: nproc is ..."
+
+    def to_json(self) -> str:
+        return json.dumps({"version": SPEC_VERSION, **asdict(self)}, sort_keys=True)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_json(cls: type[T], text: str | bytes) -> T:
+        """Parse and validate; every problem is one line (:class:`SpecError`)."""
+        return parse_spec(cls, text, cls.KIND)  # type: ignore[attr-defined]
+
+    @classmethod
+    def bad(cls, problem: str) -> NoReturn:
+        raise SpecError(f"{cls.KIND}: {problem}", _HINT)
+
+
 @dataclass(frozen=True)
-class RunSpec:
+class RunSpec(Spec):
     """What to train and how: the options of ``mlconnect train``, and nothing host-specific."""
+
+    KIND = "run spec"
 
     experiment: str
     config: str | None = None      # a path inside the project on the host
@@ -56,26 +77,22 @@ class RunSpec:
         for name in ("config", "model", "dataset", "data_path", "gpus"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
-                _bad(name, "is not a non-empty string")
+                self.bad(f"{name} is not a non-empty string")
         for name in ("resume", "force", "queue"):
             if not isinstance(getattr(self, name), bool):
-                _bad(name, "is not true or false")
+                self.bad(f"{name} is not true or false")
         if not isinstance(self.overrides, tuple) or not all(
                 isinstance(o, str) and "=" in o and o.split("=", 1)[0].strip() for o in self.overrides):
-            _bad("overrides", "is not a list of KEY=VALUE strings")
+            self.bad("overrides is not a list of KEY=VALUE strings")
         if self.nproc is not None and (isinstance(self.nproc, bool) or not isinstance(self.nproc, int)
                                        or self.nproc < 1):
-            _bad("nproc", "is not a whole number of at least 1")
+            self.bad("nproc is not a whole number of at least 1")
         if self.gpus is not None and not _GPUS.match(self.gpus):
-            _bad("gpus", "is not a comma-separated list of GPU numbers (e.g. 0,1)")
+            self.bad("gpus is not a comma-separated list of GPU numbers (e.g. 0,1)")
         if not isinstance(self.env, dict) or not all(
                 isinstance(k, str) and k.startswith("MLCONNECT_") and isinstance(v, str)
                 for k, v in self.env.items()):
-            _bad("env", "is not a map of MLCONNECT_NAME to string values")
-
-    def to_json(self) -> str:
-        return json.dumps({"version": SPEC_VERSION, **asdict(self), "overrides": list(self.overrides)},
-                          sort_keys=True)
+            self.bad("env is not a map of MLCONNECT_NAME to string values")
 
     def as_train_options(self) -> str:
         """The same run as ``mlconnect train`` options, for the log line a person reads."""
@@ -85,11 +102,6 @@ class RunSpec:
             argv += [flag, str(value)] if value else []
         argv += [a for ov in self.overrides for a in ("--set", ov)]
         return shlex.join(argv + [f for f, on in (("--resume", self.resume), ("--force", self.force)) if on])
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> RunSpec:
-        """Parse and validate; every problem is one line (:class:`SpecError`)."""
-        return parse_spec(cls, text, "run spec")
 
 
 def parse_spec(cls: type[T], text: str | bytes, what: str) -> T:
@@ -121,6 +133,3 @@ def parse_spec(cls: type[T], text: str | bytes, what: str) -> T:
 _HINT = "this is a bug in the client: run the same mlconnect version on both sides"
 _SKEW = "run the same mlconnect version here and on the host (`mlconnect bootstrap`)"
 
-
-def _bad(name: str, problem: str) -> None:
-    raise SpecError(f"run spec: {name} {problem}", _HINT)

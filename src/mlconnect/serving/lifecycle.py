@@ -15,10 +15,10 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
-from mlconnect.engine.runspec import SPEC_VERSION, SpecError, parse_spec
+from mlconnect.engine.runspec import Spec
 from mlconnect.errors import ExperimentError, MlconnectError, UsageError
 from mlconnect.layout import experiment_paths
 from mlconnect.serving.listen import LoadErrors, bind_socket, run_server
@@ -31,8 +31,10 @@ LIMITS = {"max_batch": 64, "max_items": 1000, "max_body_bytes": 1 << 20, "batch_
 
 
 @dataclass(frozen=True)
-class ServeSpec:
+class ServeSpec(Spec):
     """``serve NAME --host H`` as the host gets it: what to serve, where, and with which key and limits."""
+
+    KIND = "serve spec"
 
     experiment: str
     port: int = 0  # on the host's 127.0.0.1; 0: any free one (the first stdout line says which)
@@ -43,30 +45,18 @@ class ServeSpec:
 
     def __post_init__(self) -> None:
         if not isinstance(self.experiment, str) or not self.experiment:
-            _bad("experiment is not a non-empty string")
+            self.bad("experiment is not a non-empty string")
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
-            _bad("port is not a port number (0-65535)")
+            self.bad("port is not a port number (0-65535)")
         if self.device not in DEVICES:
-            _bad(f"device is not one of {', '.join(DEVICES)}")
+            self.bad(f"device is not one of {', '.join(DEVICES)}")
         if self.api_key is not None and not isinstance(self.api_key, str):
-            _bad("api_key is not a string")
+            self.bad("api_key is not a string")
         if not isinstance(self.access_log, bool):
-            _bad("access_log is not true or false")
+            self.bad("access_log is not true or false")
         if not isinstance(self.limits, dict) or set(self.limits) - set(LIMITS) or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.limits.values()):
-            _bad(f"limits is not a map of {', '.join(LIMITS)} to numbers")
-
-    def to_json(self) -> str:
-        return json.dumps({"version": SPEC_VERSION, **asdict(self)}, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> ServeSpec:
-        return parse_spec(cls, text, "serve spec")
-
-
-def _bad(problem: str) -> None:
-    raise SpecError(f"serve spec: {problem}", "this is a bug in the client: run the same mlconnect version "
-                    "on both sides")
+            self.bad(f"limits is not a map of {', '.join(LIMITS)} to numbers")
 
 
 def check_experiment(name: str) -> Any:
