@@ -8,6 +8,7 @@ prints through :func:`train_and_report` too, so a detached run's training.log re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -57,13 +58,16 @@ def train_and_report(config: Path | str | None, experiment: str | None, model: s
     cfg = run_config(Path(config) if config else None, experiment, model=model, dataset=dataset,
                      data_path=data_path, sets=sets, device=device)
     name = experiment or default_experiment_name(cfg["model"], cfg["dataset"])
-    results = train_engine(cfg, experiment_paths(name).root, resume=resume, force=force)
     if json_out:
-        print(json.dumps(results, indent=2))
-    else:
-        print_results(results)
-        _console().print(f"TensorBoard: mlconnect tensorboard {name}   (logs in "
-                         f"{experiment_paths(name).tensorboard})")
+        # stdout carries the JSON alone (scripts parse it); the progress lines go to stderr.
+        with contextlib.redirect_stdout(sys.stderr):
+            results = train_engine(cfg, experiment_paths(name).root, resume=resume, force=force)
+        print(json.dumps(results, indent=2), flush=True)
+        return results
+    results = train_engine(cfg, experiment_paths(name).root, resume=resume, force=force)
+    print_results(results)
+    _console().print(f"TensorBoard: mlconnect tensorboard {name}   (logs in "
+                     f"{experiment_paths(name).tensorboard})")
     return results
 
 
