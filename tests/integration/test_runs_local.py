@@ -172,4 +172,3 @@ def test_queue_from_the_cli_and_force_restart(project):
     s2b = read_json(root / "experiments" / "q2" / "status.json")
     assert s2b["run_id"] != old_run and s2b["state"] == "succeeded" and s2b["exit_code"] == 0
     assert old_run not in log and log.count("training SASRec") == 1
-
