@@ -3,7 +3,8 @@
 ``mlconnect train --host`` (and ``--detach``/``--queue``, and ``resume``) builds a :class:`RunSpec`,
 the agent validates it (:meth:`RunSpec.from_json`: one line naming the field) and writes it into the
 experiment folder, and the supervisor starts ``python -m mlconnect.engine.run <that file>``; the same
-file is what every DDP rank reads. Standard library only (the agent imports it on every call).
+file is what every DDP rank reads. :class:`Spec` is the shape every such message shares (serving's
+``ServeSpec`` and deploy's ``PredictJob`` too). Standard library only (the agent imports it on every call).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ T = TypeVar("T", bound="Spec")
 
 
 class SpecError(MlconnectError):
-    """A run spec the host cannot run: which field, what is wrong with it."""
+    """A spec the host cannot use (malformed, another version, a wrong field): one line naming the field."""
 
 
 class Spec:
