@@ -75,14 +75,6 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-AGENT_REFUSED_EXIT = 3  # the agent's exit status when it refuses on purpose (runs/agent.py)
-
-
-class AgentRefused(ExperimentError):
-    """The host agent refused on purpose (unknown experiment, already running, bad name...):
-    the host's own words, never worth retrying (a connection failure is a RemoteError)."""
-
-
 class RemoteError(MlconnectError):
     """A command on the host failed: carries the command, its return code and its stderr tail."""
 
@@ -92,3 +84,34 @@ class RemoteError(MlconnectError):
         self.command = command or []
         self.returncode = returncode
         self.stderr_tail = "\n".join(stderr.strip().splitlines()[-5:])
+
+
+AGENT_REFUSED_EXIT = 3  # the agent's exit status when it refuses on purpose (runs/agent.py)
+
+
+# Talking to the host agent (``python -m mlconnect.runs.agent``, here or over ssh): one tree, so a
+# caller picks what to handle by type (httpx-style), never by a return code. All are RemoteErrors.
+class AgentError(RemoteError):
+    """Any failure of an agent call: catch this one for all of them."""
+
+    @classmethod
+    def from_remote(cls, err: RemoteError, message: str | None = None) -> AgentError:
+        return cls(message or err.message, err.hint, command=err.command, returncode=err.returncode,
+                   stderr=err.stderr_tail)
+
+
+class AgentRefused(AgentError):
+    """The agent refused on purpose (unknown experiment, already running, bad name...): the host's own
+    words, never worth retrying. ``remote_type`` is the host's error class; a usage error keeps exit 2."""
+
+    remote_type = "MlconnectError"
+
+
+class AgentUnreachable(AgentError):
+    """The call did not get through: ssh could not connect, the connection dropped, or it timed out.
+    Worth retrying (``logs -f`` does)."""
+
+
+class AgentProtocolError(AgentError):
+    """Something answered, but not this agent: no mlconnect (or an older one) for the host's python,
+    no project folder there, or output that is not the agent's JSON."""

@@ -6,11 +6,11 @@ Every command that says what a run is doing (``ps``, ``ls``, ``monitor``, ``comp
 final record: killed, or the host rebooted), ``created`` (config only) and ``empty``.
 
 This module is deliberately **standard library only and self-contained** (no mlconnect imports):
-``monitor --host`` sends its source text to the host as ``python3 -c <source> <exp_dir>``, so one
-ssh round trip per refresh returns every file the dashboard needs, with the state decided on the
-host (where the pids can be checked), and the host needs no particular mlconnect version for
-monitoring to work. It also owns the time format (:func:`now_iso`, :func:`parse_iso`) and the
-process checks (pid + run marker, boot id) that the launcher, the services and the trainer use.
+the host agent's ``snapshot`` verb (``monitor --host``) and every ``ps`` import it on each call, so
+one ssh round trip per refresh returns every file the dashboard needs, with the state decided on
+the host (where the pids can be checked), at the cost of the interpreter's start-up only. It also
+owns the time format (:func:`now_iso`, :func:`parse_iso`) and the process checks (pid + run
+marker, boot id) that the launcher, the services and the trainer use.
 
 :func:`snapshot` returns ``{"experiment", "path", "exists", "read_at", "progress", "status",
 "results", "gpu", "log_tail", "problems", "state"}``. A file that is missing reads as ``None``;
@@ -26,7 +26,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 from datetime import datetime, timezone
 
 ACTIVE = ("queued", "running")
@@ -320,14 +319,3 @@ def snapshot(exp_dir: str, log_lines: int = 12) -> dict:
         "state": state_of(status, progress, results, has_config),
     }
 
-
-def main(argv: list[str]) -> int:
-    """``python3 -c <this file> EXP_DIR [LOG_LINES]``: print one snapshot as JSON."""
-    lines = int(argv[1]) if len(argv) > 1 else 12
-    sys.stdout.write(json.dumps(snapshot(argv[0], lines), default=str))
-    sys.stdout.write("\n")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

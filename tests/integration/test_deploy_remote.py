@@ -15,7 +15,7 @@ import tempfile
 import pyarrow.parquet as pq
 import pytest
 from runs_sshd import start_sshd, stop_sshd
-from runs_support import cli_env, mlc, ps_json, wait_for
+from runs_support import cli_env, mlc, ps_json, read_json, wait_for
 from tests.conftest import require_tool
 
 from mlconnect.deploy.bundle import Bundle
@@ -59,6 +59,13 @@ def test_predict_host_runs_detached_and_pull_brings_the_table(box) -> None:
     # Detached: an unknown experiment is the job's failure (its log says why), as for a training run.
     job2 = json.loads(mlc(["predict", "nope", *host, "--out", "r.parquet", "--json"], laptop, env).stdout)["job"]
     wait_for(lambda: ps_json(laptop, env, host)[job2]["state"] == "failed", timeout=120, what="the job to fail")
+    log2 = (box["remote"] / "experiments" / job2 / "training.log").read_text()
+    assert len([ln for ln in log2.splitlines() if ln.startswith("error: ")]) == 1 and "nope" in log2, log2
+    # The job was described once (job_spec.json) and runs deploy's entry point on it, not `mlconnect predict`.
+    command = read_json(box["remote"] / "experiments" / job / "status.json")["command"]
+    assert command[command.index("-m") + 1:] == ["mlconnect.deploy.jobs", "run",
+                                                 str(box["remote"] / "experiments" / job / "job_spec.json")]
+    assert read_json(box["remote"] / "experiments" / job / "job_spec.json")["k"] == 7
 
 
 def test_export_host_pulls_a_verified_bundle(box) -> None:

@@ -111,6 +111,20 @@ def test_bad_input_gets_one_line(project):
     assert read_json(dup / "status.json")["state"] == "stopped" and (dup / "training.log").stat().st_size > 0
 
 
+def test_a_detached_run_that_cannot_start_says_why_in_one_line(project):
+    # The engine's entry point, not the CLI, reads the run's spec: its refusal is still one line.
+    root, env = project
+    mlc(["train", "--detach", "--config", "configs/tiny.yaml", "--experiment", "bad", "--set", "epochs=many"],
+        root, env)
+    exp = root / "experiments" / "bad"
+    wait_for(lambda: (read_json(exp / "status.json") or {}).get("state") == "failed", timeout=60,
+             what="the run to fail")
+    log = (exp / "training.log").read_text()
+    errors = [ln for ln in log.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "epochs" in errors[0] and " — " in errors[0] and "Traceback" not in log, log
+    assert "(mlconnect train --experiment bad --config configs/tiny.yaml --set epochs=many)" in log
+
+
 def test_exp_create_then_train_it(project):
     root, env = project
     out = mlc(["exp", "create", "made", "--config", "configs/tiny.yaml"], root, env).stdout

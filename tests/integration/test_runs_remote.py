@@ -89,6 +89,13 @@ def test_killing_the_clients_ssh_does_not_stop_the_run(box):
     assert kill_ssh_clients(box) >= 1  # the multiplexing master, at least
     st = read_json(box["remote"] / "experiments" / "r2" / "status.json")
     assert st["state"] == "running"
+    # The run was described once (run_spec.json) and the supervisor started the engine's entry point on
+    # it, not `mlconnect train` again: the training process's argv on the host says so.
+    spec = box["remote"] / "experiments" / "r2" / "run_spec.json"
+    assert read_json(spec)["overrides"] == ["epochs=20", "stopping_step=100"]
+    argv = Path(f"/proc/{st['pid']}/cmdline").read_bytes().decode().split("\0")[:-1]
+    assert argv[argv.index("-m") + 1:] == ["mlconnect.engine.run", str(spec)], argv
+    assert "train" not in argv and st["command"] == argv
     # Reconnects on its own (a new master) and sees the run through to the end.
     wait_for(lambda: _remote_state(box, "r2") == "succeeded", timeout=150, interval=2,
              what="the run to finish after the disconnect")

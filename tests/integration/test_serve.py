@@ -409,16 +409,19 @@ def test_cli_serves_then_shuts_down_gracefully(experiment: Path, rec: Recommende
 
 
 def test_host_side_of_remote_serving_takes_key_on_stdin_and_stops_at_eof(experiment: Path) -> None:
-    """What `serve --host H` starts on the box: the key arrives on stdin (never argv), and closing
-    stdin (the laptop's ssh went away) shuts the server down gracefully."""
+    """What `serve --host H` starts on the box: serving's entry point (not the CLI), the server described
+    by a spec on stdin with the key in it (never argv), and closing stdin (the laptop's ssh went away)
+    shuts the server down gracefully."""
+    from mlconnect.serving.lifecycle import ServeSpec
+
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mlconnect", "serve", str(experiment), "--host", "local",
-                             "--port", str(port), "--stdin-control"], env=ENV, stdin=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "mlconnect.serving.lifecycle"], env=ENV, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         assert proc.stdin is not None
-        proc.stdin.write(KEY + "\n")
+        proc.stdin.write(ServeSpec(experiment=str(experiment), port=port, api_key=KEY,
+                                   limits={"max_batch": 8}).to_json() + "\n")
         proc.stdin.flush()
         deadline = time.monotonic() + 60
         while True:
@@ -438,3 +441,17 @@ def test_host_side_of_remote_serving_takes_key_on_stdin_and_stops_at_eof(experim
             proc.wait()
     assert proc.returncode == 0, out
     assert "Application shutdown complete" in out and KEY not in out, out
+
+
+@pytest.mark.parametrize(("line", "words"), [
+    ("", "serve spec is not JSON"),
+    ('{"experiment": "e", "port": 70000}', "serve spec: port is not a port number"),
+    ('{"experiment": "e", "device": "tpu"}', "serve spec: device is not one of cpu, cuda, mps"),
+    ('{"experiment": "e", "limits": {"max_batch": "8"}}', "serve spec: limits is not a map"),
+    ('{"experiment": "e", "api_key_env": "K"}', "serve spec has unknown field(s): api_key_env"),
+])
+def test_host_side_of_remote_serving_refuses_a_bad_spec_in_one_line(line: str, words: str) -> None:
+    cp = subprocess.run([sys.executable, "-m", "mlconnect.serving.lifecycle"], input=line + "\n", env=ENV,
+                        capture_output=True, text=True, timeout=60)
+    assert cp.returncode == 1 and cp.stdout == ""
+    assert cp.stderr.startswith(f"error: {words}") and cp.stderr.count("\n") == 1, cp.stderr

@@ -3,7 +3,7 @@
 The host is this machine reached through the session's real OpenSSH server (``sshd_host``), with
 ``remote_root`` a temp folder and the same interpreter; its experiment comes from a tiny real
 training. Answers are checked against the engine's own ``Recommender``; the host-side server is
-found by pid (its cwd is the host project and its argv says ``--stdin-control``) to check that it
+found by pid (its cwd is the host project and its argv is serving's entry point) to check that it
 listens on 127.0.0.1 only and is gone after Ctrl-C / SIGTERM. Nothing is mocked and no traffic
 leaves loopback; every process a test starts is ended by it or by the module fixture, by pid.
 """
@@ -43,14 +43,15 @@ torch.set_num_threads(1)  # two cores shared by everyone's tests
 
 
 def host_servers(remote: Path) -> list[int]:
-    """Pids of `serve --stdin-control` processes running in the host project (what serve --host starts)."""
+    """Pids of serving's entry point (``python -m mlconnect.serving.lifecycle``) running in the host project
+    (what serve --host starts there: never the CLI again)."""
     found = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
         with contextlib.suppress(OSError):
             argv = (d / "cmdline").read_bytes().split(b"\0")
-            if b"--stdin-control" in argv and b"serve" in argv and os.readlink(d / "cwd") == str(remote) \
+            if b"mlconnect.serving.lifecycle" in argv and os.readlink(d / "cwd") == str(remote) \
                     and not gone(int(d.name)):
                 found.append(int(d.name))
     return found

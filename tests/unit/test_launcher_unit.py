@@ -49,14 +49,11 @@ def no_smi(tmp_path, monkeypatch):
         pytest.skip("this machine has nvidia-smi")
 
 
-def test_train_argv_carries_marker_and_flags():
-    argv = launcher.train_argv("exp_1", run_id="abc123", config="configs/a.yaml", model=None,
-                               dataset="ml-100k", overrides=["epochs=2", "hidden_size=16"],
-                               resume=True, python="/venv/bin/python")
-    assert argv[:4] == ["/venv/bin/python", "-X", "mlconnect-run=abc123", "-m"]
-    assert argv[4:8] == ["mlconnect", "train", "--experiment", "exp_1"]
-    assert argv[8:] == ["--config", "configs/a.yaml", "--dataset", "ml-100k", "--set", "epochs=2",
-                        "--set", "hidden_size=16", "--resume"]
+def test_train_argv_is_the_engine_entry_point_on_the_spec_with_the_marker():
+    argv = launcher.train_argv("/p/experiments/exp_1/run_spec.json", run_id="abc123", python="/venv/bin/python")
+    assert argv == ["/venv/bin/python", "-X", "mlconnect-run=abc123", "-m", "mlconnect.engine.run",
+                    "/p/experiments/exp_1/run_spec.json"]
+    assert "train" not in argv  # the supervisor never re-enters the CLI
 
 
 def test_marker_is_harmless_to_python():

@@ -93,9 +93,8 @@ def register(app: typer.Typer) -> None:
                 raise UsageError("--host predicts with an experiment on the box", "give its NAME, not --bundle")
             from mlconnect.deploy.jobs import predict_on_host
 
-            args = ["--users", users, "--k", str(k)] + [f for f, on in (("--exclude-seen", exclude_seen),
-                                                                      ("--wide", wide)) if on]
-            st = predict_on_host(target, name, str(out), args)  # type: ignore[arg-type]
+            st = predict_on_host(target, name, str(out), users=users, k=k,  # type: ignore[arg-type]
+                                 exclude_seen=exclude_seen, wide=wide)
             if as_json:
                 print_json(st)
                 return

@@ -30,21 +30,16 @@ def sync_project(target: Any) -> None:
         rsync_project(target, project_root())
 
 
-def launch_train(*, host: str | None, ssh_config: str | None, config: str | None,
-                 experiment: str | None, model: str | None, dataset: str | None,
-                 data_path: str | None, overrides: list[str], queue: bool, resume: bool,
-                 force: bool, nproc: int | None = None, gpus: str | None = None) -> dict:
-    """``train --host/--detach/--queue``: sync, start detached, print what to do next."""
+def launch_train(*, host: str | None, ssh_config: str | None, **run: Any) -> dict:
+    """``train --host/--detach/--queue``: sync, start detached, print what to do next.
+    ``run``: train's options (config, experiment, model, dataset, data_path, overrides, queue, ...)."""
     from mlconnect.settings import load_settings
 
     target = target_from(host, ssh_config)
-    rel_config = client.relative_config(config, target, project_root())
-    name = experiment or client.default_name(config, model, dataset)
-    env = client.run_env(target, name, load_settings(overrides={"ssh_config": ssh_config}))
+    spec = client.describe_run(target, project_root(), load_settings(overrides={"ssh_config": ssh_config}), **run)
     sync_project(target)
-    st = client.launch(target, name=name, config=rel_config, model=model, dataset=dataset,
-                       data_path=data_path, overrides=overrides, queue=queue, resume=resume,
-                       force=force, env=env, nproc=nproc, gpus=gpus)
+    st = client.launch(target, spec)
+    name = spec.experiment
     _warn(st)
     flag = client.host_flag(target)
     where = "" if target.is_local else f" on {target.name}"
@@ -73,7 +68,7 @@ def register(app: typer.Typer) -> None:
     def ps_cmd(host: str | None = HostOpt, ssh_config: str | None = SshConfigOpt,
                as_json: bool = JsonOpt) -> None:
         """Runs: name, state, epoch, best metric, GPU utilisation, age."""
-        res = client.call_agent(target_from(host, ssh_config), "ps")
+        res = target_from(host, ssh_config).agent("ps")
         if as_json:
             typer.echo(json.dumps(res["experiments"], indent=2, default=str))
             return
@@ -93,8 +88,8 @@ def register(app: typer.Typer) -> None:
                  host: str | None = HostOpt, ssh_config: str | None = SshConfigOpt,
                  as_json: bool = JsonOpt) -> None:
         """Stop a run: SIGTERM (the trainer saves a checkpoint), SIGKILL after --grace."""
-        st = client.call_agent(target_from(host, ssh_config), "stop", "--experiment", name, "--grace",
-                               str(grace), timeout=grace + 60)
+        st = target_from(host, ssh_config).agent("stop", "--experiment", name, "--grace", str(grace),
+                                                 timeout=grace + 60)
         _echo_state(name, st, as_json)
 
     @app.command("resume")
@@ -125,7 +120,7 @@ def register(app: typer.Typer) -> None:
     def status_cmd(host: str | None = HostOpt, ssh_config: str | None = SshConfigOpt,
                    as_json: bool = JsonOpt) -> None:
         """The host: GPU, disk, load, running runs and services."""
-        res = client.call_agent(target_from(host, ssh_config), "host-status")
+        res = target_from(host, ssh_config).agent("host-status")
         if as_json:
             typer.echo(json.dumps(res, indent=2, default=str))
             return
@@ -141,8 +136,8 @@ def register(app: typer.Typer) -> None:
         target = target_from(host, ssh_config)
         rel = client.relative_config(config, target, project_root())
         sync_project(target)
-        res = client.call_agent(target, "exp-create", "--experiment", name, "--config", rel or config,
-                                *(["--force"] if force else []))
+        res = target.agent("exp-create", "--experiment", name, "--config", rel or config,
+                           *(["--force"] if force else []))
         if as_json:
             print_json(res)
             return

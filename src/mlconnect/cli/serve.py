@@ -2,8 +2,9 @@
 
 Here: ``serving.lifecycle.serve_local`` binds 127.0.0.1:8000 (``--bind`` to change) until Ctrl-C or
 SIGTERM. With ``--host`` (or a project default host): ``serving.hosted.serve_remote`` starts the same
-command on the box's 127.0.0.1 and forwards this machine's 127.0.0.1:PORT to it; the URL printed on
-stdout says which port. Each way of serving is one function below, picked by ``serve``.
+server on the box's 127.0.0.1 (serving's entry point, on a ServeSpec) and forwards this machine's
+127.0.0.1:PORT to it; the URL printed on stdout says which port. Each way of serving is one
+function below, picked by ``serve``.
 """
 
 from __future__ import annotations
@@ -15,21 +16,12 @@ import typer
 
 from mlconnect.cli.common import HostOpt, SshConfigOpt, info, target_from
 from mlconnect.errors import UsageError
-from mlconnect.serving.lifecycle import DEFAULT_KEY_ENV
+from mlconnect.serving.lifecycle import DEFAULT_KEY_ENV, LIMITS
 
 
 def _announce(url: str) -> None:
     typer.echo(url)  # stdout: the URL, for people and scripts alike
     sys.stdout.flush()
-
-
-def _serve_for_laptop(name: str, bind: str, port: int, device: str, access_log: bool, limits: dict) -> None:
-    """``--stdin-control``: started by serve_remote on the laptop; the API key is stdin's first line."""
-    from mlconnect.serving.lifecycle import serve_local
-
-    key = sys.stdin.buffer.readline().decode().strip() or None
-    serve_local(name, bind=bind, port=port, device=device, api_key=key, access_log=access_log,
-                stop_on_stdin_eof=True, log=info, **limits)
 
 
 def _serve_on_host(name: str, target: Any, bind: str, port: int, remote_port: int | None,
@@ -41,9 +33,8 @@ def _serve_on_host(name: str, target: Any, bind: str, port: int, remote_port: in
                          "on the host the server always binds 127.0.0.1; it is reached through the tunnel")
     if port == 0:
         raise UsageError("--port 0 applies to local serving only", "pick a port on this machine, e.g. 8000")
-    extra = [f"--{k.replace('_', '-')}={v}" for k, v in limits.items()] + (["--access-log"] if access_log else [])
-    serve_remote(target, name, port=port, remote_port=remote_port, device=device,
-                 api_key=api_key, extra=extra, log=info, announce=_announce)
+    serve_remote(target, name, port=port, remote_port=remote_port, device=device, api_key=api_key,
+                 access_log=access_log, limits=limits, log=info, announce=_announce)
 
 
 def register(app: typer.Typer) -> None:
@@ -61,19 +52,18 @@ def register(app: typer.Typer) -> None:
         api_key_env: str | None = typer.Option(None, "--api-key-env", metavar="VAR",
                                                help=f"Require X-API-Key equal to $VAR (default: "
                                                     f"${DEFAULT_KEY_ENV} when set)."),
-        max_batch: int = typer.Option(64, "--max-batch", min=1, max=4096,
+        max_batch: int = typer.Option(LIMITS["max_batch"], "--max-batch", min=1, max=4096,
                                       help="Requests per /recommend/batch and sequences per forward."),
-        max_items: int = typer.Option(1000, "--max-items", min=1, help="Ids per sequence."),
-        max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", min=1024, help="Request body limit."),
-        batch_wait_ms: float = typer.Option(0.0, "--batch-wait-ms", min=0.0, max=50.0,
+        max_items: int = typer.Option(LIMITS["max_items"], "--max-items", min=1, help="Ids per sequence."),
+        max_body_bytes: int = typer.Option(LIMITS["max_body_bytes"], "--max-body-bytes", min=1024,
+                                           help="Request body limit."),
+        batch_wait_ms: float = typer.Option(LIMITS["batch_wait_ms"], "--batch-wait-ms", min=0.0, max=50.0,
                                             help="Wait this long to collect concurrent requests into "
                                                  "one forward (0: batch only what is already queued)."),
         access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="Log every request."),
         remote_port: int | None = typer.Option(None, "--remote-port", min=1, max=65535,
                                                help="Port on the host's 127.0.0.1 (default: any free one)."),
         ssh_config: str | None = SshConfigOpt,
-        stdin_control: bool = typer.Option(False, "--stdin-control", hidden=True,
-                                           help="Internal: API key on stdin's first line; stop at EOF."),
     ) -> None:
         """Serve an experiment as a recommendation API (FastAPI + uvicorn)."""
         from mlconnect.serving.lifecycle import read_api_key, serve_local
@@ -89,9 +79,6 @@ def register(app: typer.Typer) -> None:
                 raise UsageError("--bundle serves on this machine", "copy the bundle to the box and serve it there")
             serve_bundle(bundle, bind=bind, port=port, api_key=read_api_key(api_key_env),
                          log=lambda m: typer.echo(m, err=True), **limits)
-            return
-        if stdin_control:  # we were started by serve_remote on the laptop
-            _serve_for_laptop(name, bind, port, device, access_log, limits)
             return
         api_key = read_api_key(api_key_env)
         target = target_from(host, ssh_config)  # the one "is this host this machine" rule

@@ -9,8 +9,10 @@ returns at once.
 
 from __future__ import annotations
 
+import inspect
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Optional
 
 import typer
 
@@ -20,35 +22,34 @@ START_TIMEOUT_S = 120  # the agent waits up to 60 s for the service to answer; s
 
 
 def register(app: typer.Typer) -> None:
-    app.command("tensorboard")(tensorboard)
-    app.command("jupyter")(jupyter)
+    app.command("tensorboard")(_command(
+        "tensorboard", 6006, "the TensorBoard",
+        "TensorBoard over the experiments on the host, at http://localhost:6006 through an SSH tunnel.",
+        name_help="One experiment; default: every run in experiments/."))
+    app.command("jupyter")(_command(
+        "jupyter", 8888, "the Jupyter Lab",
+        "Jupyter Lab in the project on the host (token auth), at http://localhost:8888 through an SSH tunnel."))
 
 
-def tensorboard(
-    name: str | None = typer.Argument(None, help="One experiment; default: every run in experiments/."),
-    host: str | None = HostOpt,
-    ssh_config: str | None = SshConfigOpt,
-    port: int = typer.Option(6006, "--port", "-p", help="Local port (the next free one when busy)."),
-    stop: bool = typer.Option(False, "--stop", help="End the TensorBoard this command started."),
-    no_tunnel: bool = typer.Option(False, "--no-tunnel", help="Start it on the host, open no tunnel."),
-    as_json: bool = JsonOpt,
-) -> None:
-    """TensorBoard over the experiments on the host, at http://localhost:6006 through an SSH tunnel."""
-    run_service("tensorboard", name, host=host, ssh_config=ssh_config, port=port, stop=stop,
-                no_tunnel=no_tunnel, as_json=as_json)
+def _command(service: str, port: int, what: str, doc: str, name_help: str | None = None) -> Callable[..., None]:
+    """The command for one service: one list of options for both (they differ in the default port,
+    and only TensorBoard takes an experiment name), as the signature typer reads."""
+    params: list[tuple[str, Any, Any]] = [] if name_help is None else [
+        ("name", Optional[str], typer.Argument(None, help=name_help))]  # noqa: UP045 - a runtime type
+    params += [("host", Optional[str], HostOpt), ("ssh_config", Optional[str], SshConfigOpt),  # noqa: UP045
+               ("port", int, typer.Option(port, "--port", "-p", help="Local port (the next free one when busy).")),
+               ("stop", bool, typer.Option(False, "--stop", help=f"End {what} this command started.")),
+               ("no_tunnel", bool, typer.Option(False, "--no-tunnel", help="Start it on the host, open no tunnel.")),
+               ("as_json", bool, JsonOpt)]
 
+    def command(**options: Any) -> None:
+        run_service(service, options.pop("name", None), **options)
 
-def jupyter(
-    host: str | None = HostOpt,
-    ssh_config: str | None = SshConfigOpt,
-    port: int = typer.Option(8888, "--port", "-p", help="Local port (the next free one when busy)."),
-    stop: bool = typer.Option(False, "--stop", help="End the Jupyter Lab this command started."),
-    no_tunnel: bool = typer.Option(False, "--no-tunnel", help="Start it on the host, open no tunnel."),
-    as_json: bool = JsonOpt,
-) -> None:
-    """Jupyter Lab in the project on the host (token auth), at http://localhost:8888 through an SSH tunnel."""
-    run_service("jupyter", None, host=host, ssh_config=ssh_config, port=port, stop=stop,
-                no_tunnel=no_tunnel, as_json=as_json)
+    command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=t) for n, t, d in params])
+    command.__annotations__ = {n: t for n, t, _ in params}
+    command.__doc__, command.__name__ = doc, service
+    return command
 
 
 def run_service(service: str, experiment: str | None, *, host: str | None, ssh_config: str | None, port: int,
@@ -100,15 +101,13 @@ def _call(target: Any, verb: str, service: str, *, experiment: str | None = None
         if verb == "service-stop":
             return services.stop_service(root, service)
         return services.start_service(root, service, experiment=experiment, port=port)
-    from mlconnect.runs.client import call_agent
-
     args = ["--service", service]
     if experiment:
         args += ["--experiment", experiment]
     if port is not None:
         args += ["--port", str(port)]
-    # The agent refusing on purpose (jupyterlab missing, unknown experiment): its own words.
-    return call_agent(target, verb, *args, timeout=START_TIMEOUT_S, refused=services.ServiceError)
+    # The agent refusing on purpose (jupyterlab missing, unknown experiment): AgentRefused, its own words.
+    return target.agent(verb, *args, timeout=START_TIMEOUT_S)
 
 
 def _announce(service: str, res: dict, *, local_port: int | None, moved_from: int | None, where: str,

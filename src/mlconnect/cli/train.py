@@ -2,85 +2,37 @@
 
 With no host, ``train`` runs in the foreground on this machine (progress, then a metrics table).
 With ``--host`` (or ``--detach`` / ``--queue``, or a project default host) it hands over to the runs
-layer, which syncs the project and starts the same command detached on the box.
+layer, which syncs the project and starts the same run detached on the box
+(described once, as a RunSpec: ``mlconnect.engine.run`` trains it there).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from mlconnect.cli.common import HostOpt, SshConfigOpt
-from mlconnect.errors import UsageError
-from mlconnect.layout import check_experiment_name, default_experiment_name, experiment_paths
+from mlconnect.layout import check_experiment_name
 
 _out = Console(highlight=False)
 
 
-def _launched_by_runs_layer() -> bool:
-    """True inside a run the launcher started (``-X mlconnect-run=``), or a rank torchrun started."""
-    return any(k.startswith("mlconnect-run") for k in getattr(sys, "_xoptions", {})) or "LOCAL_RANK" in os.environ
+def _inside_a_rank() -> bool:
+    """True in a rank torchrun started for ``train --nproc`` (it runs this command again)."""
+    return "LOCAL_RANK" in os.environ
 
 
 def _remote_wanted(host: str | None, detach: bool, queue: bool, ssh_config: str | None) -> bool:
     """One rule: this machine (no host, ``--host local``...) trains in the foreground unless
     --detach/--queue; any other host gets a detached run."""
-    if _launched_by_runs_layer():
-        return False  # we *are* the detached run: never hand over again
+    if _inside_a_rank():
+        return False  # we *are* the run: never hand over again
     from mlconnect.cli.common import target_from
 
     return detach or queue or not target_from(host, ssh_config).is_local
-
-
-def print_results(results: dict[str, Any]) -> None:
-    """The metrics table people read at the end of a run."""
-    table = Table(title=f"{results['model']} on {results['dataset']} — {results['experiment']}")
-    table.add_column("metric")
-    table.add_column("valid", justify="right")
-    table.add_column("test", justify="right")
-    for key, test_value in results["test"].items():
-        table.add_row(key, f"{results['best_valid'].get(key, float('nan')):.4f}", f"{test_value:.4f}")
-    _out.print(table)
-    _out.print(f"best epoch {results['best_epoch']} of {results['epochs']}, "
-               f"{results['wall_time_s']:.1f}s training ({results['seconds_per_epoch']:.2f}s/epoch, "
-               f"{results['throughput_tokens_per_s']:,.0f} tokens/s) on {results['device']}")
-
-
-def run_foreground(config: Path | None, experiment: str | None, model: str | None, dataset: str | None,
-                   data_path: str | None, sets: list[str], resume: bool, force: bool, device: str | None,
-                   json_out: bool = False) -> dict[str, Any]:
-    """Train on this machine and print the results (the library call behind ``mlconnect train``)."""
-    from mlconnect.engine.experiment import run_config
-    from mlconnect.engine.trainer import train as train_engine
-
-    if experiment is not None:
-        check_experiment_name(experiment)
-    if resume and not experiment:
-        raise UsageError("--resume needs --experiment NAME", "name the experiment to continue")
-    cfg = run_config(config, experiment, model=model, dataset=dataset, data_path=data_path, sets=sets,
-                     device=device)
-    name = experiment or default_experiment_name(cfg["model"], cfg["dataset"])
-    if json_out:
-        import contextlib
-        import json
-        import sys
-
-        # stdout carries the JSON alone (scripts parse it); the progress lines go to stderr.
-        with contextlib.redirect_stdout(sys.stderr):
-            results = train_engine(cfg, experiment_paths(name).root, resume=resume, force=force)
-        typer.echo(json.dumps(results, indent=2))
-        return results
-    results = train_engine(cfg, experiment_paths(name).root, resume=resume, force=force)
-    print_results(results)
-    _out.print(f"TensorBoard: mlconnect tensorboard {name}   (logs in "
-               f"{experiment_paths(name).tensorboard})")
-    return results
 
 
 def register(app: typer.Typer) -> None:
@@ -116,9 +68,10 @@ def register(app: typer.Typer) -> None:
                          overrides=list(sets), queue=queue, resume=resume, force=force, nproc=nproc, gpus=gpus)
             return
         from mlconnect.engine.ddp_launch import exec_torchrun  # here: `serve --bundle` must not import engine
+        from mlconnect.engine.run import train_and_report
 
         exec_torchrun(nproc, gpus, config, experiment, model, dataset, data_path, sets, resume, force, device, json_out)
-        run_foreground(config, experiment, model, dataset, data_path, sets, resume, force, device, json_out)
+        train_and_report(config, experiment, model, dataset, data_path, sets, resume, force, device, json_out)
 
     @app.command()
     def quickstart(
@@ -131,6 +84,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train SASRec on ml-100k (found, downloaded, or synthetic) and print its metrics."""
         from mlconnect.data.movielens_fetch import resolve_quickstart_dataset
+        from mlconnect.engine.run import train_and_report
 
         picked = resolve_quickstart_dataset(Path(data_path or "data"), allow_download=not no_download)
         label = {"found": "ml-100k (found)", "downloaded": "ml-100k (downloaded from GroupLens)",
@@ -138,5 +92,5 @@ def register(app: typer.Typer) -> None:
         _out.print(f"dataset: {label} — {picked.reason}")
         sets = [f"epochs={epochs}"] if epochs else []
         config = Path(__file__).resolve().parents[3] / "configs" / "baseline.yaml"
-        run_foreground(config if config.is_file() else None, experiment, model, picked.dataset,
+        train_and_report(config if config.is_file() else None, experiment, model, picked.dataset,
                        str(picked.data_path), sets, False, False, None)

@@ -14,16 +14,21 @@ runs.store.experiments_dir, remote.ssh.Target (run, python, rsync_rsh, rsync_pat
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlconnect.errors import AGENT_REFUSED_EXIT, ExperimentError, MlconnectError, RemoteError
+from mlconnect.engine.runspec import Spec
+from mlconnect.errors import ExperimentError, MlconnectError, RemoteError
+from mlconnect.fileio import atomic_write_text
+
+JOBS = "mlconnect.deploy.jobs"  # this module, as the host entry ``Target.agent`` calls
+JOB_SPEC = "job_spec.json"  # in the job folder: the job as the laptop described it
 
 
 def job_name(kind: str, experiment: str) -> str:
@@ -32,8 +37,31 @@ def job_name(kind: str, experiment: str) -> str:
 
 # -- host side ----------------------------------------------------------------------------------
 
-def start_job(name: str, command: list[str]) -> dict[str, Any]:
-    """Start ``mlconnect <command>`` detached in a new job folder; the launcher's status once recorded."""
+@dataclass(frozen=True)
+class PredictJob(Spec):
+    """``predict NAME --host H``, described once: the laptop sends it, the job folder keeps it."""
+
+    KIND = "predict job"
+
+    experiment: str
+    out: str  # inside the job folder on the host
+    users: str = "all"
+    k: int = 50
+    exclude_seen: bool = False
+    wide: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("experiment", "out", "users"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                self.bad(f"{name} is not a non-empty string")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            self.bad("k is not a whole number of at least 1")
+        if not isinstance(self.exclude_seen, bool) or not isinstance(self.wide, bool):
+            self.bad("exclude_seen and wide are not true or false")
+
+
+def start_job(name: str, spec: PredictJob) -> dict[str, Any]:
+    """Write the job's spec into a new job folder and start it detached; the launcher's status once recorded."""
     from mlconnect.layout import experiment_paths
     from mlconnect.runs import launcher, store
 
@@ -43,49 +71,74 @@ def start_job(name: str, command: list[str]) -> dict[str, Any]:
     if paths.root.exists():
         raise ExperimentError(f"{paths.root} already exists", "pick another job name")
     paths.root.mkdir(parents=True)
+    spec_file = (paths.root / JOB_SPEC).resolve()
+    atomic_write_text(spec_file, spec.to_json() + "\n")
     run_id = launcher.new_run_id()
-    argv = [sys.executable, "-X", f"{launcher.MARKER}{run_id}", "-m", "mlconnect", *command]
-    return {"job": name, **launcher.start_run(paths, argv, run_id=run_id)}
+    argv = [sys.executable, "-X", f"{launcher.MARKER}{run_id}", "-m", JOBS, "run", str(spec_file)]
+    described = f"mlconnect predict {spec.experiment} --out {spec.out} --users {spec.users} --k {spec.k}" + \
+        "".join(f for f, on in ((" --exclude-seen", spec.exclude_seen), (" --wide", spec.wide)) if on)
+    return {"job": name, **launcher.start_run(paths, argv, run_id=run_id, described=described)}
+
+
+def run_job(spec_file: str) -> None:
+    """The job itself (under the supervisor): what ``mlconnect predict`` does, with its output lines."""
+    from mlconnect.deploy.predict import Source, predict
+    from mlconnect.layout import experiment_paths
+
+    spec = PredictJob.from_json(Path(spec_file).read_bytes())
+    res = predict(Source.from_experiment(experiment_paths(spec.experiment).root), spec.out, users=spec.users,
+                  k=spec.k, exclude_seen=spec.exclude_seen, wide=spec.wide)
+    print(f"{res['users']:,} users, {res['rows']:,} rows in {res['seconds']:.1f} s "
+          f"({res['users_per_s']:,.0f} users/s, {res['device']})", file=sys.stderr, flush=True)
+    print(res["out"], flush=True)
+
+
+def export_here(name: str, out: str, fmt: str, docker: bool) -> dict[str, Any]:
+    """``export --host``'s host side: the bundle into ``out`` (in the project), as ``export --json`` says it."""
+    from mlconnect.deploy.export import export_bundle
+    from mlconnect.layout import check_experiment_name, experiment_paths
+
+    card = export_bundle(experiment_paths(check_experiment_name(name)).root, out, fmt=fmt, docker=docker,
+                         log=lambda m: print(m, file=sys.stderr))
+    return {"out": out, "verification": card["verification"], "files": card["files"], "mlflow": card.get("mlflow")}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m mlconnect.deploy.jobs start NAME -- <mlconnect args>``: one JSON document on stdout."""
+    """``python -m mlconnect.deploy.jobs start --json --spec - NAME`` / ``export --json --out DIR [--format F]
+    [--docker] NAME``: the agent protocol (one JSON document; a refusal is exit 3). ``run SPEC_FILE``: the
+    job under its supervisor (an error is one line, as the CLI's)."""
+    from mlconnect.runs.agent import reply
+
     p = argparse.ArgumentParser(prog="python -m mlconnect.deploy.jobs")
-    p.add_argument("verb", choices=["start"])
-    p.add_argument("name")
-    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.add_argument("verb", choices=["start", "export", "run"])
+    p.add_argument("--json", action="store_true", help="accepted for symmetry: output is JSON")
+    p.add_argument("--spec", help="start: the PredictJob as JSON; - reads stdin")
+    p.add_argument("--out")
+    p.add_argument("--format", default="onnx")
+    p.add_argument("--docker", action="store_true")
+    p.add_argument("name", help="the job (start), the experiment (export) or the job's spec file (run)")
     a = p.parse_args(argv)
-    command = a.command[1:] if a.command[:1] == ["--"] else a.command
+    if a.verb == "export":
+        return reply(lambda: export_here(a.name, a.out, a.format, a.docker))
+    if a.verb == "start":
+        return reply(lambda: start_job(a.name, PredictJob.from_json(sys.stdin.read() if a.spec == "-" else a.spec)))
     try:
-        print(json.dumps(start_job(a.name, command), default=str))
+        run_job(a.name)
     except MlconnectError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return AGENT_REFUSED_EXIT
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
     return 0
 
 
 # -- laptop side --------------------------------------------------------------------------------
 
-def _on_host(target: Any, argv: list[str], timeout: float | None) -> subprocess.CompletedProcess[str]:
-    cp = target.run(argv, timeout=timeout, check=False)
-    if cp.returncode != 0:
-        line = next((ln for ln in reversed(cp.stderr.splitlines()) if ln.startswith("error: ")), None)
-        if line:
-            msg, _, hint = line[len("error: "):].partition(" — ")
-            raise MlconnectError(f"{msg} (on {target.name})", hint)
-        raise RemoteError(f"`{' '.join(argv[:5])} ...` failed on {target.name} (exit {cp.returncode})",
-                          "see its output above", command=argv, returncode=cp.returncode, stderr=cp.stderr)
-    return cp
-
-
-def predict_on_host(target: Any, name: str, out: str, args: list[str]) -> dict[str, Any]:
-    """Start ``predict NAME`` detached on the box; its output lands in experiments/<job>/<out's name>."""
+def predict_on_host(target: Any, name: str, out: str, **options: Any) -> dict[str, Any]:
+    """Start ``predict NAME`` detached on the box; its output lands in experiments/<job>/<out's name>.
+    ``options``: predict's ``users``, ``k``, ``exclude_seen``, ``wide``."""
     job = job_name("predict", name)
-    remote_out = f"experiments/{job}/{Path(out).name}"
-    argv = [target.python, "-m", "mlconnect.deploy.jobs", "start", job, "--",
-            "predict", name, "--out", remote_out, *args]
-    st = json.loads(_on_host(target, argv, timeout=60).stdout)
-    return {**st, "remote_out": remote_out}
+    spec = PredictJob(experiment=name, out=f"experiments/{job}/{Path(out).name}", **options)
+    st = target.agent("start", "--spec", "-", job, input=spec.to_json(), timeout=60, module=JOBS)
+    return {**st, "remote_out": spec.out}
 
 
 def export_on_host(target: Any, name: str, out: Path, args: list[str]) -> dict[str, Any]:
@@ -93,9 +146,9 @@ def export_on_host(target: Any, name: str, out: Path, args: list[str]) -> dict[s
     if out.exists():
         raise ExperimentError(f"{out} already exists", "choose another --out, or remove that folder first")
     remote_dir = f"experiments/{name}/exports/{time.strftime('%Y%m%d-%H%M%S')}"
-    cp = _on_host(target, [target.python, "-m", "mlconnect", "export", name, "--out", remote_dir, "--json", *args],
-                  timeout=3600)
-    result = json.loads(cp.stdout.strip().splitlines()[-1])
+    result = target.agent("export", "--out", remote_dir, *args, name, timeout=3600, module=JOBS)  # NAME last
+    result.pop("mlconnect_version", None)
+    result.pop("mlconnect_build", None)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     out.parent.mkdir(parents=True, exist_ok=True)
     src = target.rsync_path(f"{target.remote_root.rstrip('/')}/{remote_dir}") + "/"

@@ -51,18 +51,45 @@ def plan(nproc: int | None, gpus: str | None) -> tuple[int, str | None]:
     return nproc or 1, None
 
 
-def torchrun_argv(nproc: int, train_args: list[str]) -> list[str]:
+def torchrun_argv(nproc: int, train_args: list[str], rank_entry: tuple[str, ...] = ("-m", "mlconnect", "train")
+                  ) -> list[str]:
     """``python [-X marker] -m torch.distributed.run --standalone ... -m mlconnect train ARGS``.
 
-    The interpreter's ``-X`` options are kept: the run id marker must stay on the command line of
-    the process the supervisor watches (we exec into it, same pid).
+    ``rank_entry`` is what each rank runs before ``train_args`` (a supervised run: the engine's entry
+    point, ``-m mlconnect.engine.run``). The interpreter's ``-X`` options are kept: the run id marker
+    must stay on the command line of the process the supervisor watches (we exec into it, same pid).
     """
     xopts = [a for k, v in getattr(sys, "_xoptions", {}).items()
              for a in ("-X", k if v is True else f"{k}={v}")]
     # Only rank 0 prints (the others train silently and return the same results); torchrun still
     # reports a failing rank with its traceback.
     return [sys.executable, *xopts, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc-per-node={nproc}", "--local-ranks-filter=0", "-m", "mlconnect", "train", *train_args]
+            f"--nproc-per-node={nproc}", "--local-ranks-filter=0", *rank_entry, *train_args]
+
+
+def exec_ranks(nproc: int | None, gpus: str | None, rank_argv: list[str]) -> None:
+    """Become torchrun over ``nproc``/``gpus`` ranks, each running ``python RANK_ARGV`` (same pid, so a
+    supervised run keeps its marker). Returns at once for one process, and inside a rank."""
+    wanted = _ranks_wanted(nproc, gpus)
+    if wanted:
+        _become_torchrun(*wanted, torchrun_argv(wanted[0], rank_argv, rank_entry=()))
+
+
+def _ranks_wanted(nproc: int | None, gpus: str | None) -> tuple[int, str | None] | None:
+    """(ranks, CUDA_VISIBLE_DEVICES) when this process should become torchrun; None: train here."""
+    if not (nproc or gpus) or "LOCAL_RANK" in os.environ:
+        return None
+    n, visible = plan(nproc, gpus)
+    return None if n == 1 and not visible else (n, visible)
+
+
+def _become_torchrun(n: int, visible: str | None, argv: list[str]) -> None:
+    if visible:
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(argv[0], argv)
 
 
 def exec_torchrun(nproc: int | None, gpus: str | None, config: Any, experiment: str | None,
@@ -70,11 +97,10 @@ def exec_torchrun(nproc: int | None, gpus: str | None, config: Any, experiment: 
                   resume: bool, force: bool, device: str | None, json_out: bool) -> None:
     """``mlconnect train --nproc N``: replace this process with torchrun over N ranks (same pid, so a
     supervised run keeps its marker). Returns at once for one process, and inside a rank."""
-    if not (nproc or gpus) or "LOCAL_RANK" in os.environ:
+    wanted = _ranks_wanted(nproc, gpus)
+    if not wanted:
         return
-    n, visible = plan(nproc, gpus)
-    if n == 1 and not visible:
-        return
+    n, visible = wanted
     if experiment is None:  # every rank must write (rank 0) and read the same folder: fix the name now
         from mlconnect.engine.config import load_config, parse_overrides
         from mlconnect.layout import default_experiment_name
@@ -90,10 +116,4 @@ def exec_torchrun(nproc: int | None, gpus: str | None, config: Any, experiment: 
     for s in sets:
         args += ["--set", s]
     args += [f for f, on in (("--resume", resume), ("--force", force), ("--json", json_out)) if on]
-    if visible:
-        os.environ["CUDA_VISIBLE_DEVICES"] = visible
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
-    argv = torchrun_argv(n, args)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(argv[0], argv)
+    _become_torchrun(n, visible, torchrun_argv(n, args))

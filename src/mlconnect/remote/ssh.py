@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from mlconnect import __version__
-from mlconnect.errors import RemoteError
+from mlconnect.errors import (
+    AGENT_REFUSED_EXIT,
+    AgentProtocolError,
+    AgentRefused,
+    AgentUnreachable,
+    RemoteError,
+)
 from mlconnect.remote.argv import (  # noqa: F401  (re-exported: callers import them from here)
     CONNECT_TIMEOUT_S,
     CONTROL_PERSIST,
@@ -35,6 +41,7 @@ from mlconnect.remote.master import evict_if_wedged, probe_master  # noqa: F401 
 from mlconnect.settings import HostConfig, Settings, load_settings
 
 LOCAL_NAMES = ("local", "localhost-local")  # --host local forces this machine
+AGENT_MODULE = "mlconnect.runs.agent"  # the host side of every run, log, status and service call
 
 
 @dataclass
@@ -51,7 +58,6 @@ class Target:
     data_path: str | None = None
     _control_path: str | None = field(default=None, repr=False)
     _probed: bool = field(default=False, repr=False)
-    _remote_version: str | None = field(default=None, repr=False)
     _remote_build: str | None = field(default=None, repr=False)
 
     # ---- argv building (pure) -----------------------------------------------------------------
@@ -170,53 +176,52 @@ class Target:
         self._probe_once()
         return subprocess.Popen(self.command_argv(argv, cwd=cwd), **popen_kw)
 
-    def agent(self, verb: str, *args: str, timeout: float | None = 30) -> Any:
-        """Run `<python> -m mlconnect.runs.agent <verb> --json <args>` in remote_root; parse JSON stdout.
+    def agent(self, verb: str, *args: str, timeout: float | None = 30, input: str | None = None,
+              module: str = AGENT_MODULE) -> Any:
+        """Run ``<python> -m <module> <verb> --json <args>`` in remote_root (``input`` on its stdin);
+        its one JSON answer, or one of the :class:`~mlconnect.errors.AgentError` tree.
 
-        A failing agent may print ``{"error": ..., "hint": ...}`` and exit non-zero: that becomes a
-        RemoteError with its message. Every answer carries ``mlconnect_version`` (and, from a wheel
-        ``mlconnect bootstrap`` built, ``mlconnect_build``): a mismatch prints one warning per host.
+        The agent protocol: one JSON document on stdout; a deliberate refusal is exit 3 with
+        ``{"error", "hint", "type"}`` (:class:`AgentRefused`, the host's words). ssh that cannot get
+        through is :class:`AgentUnreachable`; a host without (this) mlconnect, or output that is not
+        the agent's, is :class:`AgentProtocolError`. Every answer carries ``mlconnect_version`` (and,
+        from a wheel ``mlconnect bootstrap`` built, ``mlconnect_build``): a mismatch warns once per host.
         """
-        argv = [self.python, "-m", "mlconnect.runs.agent", verb, "--json", *args]
-        cp = self.run(argv, timeout=timeout, check=False)
+        argv = [self.python, "-m", module, verb, "--json", *args]
+        try:
+            cp = self.run(argv, timeout=timeout, input=input, check=False)
+        except RemoteError as exc:  # ssh's own failure or a timeout (or no interpreter here)
+            cls = AgentProtocolError if exc.returncode == 127 else AgentUnreachable
+            raise cls.from_remote(exc) from None
         data = _parse_json(cp.stdout)
         if isinstance(data, dict):
             self._note_remote_version(data)
+        if cp.returncode == AGENT_REFUSED_EXIT and isinstance(data, dict) and data.get("error"):
+            where = "" if self.is_local else f" (on {self.name})"
+            err = AgentRefused(f"{data['error']}{where}", str(data.get("hint", "")), command=argv,
+                               returncode=cp.returncode, stderr=cp.stderr)
+            err.remote_type = str(data.get("type") or "MlconnectError")
+            if err.remote_type == "UsageError":
+                err.exit_code = 2
+            raise err
         if cp.returncode != 0:
-            if isinstance(data, dict) and data.get("error"):
-                raise RemoteError(str(data["error"]), str(data.get("hint", "")), command=argv,
-                                  returncode=cp.returncode, stderr=cp.stderr)
-            raise classify_command_failure(self, argv, cp.returncode, cp.stderr)
+            # A killed ssh client (negative) did not get through; anything else answered, but not as the agent.
+            cls = AgentUnreachable if cp.returncode < 0 else AgentProtocolError
+            raise cls.from_remote(classify_command_failure(self, argv, cp.returncode, cp.stderr))
         if data is _NOT_JSON:
-            raise RemoteError(f"the mlconnect agent on {self.name} printed something that is not JSON",
-                              "a shell startup file or env line on the host may print to stdout; "
-                              "make it quiet for non-interactive shells",
-                              command=argv, returncode=cp.returncode, stderr=cp.stdout[-500:])
+            raise AgentProtocolError(f"the mlconnect agent on {self.name} printed something that is not JSON",
+                                     "a shell startup file or env line on the host may print to stdout; "
+                                     "make it quiet for non-interactive shells",
+                                     command=argv, returncode=cp.returncode, stderr=cp.stdout[-500:])
         return data
 
     # ---- version skew -------------------------------------------------------------------------
-
-    def remote_version(self, *, timeout: float | None = 30) -> str:
-        """The mlconnect version installed for ``python`` on the target (cached per Target)."""
-        if self.is_local:
-            return __version__
-        if self._remote_version is None:
-            argv = [self.python, "-c", "import mlconnect; print(mlconnect.__version__)"]
-            cp = self.run(argv, timeout=timeout, check=True, cwd="~")
-            self._remote_version = cp.stdout.strip().splitlines()[-1] if cp.stdout.strip() else "?"
-        return self._remote_version
-
-    def version_skew(self) -> str | None:
-        """One line when laptop and host run different mlconnect versions (or builds), else None."""
-        remote = self.remote_version()
-        return skew_message(self.name, remote, self._remote_build)
 
     def _note_remote_version(self, data: dict) -> None:
         """Remember the agent's version; the first mismatch per host in this process prints one warning."""
         version = data.get("mlconnect_version")
         if not isinstance(version, str) or self.is_local:
             return
-        self._remote_version = version
         build = data.get("mlconnect_build")
         self._remote_build = build if isinstance(build, str) else None
         if self.name in _SKEW_WARNED:

@@ -17,10 +17,13 @@ import shutil
 import socket
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from mlconnect import __version__, baked_build_id
+from mlconnect.engine.runspec import RunSpec
 from mlconnect.errors import AGENT_REFUSED_EXIT, ExperimentError, MlconnectError
 from mlconnect.fileio import atomic_write_bytes, read_json
 from mlconnect.layout import check_experiment_name, experiment_paths, remove_experiment
@@ -37,71 +40,68 @@ def _paths_for_new(name: str):
 # ------------------------------------------------------------------------------------------ verbs
 
 
+def _read_spec(a: argparse.Namespace, **changes: object) -> RunSpec:
+    """The run as the laptop described it (``--spec -``: on stdin), checked here again."""
+    text = sys.stdin.read() if a.spec == "-" else a.spec
+    spec = RunSpec.from_json(text)
+    return replace(spec, **changes) if changes else spec
+
+
 def cmd_start(a: argparse.Namespace) -> dict:
-    paths = _paths_for_new(a.experiment)
-    if a.config and not Path(a.config).is_file():
-        raise ExperimentError(f"config file {a.config} not found on {socket.gethostname()} "
+    spec = _read_spec(a)
+    paths = _paths_for_new(spec.experiment)
+    if spec.config and not Path(spec.config).is_file():
+        raise ExperimentError(f"config file {spec.config} not found on {socket.gethostname()} "
                               f"in {Path.cwd()}", "sync the project first (`mlconnect sync`), "
                               "or give a path inside the project")
     if launcher.is_active(paths):  # checked again by start_run; before --force deletes anything
         st = launcher.read_status(paths) or {}
-        raise ExperimentError(f"experiment {a.experiment} is already {st.get('state')} "
-                              f"(pid {st.get('pid')})", f"`mlconnect stop {a.experiment}` first")
-    config = a.config
-    if not a.resume:
+        raise ExperimentError(f"experiment {spec.experiment} is already {st.get('state')} "
+                              f"(pid {st.get('pid')})", f"`mlconnect stop {spec.experiment}` first")
+    if not spec.resume:
         started_before = paths.status.exists() or paths.progress.exists() or paths.checkpoints.exists()
-        if started_before and not a.force:
-            raise ExperimentError(f"experiment {a.experiment} already has a run",
-                                  f"`mlconnect resume {a.experiment}` continues it; --force starts it "
+        if started_before and not spec.force:
+            raise ExperimentError(f"experiment {spec.experiment} already has a run",
+                                  f"`mlconnect resume {spec.experiment}` continues it; --force starts it "
                                   "over; or pick another --experiment")
-        if a.force and paths.root.exists():
+        if spec.force and paths.root.exists():
             # Done here, not by the trainer's --force: the supervisor writes status.json and
             # training.log in this folder before the trainer starts, and must keep them.
             remove_experiment(paths.root)
-        if not config and paths.config.is_file():
-            config = str(paths.config)  # made by `exp create`: train what was created
+        if not spec.config and paths.config.is_file():
+            spec = replace(spec, config=str(paths.config))  # made by `exp create`: train what was created
         paths.root.mkdir(parents=True, exist_ok=True)
         if not paths.config.is_file():
             # The trainer accepts a folder holding only config.yaml as a new ("fresh") experiment;
             # it rewrites the file with the fully resolved config when it starts.
-            atomic_write_bytes(paths.config, Path(config).read_bytes() if config else b"{}\n")
-    run_id = launcher.new_run_id()
-    argv = launcher.train_argv(a.experiment, run_id=run_id, config=config, model=a.model,
-                               dataset=a.dataset, data_path=a.data_path, overrides=a.set or [],
-                               resume=a.resume, force=a.force, nproc=a.nproc, gpus=a.gpus)
-    return launcher.start_run(paths, argv, run_id=run_id, queue=a.queue, env=_run_env(a))
+            atomic_write_bytes(paths.config, Path(spec.config).read_bytes() if spec.config else b"{}\n")
+    return _with_warnings(launcher.start_training(paths, spec))
 
 
-def _run_env(a: argparse.Namespace) -> dict[str, str]:
-    """``--env KEY=VALUE`` from the laptop: only mlconnect's own variables reach the run."""
-    env = {}
-    for kv in a.env or []:
-        key, sep, value = kv.partition("=")
-        if not sep or not key.startswith("MLCONNECT_"):
-            raise ExperimentError(f"--env {kv!r} is not MLCONNECT_NAME=VALUE", "this is a bug in the client")
-        env[key] = value
-    return env
+def _with_warnings(st: dict) -> dict:
+    from mlconnect.wsl import run_warnings  # a WSL distro that idles out kills the run (#14)
+
+    return {**st, "warnings": run_warnings()}
 
 
 def cmd_resume(a: argparse.Namespace) -> dict:
-    paths = store.find_experiment(a.experiment)
+    spec = _read_spec(a, resume=True)
+    paths = store.find_experiment(spec.experiment)
     st = launcher.reconcile(paths) or {}
     state = st.get("state") or store.experiment_row(paths)["state"]
     if state in launcher.ACTIVE:
-        raise ExperimentError(f"experiment {a.experiment} is already {state}",
-                              f"`mlconnect logs {a.experiment} -f` follows it")
+        raise ExperimentError(f"experiment {spec.experiment} is already {state}",
+                              f"`mlconnect logs {spec.experiment} -f` follows it")
     if state not in launcher.RESUMABLE:
-        raise ExperimentError(f"experiment {a.experiment} cannot be resumed (state: {state})",
+        raise ExperimentError(f"experiment {spec.experiment} cannot be resumed (state: {state})",
                               "only stopped, lost or failed runs resume; "
-                              f"`mlconnect train --experiment {a.experiment} --force` starts it over")
+                              f"`mlconnect train --experiment {spec.experiment} --force` starts it over")
     if not paths.checkpoint("last").exists():
-        raise ExperimentError(f"experiment {a.experiment} has no checkpoint to resume from "
+        raise ExperimentError(f"experiment {spec.experiment} has no checkpoint to resume from "
                               f"({paths.checkpoint('last')})",
-                              f"start it over: `mlconnect train --experiment {a.experiment} --force`")
-    run_id = launcher.new_run_id()
+                              f"start it over: `mlconnect train --experiment {spec.experiment} --force`")
     world = (read_json(paths.progress) or {}).get("world_size")  # DDP: resume with as many ranks
-    argv = launcher.train_argv(a.experiment, run_id=run_id, resume=True, nproc=world if world and world > 1 else None)
-    return launcher.start_run(paths, argv, run_id=run_id, queue=a.queue, env=_run_env(a))
+    return _with_warnings(launcher.start_training(paths, replace(spec, nproc=world if world and world > 1 else None)))
 
 
 def cmd_stop(a: argparse.Namespace) -> dict:
@@ -150,6 +150,13 @@ def logs_read(paths, offset: int, max_bytes: int = 1 << 20, wait_s: float = 0.0)
                     "state": state, "truncated": truncated,
                     "done": not live and new_offset >= size}
         time.sleep(LOG_POLL_S)
+
+
+def cmd_snapshot(a: argparse.Namespace) -> dict:
+    """What ``monitor --host`` draws: every small file of the folder (a missing one is not an error)."""
+    from mlconnect.expstate import snapshot
+
+    return snapshot(str(store.experiments_dir(".") / check_experiment_name(a.experiment)), a.log_lines)
 
 
 def cmd_logs_read(a: argparse.Namespace) -> dict:
@@ -246,18 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(fn=fn)
         return sp
 
-    s = verb("start", cmd_start)
-    for flag in ("--config", "--model", "--dataset", "--data-path"):
-        s.add_argument(flag)
-    s.add_argument("--set", action="append", metavar="KEY=VALUE")
-    s.add_argument("--nproc", type=int)  # hook: ddp
-    s.add_argument("--gpus")  # hook: ddp
-    for flag in ("--queue", "--resume", "--force"):
-        s.add_argument(flag, action="store_true")
-    r = verb("resume", cmd_resume)
-    r.add_argument("--queue", action="store_true")
-    for sp in (s, r):
-        sp.add_argument("--env", action="append", metavar="MLCONNECT_KEY=VALUE")
+    for name, fn in (("start", cmd_start), ("resume", cmd_resume)):
+        verb(name, fn, exp=False).add_argument(
+            "--spec", required=True, help="the run as JSON (mlconnect.engine.runspec.RunSpec); - reads stdin")
     verb("stop", cmd_stop).add_argument("--grace", type=float, default=30.0)
     verb("ps", cmd_ps, exp=False)
     verb("show", cmd_show)
@@ -265,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     lr.add_argument("--offset", type=int, default=0)
     lr.add_argument("--max-bytes", type=int, default=1 << 20)
     lr.add_argument("--wait", type=float, default=0.0)
+    verb("snapshot", cmd_snapshot).add_argument("--log-lines", type=int, default=12)
     verb("host-status", cmd_host_status, exp=False)
     ec = verb("exp-create", cmd_exp_create)
     ec.add_argument("--config", required=True)
@@ -280,22 +279,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def reply(produce: Callable[[], Any]) -> int:
+    """The agent protocol, for every host entry (this agent, the sweep agent, deploy's jobs): one JSON
+    document on stdout; a deliberate error is ``{"error", "hint", "type"}``, its line on stderr and
+    exit 3, which ``Target.agent`` raises as ``AgentRefused`` (apart from a connection or installation
+    failure). Every answer names the code that produced it, so the laptop reports version skew."""
     try:
-        out: Any = args.fn(args)
-        code = 0
+        out, code = produce(), 0
     except MlconnectError as exc:
-        # The shape Target.agent turns into one error line; exit 3 tells the laptop "the agent
-        # refused" apart from a connection or installation failure (worth retrying).
         out = {"error": exc.message, "hint": exc.hint, "type": type(exc).__name__}
         print(f"error: {exc}", file=sys.stderr)
         code = AGENT_REFUSED_EXIT
-    if code == 0 and args.verb in ("start", "resume") and isinstance(out, dict):
-        from mlconnect.wsl import run_warnings  # a WSL distro that idles out kills the run (#14)
-        out["warnings"] = run_warnings()
     if isinstance(out, dict):
-        # Every answer names the code that produced it, so the laptop reports version skew (Target.agent).
         out.setdefault("mlconnect_version", __version__)
         build = baked_build_id()  # only in wheels `mlconnect bootstrap` built: equal versions, other code
         if build:
@@ -303,6 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write(json.dumps(out, default=str) + "\n")
     sys.stdout.flush()
     return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return reply(lambda: args.fn(args))
 
 
 if __name__ == "__main__":

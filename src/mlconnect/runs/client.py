@@ -1,7 +1,9 @@
 """The laptop side of the host agent (:mod:`mlconnect.runs.agent`): launch, follow logs, pull.
 
-Every function takes a *target* (``mlconnect.remote.ssh.Target``: ``agent()``, ``rsync_path()``,
-``rsync_rsh()``, ``is_local``, ``name``, ``remote_root``); with no host the target is local and
+A run is described once, as a :class:`~mlconnect.engine.runspec.RunSpec` sent to the agent's
+``start``/``resume``; agent failures arrive typed (:class:`~mlconnect.errors.AgentError` and its
+subclasses, raised by ``Target.agent``). Every function takes a *target* (``Target``: ``agent()``,
+``rsync_path()``, ``rsync_rsh()``, ``is_local``, ``name``, ``remote_root``); with no host it is local and
 the very same agent code runs here. The CLI (``cli/runs.py``, ``cli/train.py``) parses, calls one
 of these and prints. Nothing here imports torch, nor the transport: these commands start fast,
 and the CLI hands in the target and syncs the project itself (``remote.sync``).
@@ -17,26 +19,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mlconnect.errors import AGENT_REFUSED_EXIT, AgentRefused, MlconnectError, RemoteError, UsageError
+from mlconnect.engine.runspec import RunSpec
+from mlconnect.errors import AgentError, AgentRefused, AgentUnreachable, MlconnectError, RemoteError, UsageError
 from mlconnect.layout import EXPERIMENTS_DIR, check_experiment_name, default_experiment_name
 
 LOGS_WAIT_S = 10.0           # long-poll per `logs -f` round trip
 BACKOFF_S = (0.5, 1, 2, 4, 8, 15)
-
-
-def call_agent(target: Any, verb: str, *args: str, timeout: float | None = 30,
-               refused: type[MlconnectError] = AgentRefused) -> Any:
-    """Run an agent verb on ``target``; the agent's own refusal (unknown experiment, already
-    running...) becomes ``refused`` with the host's words, never retried. Anything else (ssh, a
-    missing python) stays the transport's :class:`RemoteError`.
-    """
-    try:
-        return target.agent(verb, *args, timeout=timeout)
-    except RemoteError as exc:
-        if exc.returncode != AGENT_REFUSED_EXIT:
-            raise
-        where = "" if target.is_local else f" (on {target.name})"
-        raise refused(f"{exc.message}{where}", exc.hint) from None
 
 
 def host_flag(target: Any) -> str:
@@ -44,13 +32,13 @@ def host_flag(target: Any) -> str:
     return "" if target.is_local else f" --host {shlex.quote(target.name)}"
 
 
-def run_env(target: Any, name: str, settings: Any) -> list[str]:
-    """``KEY=VALUE`` the run gets on the host: where its data is (mlconnect.toml's data_path for
-    that host) and how to resume it from the laptop (the trainer prints it when stopped)."""
-    env = [f"MLCONNECT_RESUME_COMMAND=mlconnect resume {name}{host_flag(target)}"]
+def run_env(target: Any, name: str, settings: Any) -> dict[str, str]:
+    """What the run gets in its environment on the host: where its data is (mlconnect.toml's
+    data_path for that host) and how to resume it from the laptop (the trainer prints it when stopped)."""
+    env = {"MLCONNECT_RESUME_COMMAND": f"mlconnect resume {name}{host_flag(target)}"}
     data_path = settings.data_path_for(None if target.is_local else target.name)
     if data_path:
-        env.append(f"MLCONNECT_DATA_PATH={data_path}")
+        env["MLCONNECT_DATA_PATH"] = str(data_path)
     return env
 
 
@@ -83,37 +71,29 @@ def default_name(config: str | None, model: str | None, dataset: str | None) -> 
     return default_experiment_name(str(model or "run"), str(dataset or "data"))
 
 
-def launch(target: Any, *, name: str, config: str | None, model: str | None, dataset: str | None,
-           data_path: str | None, overrides: list[str], queue: bool, resume: bool, force: bool,
-           env: list[str], nproc: int | None = None, gpus: str | None = None) -> dict:
+def describe_run(target: Any, project_root: Path, settings: Any, *, config: str | None, experiment: str | None,
+                 model: str | None = None, dataset: str | None = None, data_path: str | None = None,
+                 overrides: list[str] | tuple[str, ...] = (), queue: bool = False, resume: bool = False,
+                 force: bool = False, nproc: int | None = None, gpus: str | None = None) -> RunSpec:
+    """``train``'s options as the host will run them: the config's path inside the synced project,
+    the experiment's name, and the run's environment there (:func:`run_env`)."""
+    rel_config = relative_config(config, target, project_root)
+    name = experiment or default_name(config, model, dataset)
+    return RunSpec(experiment=name, config=rel_config, model=model, dataset=dataset, data_path=data_path,
+                   overrides=tuple(overrides), queue=queue, resume=resume, force=force, nproc=nproc,
+                   gpus=gpus, env=run_env(target, name, settings))
+
+
+def launch(target: Any, spec: RunSpec) -> dict:
     """Start the run detached on the host (or here) and return its status: within seconds, as
-    soon as the supervisor has recorded the training pid (or queued it). The project is synced."""
-    args = ["--experiment", check_experiment_name(name), *(a for kv in env for a in ("--env", kv)),
-            *run_args(config=config, model=model, dataset=dataset, data_path=data_path,
-                      overrides=overrides, queue=queue, resume=resume, force=force, nproc=nproc, gpus=gpus)]
-    return call_agent(target, "start", *args, timeout=60)
+    soon as the supervisor has recorded the training pid (or queued it). The project is synced.
+    The spec travels on the agent's stdin; the host validates it again."""
+    return target.agent("start", "--spec", "-", input=spec.to_json(), timeout=60)
 
 
-def run_args(*, config: str | None = None, model: str | None = None, dataset: str | None = None,
-             data_path: str | None = None, overrides: list[str] | tuple[str, ...] = (),
-             resume: bool = False, force: bool = False, queue: bool = False,
-             nproc: int | None = None, gpus: str | None = None) -> list[str]:
-    """A run's options as ``train`` and the agent's ``start`` both spell them (``--nproc``/``--gpus``: DDP)."""
-    argv: list[str] = []
-    for flag, value in (("--config", config), ("--model", model), ("--dataset", dataset),
-                        ("--data-path", data_path)):
-        if value:
-            argv += [flag, value]
-    for ov in overrides:
-        argv += ["--set", ov]
-    argv += [x for f, v in (("--nproc", nproc), ("--gpus", gpus)) if v for x in (f, str(v))]
-    return argv + [f for f, on in (("--queue", queue), ("--resume", resume), ("--force", force)) if on]
-
-
-def resume(target: Any, name: str, *, queue: bool, env: list[str]) -> dict:
-    args = ["--experiment", check_experiment_name(name), *(a for kv in env for a in ("--env", kv)),
-            *(["--queue"] if queue else [])]
-    return call_agent(target, "resume", *args, timeout=60)
+def resume(target: Any, name: str, *, queue: bool, env: dict[str, str]) -> dict:
+    spec = RunSpec(experiment=check_experiment_name(name), resume=True, queue=queue, env=env)
+    return target.agent("resume", "--spec", "-", input=spec.to_json(), timeout=60)
 
 
 # -------------------------------------------------------------------------------------- follow
@@ -131,14 +111,14 @@ def follow_logs(target: Any, name: str, *, follow: bool, offset: int = 0, out: A
     seen_ok = False
     while True:
         try:
-            res = call_agent(target, "logs-read", "--experiment", name, "--offset", str(offset),
-                             "--wait", str(LOGS_WAIT_S if follow else 0), timeout=LOGS_WAIT_S + 30)
+            res = target.agent("logs-read", "--experiment", name, "--offset", str(offset),
+                               "--wait", str(LOGS_WAIT_S if follow else 0), timeout=LOGS_WAIT_S + 30)
         except AgentRefused:
             raise
-        except (MlconnectError, subprocess.SubprocessError, OSError, ValueError) as exc:
-            # Before the first answer, only connection trouble is worth waiting out: a host
-            # without mlconnect will not grow one. After it, anything is (the laptop slept).
-            if not follow or (not seen_ok and not _transient(exc)):
+        except AgentError as exc:
+            # Before the first answer, only a call that did not get through is worth waiting out: a
+            # host without mlconnect will not grow one. After it, anything is (the laptop slept).
+            if not follow or (not seen_ok and not isinstance(exc, AgentUnreachable)):
                 raise
             delay = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
             failures += 1
@@ -158,12 +138,6 @@ def follow_logs(target: Any, name: str, *, follow: bool, offset: int = 0, out: A
         offset = res["offset"]
         if res.get("done") or (not follow and offset >= res.get("size", 0)):
             return offset
-
-
-def _transient(exc: BaseException) -> bool:
-    """ssh's own failure (255), a timeout (None) or a killed client (negative): try again."""
-    rc = getattr(exc, "returncode", 0)
-    return rc is None or rc == 255 or (isinstance(rc, int) and rc < 0) or isinstance(exc, OSError)
 
 
 def _short(exc: BaseException, longest: int = 160) -> str:
@@ -204,7 +178,7 @@ def pull(target: Any, name: str, project_root: Path, checkpoints: str) -> Path:
         raise UsageError("pull needs a host: this experiment already lives here",
                          "pass --host NAME (or set a default host in mlconnect.toml)")
     check_experiment_name(name)
-    call_agent(target, "show", "--experiment", name)  # one clear line for an unknown name
+    target.agent("show", "--experiment", name)  # one clear line for an unknown name
     dest = project_root / EXPERIMENTS_DIR / name
     dest.mkdir(parents=True, exist_ok=True)
     argv = pull_argv(target, name, dest, checkpoints)

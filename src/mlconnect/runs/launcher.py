@@ -6,8 +6,9 @@ Replaces ``nohup python train.py | tee training.log`` + ``pkill -f``. The shape:
   /dev/null, output to files, no fd of the ssh channel), so the run survives the ssh session,
   the laptop's sleep and SIGHUP. It returns as soon as the supervisor has recorded the child.
 * The supervisor (``python -m mlconnect.runs.launcher supervise ...``) waits for its turn when
-  queued, starts the training child in its own process group, heartbeats into ``status.json``,
-  samples the GPU into ``gpu_usage.csv`` and records the exit code and final state.
+  queued, starts the child in its own process group (a training run: the engine's entry point on
+  the run's spec, ``python -m mlconnect.engine.run <exp>/run_spec.json``, never the CLI), heartbeats
+  into ``status.json``, samples the GPU into ``gpu_usage.csv`` and records the exit code and final state.
 * The child carries a run-id marker on its command line (``python -X mlconnect-run=<id> ...``:
   CPython keeps unknown ``-X`` options, so the marker costs the trainer nothing). Every signal
   and every "is it running?" answer checks that marker against the live process's command line,
@@ -29,11 +30,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from mlconnect.engine.runspec import SPEC_FILE, RunSpec
 from mlconnect.errors import ExperimentError
 from mlconnect.expstate import ACTIVE, boot_id, now_iso, parse_iso, process_matches, state_of
-from mlconnect.fileio import atomic_write_json, locked, read_json
+from mlconnect.fileio import atomic_write_bytes, atomic_write_json, locked, read_json
 from mlconnect.layout import ExperimentPaths
-from mlconnect.runs.client import run_args
 from mlconnect.runs.gpu import GpuSampler
 from mlconnect.runs.gpu_queue import gpu_slots, open_gpu_lock, queue_dir, take_free_gpu
 from mlconnect.runs.procs import terminate
@@ -98,37 +99,48 @@ def is_active(paths: ExperimentPaths) -> bool:
 # ----------------------------------------------------------------------------------------- start
 
 
-def train_argv(experiment: str, *, run_id: str, config: str | None = None, model: str | None = None,
-               dataset: str | None = None, data_path: str | None = None,
-               overrides: list[str] | tuple[str, ...] = (), resume: bool = False, force: bool = False,
-               python: str | None = None, nproc: int | None = None, gpus: str | None = None) -> list[str]:
-    """The foreground ``mlconnect train`` command line, carrying the run-id marker."""
-    return [python or sys.executable, "-X", f"{MARKER}{run_id}", "-m", "mlconnect", "train",
-            "--experiment", experiment,
-            *run_args(config=config, model=model, dataset=dataset, data_path=data_path,
-                      overrides=overrides, resume=resume, force=force, nproc=nproc, gpus=gpus)]
+def train_argv(spec_file: str | os.PathLike[str], *, run_id: str, python: str | None = None) -> list[str]:
+    """The engine's entry point on a run spec, carrying the run-id marker (never the CLI again)."""
+    return [python or sys.executable, "-X", f"{MARKER}{run_id}", "-m", "mlconnect.engine.run", str(spec_file)]
+
+
+def start_training(paths: ExperimentPaths, spec: RunSpec) -> dict:
+    """Write ``spec`` into the experiment folder and start the engine on it, supervised."""
+    if is_active(paths):  # before the spec of the live run is overwritten
+        _refuse_active(paths)
+    spec_file = (paths.root / SPEC_FILE).resolve()
+    atomic_write_bytes(spec_file, (spec.to_json() + "\n").encode())
+    run_id = new_run_id()
+    return start_run(paths, train_argv(spec_file, run_id=run_id), run_id=run_id, queue=spec.queue,
+                     env=dict(spec.env), described=f"mlconnect train {spec.as_train_options()}")
+
+
+def _refuse_active(paths: ExperimentPaths) -> None:
+    st = read_status(paths) or {}
+    raise ExperimentError(
+        f"experiment {paths.name} is already {st.get('state')} (pid {st.get('pid')})",
+        f"follow it with `mlconnect logs {paths.name} -f`, or `mlconnect stop {paths.name}` first")
 
 
 def start_run(paths: ExperimentPaths, argv: list[str], *, run_id: str, queue: bool = False,
               cwd: str | os.PathLike[str] | None = None, wait_s: float = 10.0,
-              env: dict[str, str] | None = None) -> dict:
+              env: dict[str, str] | None = None, described: str | None = None) -> dict:
     """Record the run and spawn its supervisor detached; return the status once it is recorded.
 
-    ``argv`` must carry ``run_id`` (see :func:`train_argv`). Refuses when the experiment already
-    has a live run: one folder, one writer.
+    ``argv`` must carry ``run_id`` (see :func:`train_argv`; sweeps and jobs bring their own entry
+    point); ``described`` is what the log's starting line adds for people. Refuses when the
+    experiment already has a live run: one folder, one writer.
     """
     if is_active(paths):
-        st = read_status(paths) or {}
-        raise ExperimentError(
-            f"experiment {paths.name} is already {st.get('state')} (pid {st.get('pid')})",
-            f"follow it with `mlconnect logs {paths.name} -f`, or `mlconnect stop {paths.name}` first")
+        _refuse_active(paths)
     cwd = str(Path(cwd or os.getcwd()).resolve())
     with _status_lock(paths):
         atomic_write_json(paths.status, {
             "run_id": run_id, "pid": None, "pgid": None, "supervisor_pid": None,
             "state": "queued", "queue": queue, "exit_code": None, "created": now_iso(),
             "started": None, "ended": None, "heartbeat": now_iso(), "boot_id": boot_id(),
-            "host": socket.gethostname(), "cwd": cwd, "command": list(argv), "env": env or {}})
+            "host": socket.gethostname(), "cwd": cwd, "command": list(argv), "env": env or {},
+            "described": described})
     sup_log = open(paths.root / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
     try:
         sup = subprocess.Popen(
@@ -262,7 +274,8 @@ def supervise(exp_dir: str, run_id: str) -> int:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     # Output goes to training.log in append mode, next to the lines the trainer writes itself.
     with open(paths.log, "ab", buffering=0) as log:
-        log.write(f"[mlconnect] run {run_id} starting: {' '.join(st['command'])}\n".encode())
+        what = f" ({st['described']})" if st.get("described") else ""  # the run in a person's words
+        log.write(f"[mlconnect] run {run_id} starting: {' '.join(st['command'])}{what}\n".encode())
         child = subprocess.Popen(st["command"], cwd=st.get("cwd"), stdin=subprocess.DEVNULL,
                                  stdout=log, stderr=subprocess.STDOUT, env=env, close_fds=True,
                                  **_own_group())  # own group: `stop` signals the run, not us

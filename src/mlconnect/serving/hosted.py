@@ -1,10 +1,12 @@
-"""Serving an experiment on a host: ``serve --stdin-control`` there, an SSH tunnel here.
+"""Serving an experiment on a host: ``python -m mlconnect.serving.lifecycle`` there, an SSH tunnel here.
 
-The host side binds a free port on the box's 127.0.0.1 (``remote_port`` to pick one) and says which
-on its first stdout line; this side forwards this machine's 127.0.0.1:PORT to it (the next free port
-when PORT is busy). The API key, if any, travels on the ssh channel's stdin, never on a command line
-(``ps`` would show it); the remote server stops when that channel closes, so Ctrl-C or SIGTERM here
-(or a dropped connection) never leaves a server behind on the box.
+The server is described once, as a :class:`~mlconnect.serving.lifecycle.ServeSpec` sent as the host
+side's first stdin line. The host side binds a free port on the box's 127.0.0.1 (``remote_port`` to
+pick one) and says which on its first stdout line; this side forwards this machine's 127.0.0.1:PORT
+to it (the next free port when PORT is busy). The API key, if any, is in the spec: it travels on the
+ssh channel's stdin, never on a command line (``ps`` would show it). The remote server stops when
+that channel closes, so Ctrl-C or SIGTERM here (or a dropped connection) never leaves a server
+behind on the box.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mlconnect.errors import MlconnectError
-from mlconnect.serving.lifecycle import PORT_MARK
+from mlconnect.errors import AgentProtocolError, AgentRefused, AgentUnreachable, MlconnectError
+from mlconnect.serving.lifecycle import PORT_MARK, ServeSpec
 
 
 def _wait_healthy(url: str, server: _HostServer, api_key: str | None, timeout: float) -> None:
@@ -40,7 +42,7 @@ def _wait_healthy(url: str, server: _HostServer, api_key: str | None, timeout: f
 
 
 class _HostServer:
-    """The ssh child that runs ``serve --stdin-control`` on the host, with its output pumped.
+    """The ssh child that runs the serving entry point on the host, with its output pumped.
 
     stdout carries one ``PORT_MARK`` line (the port the host's kernel picked, and the server's pid);
     stderr (uvicorn's log) is relayed here as it comes, except the host's own ``error: ...`` line,
@@ -110,16 +112,18 @@ class _HostServer:
         for t in self.threads:
             t.join(5)
         rc = self.proc.returncode
-        if self.error_line:
+        if self.error_line:  # the host side's own one-line error: it refused on purpose
             msg, _, hint = self.error_line[len("error: "):].partition(" — ")
-            return MlconnectError(f"{msg} (on {self.target.name})", hint)
+            return AgentRefused(f"{msg} (on {self.target.name})", hint, command=self.argv, returncode=rc)
         err = classify_ssh_failure(self.target, self.argv, rc if rc is not None else -1, "".join(self.tail))
-        return err or MlconnectError(f"the server on {self.target.name} exited with code {rc}",
-                                     "see its output above")
+        if err is not None:
+            return AgentUnreachable.from_remote(err)
+        return AgentProtocolError(f"the server on {self.target.name} exited with code {rc}", "see its output above",
+                                  command=self.argv, returncode=rc, stderr="".join(self.tail))
 
 
 def serve_remote(target: Any, name: str, *, port: int, remote_port: int | None, device: str,
-                 api_key: str | None, extra: list[str], log: Callable[[str], None],
+                 api_key: str | None, access_log: bool, limits: dict[str, float], log: Callable[[str], None],
                  announce: Callable[[str], None]) -> None:
     """Start ``serve`` on ``target`` (its 127.0.0.1) and forward this machine's 127.0.0.1:port to it.
 
@@ -132,8 +136,9 @@ def serve_remote(target: Any, name: str, *, port: int, remote_port: int | None, 
 
     from mlconnect.remote.tunnel import open_tunnel, signals_interrupt
 
-    argv = [target.python, "-m", "mlconnect", "serve", name, "--host", "local", "--bind", "127.0.0.1",
-            "--port", str(remote_port or 0), "--device", device, "--stdin-control", *extra]
+    spec = ServeSpec(experiment=name, port=remote_port or 0, device=device, api_key=api_key,
+                     access_log=access_log, limits=dict(limits))
+    argv = [target.python, "-m", "mlconnect.serving.lifecycle"]
     tunnel = None
     server = None
     with signals_interrupt():
@@ -143,7 +148,7 @@ def serve_remote(target: Any, name: str, *, port: int, remote_port: int | None, 
                                 start_new_session=True)
             server = _HostServer(target, target.command_argv(argv), proc)
             assert proc.stdin is not None
-            proc.stdin.write(((api_key or "") + "\n").encode())  # the key travels inside the ssh channel
+            proc.stdin.write((spec.to_json() + "\n").encode())  # the key travels inside the ssh channel
             proc.stdin.flush()
             there = server.wait_listening(timeout=120)
             tunnel = open_tunnel(target, [int(there["port"])], [port])

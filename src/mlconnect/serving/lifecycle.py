@@ -2,18 +2,23 @@
 
 Binds before uvicorn starts (a busy port is one line), loads the best checkpoint weights-only,
 answers until Ctrl-C or SIGTERM, then finishes in-flight requests and stops (uvicorn's graceful
-shutdown). Started by ``serving.hosted`` on a host, it prints ``PORT_MARK`` + where it listens as its
-first stdout line and stops when its stdin closes.
+shutdown). On a host, ``serving.hosted`` (the laptop) starts this module's entry point,
+``python -m mlconnect.serving.lifecycle``, and sends the server described once as a :class:`ServeSpec`
+(the API key inside it: stdin, never a command line) as its stdin's first line; it prints ``PORT_MARK``
++ where it listens as its first stdout line and stops when its stdin closes.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
+from mlconnect.engine.runspec import Spec
 from mlconnect.errors import ExperimentError, MlconnectError, UsageError
 from mlconnect.layout import experiment_paths
 from mlconnect.serving.listen import LoadErrors, bind_socket, run_server
@@ -21,6 +26,37 @@ from mlconnect.serving.listen import LoadErrors, bind_socket, run_server
 DEVICES = ("cpu", "cuda", "mps")
 DEFAULT_KEY_ENV = "MLCONNECT_API_KEY"
 PORT_MARK = "mlconnect-serve: "  # the host side's first stdout line: where it listens, its pid
+# serve's --max-batch, --max-items, --max-body-bytes, --batch-wait-ms and their defaults
+LIMITS = {"max_batch": 64, "max_items": 1000, "max_body_bytes": 1 << 20, "batch_wait_ms": 0.0}
+
+
+@dataclass(frozen=True)
+class ServeSpec(Spec):
+    """``serve NAME --host H`` as the host gets it: what to serve, where, and with which key and limits."""
+
+    KIND = "serve spec"
+
+    experiment: str
+    port: int = 0  # on the host's 127.0.0.1; 0: any free one (the first stdout line says which)
+    device: str = "cpu"
+    api_key: str | None = None
+    access_log: bool = False
+    limits: dict[str, float] = field(default_factory=dict)  # any of LIMITS; the rest keep their defaults
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.experiment, str) or not self.experiment:
+            self.bad("experiment is not a non-empty string")
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            self.bad("port is not a port number (0-65535)")
+        if self.device not in DEVICES:
+            self.bad(f"device is not one of {', '.join(DEVICES)}")
+        if self.api_key is not None and not isinstance(self.api_key, str):
+            self.bad("api_key is not a string")
+        if not isinstance(self.access_log, bool):
+            self.bad("access_log is not true or false")
+        if not isinstance(self.limits, dict) or set(self.limits) - set(LIMITS) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.limits.values()):
+            self.bad(f"limits is not a map of {', '.join(LIMITS)} to numbers")
 
 
 def check_experiment(name: str) -> Any:
@@ -97,8 +133,6 @@ def serve_local(name: str, *, bind: str, port: int, device: str, api_key: str | 
     sock.set_inheritable(True)
     port = sock.getsockname()[1]  # --port 0: the one the kernel picked
     if stop_on_stdin_eof:  # tell serve_remote on the laptop where to forward to
-        import json
-
         sys.stdout.write(PORT_MARK + json.dumps({"port": port, "pid": os.getpid()}) + "\n")
         sys.stdout.flush()
 
@@ -124,3 +158,26 @@ def serve_local(name: str, *, bind: str, port: int, device: str, api_key: str | 
         raise ExperimentError(f"could not load {paths.name}: {errors.reasons[0]}",
                               "retrain it or pull a complete copy (`mlconnect pull`)")
 
+
+def serve_for_laptop(spec_line: bytes) -> None:
+    """The host side of ``serve --host``: the spec from the laptop, served on 127.0.0.1 until stdin closes."""
+    spec = ServeSpec.from_json(spec_line)
+    serve_local(spec.experiment, bind="127.0.0.1", port=spec.port, device=spec.device, api_key=spec.api_key,
+                access_log=spec.access_log, stop_on_stdin_eof=True,
+                **{**LIMITS, **spec.limits})  # type: ignore[arg-type]
+
+
+def main() -> int:
+    """``python -m mlconnect.serving.lifecycle`` (started by ``serving.hosted``): errors as one line."""
+    try:
+        serve_for_laptop(sys.stdin.buffer.readline())
+    except MlconnectError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)  # the laptop shows this line as its own
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,8 +1,8 @@
 """The host side of ``mlconnect sweep``: ``python -m mlconnect.sweeps.agent <verb> --json ...``.
 
 Same contract as :mod:`mlconnect.runs.agent` (one JSON document on stdout; a deliberate error is
-``{"error", "hint", "type"}``, one line on stderr and exit 3), so the laptop's ``call_agent``
-handling applies unchanged. Runs in the project root, here or on the box.
+``{"error", "hint", "type"}``, one line on stderr and exit 3), so the laptop's ``Target.agent``
+handles both (``module=``). Runs in the project root, here or on the box.
 """
 
 from __future__ import annotations
@@ -11,9 +11,6 @@ import argparse
 import json
 import sys
 from typing import Any
-
-from mlconnect import __version__
-from mlconnect.errors import AGENT_REFUSED_EXIT, MlconnectError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,17 +76,10 @@ def run(a: argparse.Namespace) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mlconnect.runs.agent import reply  # the one agent protocol (error shape, exit 3, version)
+
     args = build_parser().parse_args(argv)
-    try:
-        out, code = run(args), 0
-    except MlconnectError as exc:
-        out = {"error": exc.message, "hint": exc.hint, "type": type(exc).__name__}
-        print(f"error: {exc}", file=sys.stderr)
-        code = AGENT_REFUSED_EXIT
-    if isinstance(out, dict):
-        out.setdefault("mlconnect_version", __version__)
-    sys.stdout.write(json.dumps(out, default=str) + "\n")
-    return code
+    return reply(lambda: run(args))
 
 
 if __name__ == "__main__":

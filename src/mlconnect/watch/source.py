@@ -3,30 +3,23 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import time
 from pathlib import Path
 
-from mlconnect.errors import ExperimentError, RemoteError
-from mlconnect.layout import EXPERIMENTS_DIR
+from mlconnect.errors import ExperimentError
+from mlconnect.layout import EXPERIMENTS_DIR, check_experiment_name
 
 
 def read_snapshot(target, name: str, log_lines: int = 12) -> dict:
-    """One snapshot of ``experiments/<name>`` on the target: a direct call locally, one
-    ``python3 -c <expstate.py source>`` round trip over ssh (no mlconnect needed on the host)."""
-    from mlconnect import expstate as snap_mod
+    """One snapshot of ``experiments/<name>`` on the target: a direct call locally, the host agent's
+    ``snapshot`` verb over ssh (the same function there; its failures are the AgentError tree)."""
+    from mlconnect.expstate import snapshot
 
+    check_experiment_name(name)
     if target.is_local:
-        return snap_mod.snapshot(str(Path(target.remote_root) / EXPERIMENTS_DIR / name), log_lines)
-    # Error lines show the program as its size (ssh.describe), not 6 kB of source.
-    cp = target.run([target.python, "-c", inspect.getsource(snap_mod), f"{EXPERIMENTS_DIR}/{name}", str(log_lines)],
-                    timeout=20)
-    try:
-        return json.loads(cp.stdout)
-    except ValueError:
-        raise RemoteError(f"monitor on {target.name} printed something that is not JSON",
-                          "a shell startup file on the host may print to stdout", stderr=cp.stdout) from None
+        return snapshot(str(Path(target.remote_root) / EXPERIMENTS_DIR / name), log_lines)
+    return target.agent("snapshot", "--experiment", name, "--log-lines", str(log_lines), timeout=20)
 
 
 def check_first_snapshot(snap: dict, name: str, where: str) -> None:
