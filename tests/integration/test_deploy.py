@@ -92,11 +92,12 @@ def test_compare_topk_allows_tie_swaps_only() -> None:
     assert not compare_topk(eng, (np.array([[3.0, 2.001, 1.0]]), ids))["ok"]
 
 
-def test_export_refuses_a_graph_that_does_not_reproduce_the_engine(base: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("part", ["export_onnx", "export_encoder"])  # the server's graph; predict's path
+def test_export_refuses_a_graph_that_does_not_reproduce_the_engine(base: Path, monkeypatch, part: str) -> None:
     """A real export of a perturbed copy of the model must fail verification and leave no folder."""
     import mlconnect.deploy.export as ex
 
-    real = ex.export_onnx
+    real = getattr(ex, part)
 
     def perturbed(rec: Recommender, path: Path) -> None:
         other = copy.copy(rec)
@@ -105,7 +106,7 @@ def test_export_refuses_a_graph_that_does_not_reproduce_the_engine(base: Path, m
             other.model.item_table().mul_(1.5).add_(0.01)
         real(other, path)
 
-    monkeypatch.setattr(ex, "export_onnx", perturbed)
+    monkeypatch.setattr(ex, part, perturbed)
     out = base / "refused"
     with pytest.raises(BundleError, match="does not reproduce the engine"):
         export_bundle(deploy.trained(base, "SASRec"), out)
@@ -124,6 +125,35 @@ def test_export_cli_and_its_errors(base: Path) -> None:
         export_bundle(exp, base / "y", fmt="pickle")
     with pytest.raises(ExperimentError):
         export_bundle(base / "missing", base / "z")
+
+
+@pytest.mark.slow  # three fresh processes import torch (~30 s on a loaded 2-core machine)
+def test_export_format_torch_verifies_loads_and_predicts_like_the_engine(base: Path, tmp_path: Path) -> None:
+    exp, out = deploy.trained(base, "BERT4Rec"), tmp_path / "torch-bundle"
+    r = _cli("export", str(exp), "--out", str(out), "--format", "torch", "--json", timeout=300)
+    assert r.returncode == 0, r.stderr
+    v = json.loads(r.stdout)["verification"]
+    assert v["ok"] and v["users"] == deploy.N_USERS and v["k"] == 10 and v["max_abs_score_diff"] <= 1e-4
+    b = Bundle.load(out)
+    assert b.card["format"] == "torch" and b.card["model_file"] == "model.pt2"
+    assert set(b.card["files"]) == {"model.pt2", "vocab.json", "histories.npz", "items.json"}
+
+    # predict --bundle on it (a fresh process loads the torch.export program) writes the engine's top-10.
+    r = _cli("predict", "--bundle", str(out), "--out", str(tmp_path / "t.parquet"), "--k", "10", "--exclude-seen",
+             "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["device"] == "torch.export cpu"
+    predict(Source.from_experiment(exp), tmp_path / "e.parquet", k=10, exclude_seen=True, progress=False)
+    order = [("user_id", "ascending"), ("rank", "ascending")]
+    got, want = (pq.read_table(tmp_path / f).sort_by(order) for f in ("t.parquet", "e.parquet"))
+    assert got.num_rows == deploy.N_USERS * 10 and got.column("item_id").equals(want.column("item_id"))
+    assert np.allclose(got.column("score").to_numpy(), want.column("score").to_numpy(), atol=1e-4)
+
+    # The torch-free bundle server cannot run it: one line saying what to do instead.
+    r = subprocess.run([sys.executable, "-m", "mlconnect.deploy.server", "--bundle", str(out),
+                        "--port", str(free_port())], capture_output=True, text=True, timeout=60, env=ENV)
+    assert r.returncode == 1 and r.stderr.startswith("error:") and r.stderr.strip().count("\n") == 0
+    assert "--format onnx" in r.stderr
 
 
 def test_export_registers_an_mlflow_model_version_when_the_config_asks(base: Path, tmp_path: Path,

@@ -27,6 +27,8 @@ FORMAT_VERSION = 1
 CARD = "card.json"
 ONNX_MODEL = "model.onnx"
 TORCH_MODEL = "model.pt2"
+ENCODER_MODEL = "encoder.onnx"  # items -> user vectors, for predict's numpy scoring (deploy/topk.py)
+ITEM_TABLE = "item_table.npz"   # ``table`` [n_items, H] and ``bias`` [n_items] (when the model has one)
 VOCAB = "vocab.json"
 HISTORIES = "histories.npz"
 ITEMS = "items.json"
@@ -173,3 +175,25 @@ class Scorer:
         scores, ids = self.session.run(list(OUTPUTS), {"items": items, "seen": seen,
                                                         "k": np.zeros(k, dtype=np.int64)})
         return scores, ids
+
+
+class TorchProgram:
+    """A ``--format torch`` bundle's ``torch.export`` program, with :class:`Scorer`'s interface. Only
+    this class imports torch (lazily), so ONNX bundles never do."""
+
+    def __init__(self, model_path: Path) -> None:
+        import torch
+
+        self.torch = torch
+        try:
+            self.program = torch.export.load(str(model_path)).module()
+        except Exception as exc:  # torch raises many types for a corrupt or foreign archive
+            raise BundleError(f"{model_path}: torch cannot load it ({str(exc).splitlines()[0][:200]})",
+                              "export the bundle again with this mlconnect and torch version") from None
+        self.device = "cpu"
+
+    def topk(self, items: np.ndarray, seen: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        torch = self.torch
+        with torch.no_grad():
+            s, i = self.program(torch.from_numpy(items), torch.from_numpy(seen), torch.zeros(k, dtype=torch.int64))
+        return s.numpy(), i.numpy()

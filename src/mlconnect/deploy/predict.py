@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from mlconnect.deploy.bundle import Bundle, Scorer, pad_batch
+from mlconnect.deploy.bundle import ENCODER_MODEL, Bundle, Scorer, TorchProgram, pad_batch
+from mlconnect.deploy.topk import EncoderTopK
 from mlconnect.errors import UsageError
 from mlconnect.fileio import fsync_dir
 
@@ -35,16 +36,23 @@ class Source:
     """Users, histories and a top-k function: from a bundle (ONNX Runtime) or an experiment (engine)."""
 
     def __init__(self, user_ids: list[str], item_ids: list[str], history: Callable[[int], np.ndarray],
-                 max_len: int, topk: TopK, device: str, trim: bool = False) -> None:
+                 max_len: int, topk: TopK, device: str, trim: bool = False, chunk: int | None = None) -> None:
         self.user_ids, self.item_ids, self.history = user_ids, item_ids, history
         self.max_len, self.topk, self.device, self.trim = max_len, topk, device, trim
+        self.chunk = chunk  # users per topk call; None: sized by SCORE_BUDGET (the scorer holds [B, n_items])
 
     @classmethod
     def from_bundle(cls, root: str | os.PathLike[str], threads: int | None = None) -> Source:
         b = Bundle.load(root)
-        scorer = Scorer(b.root / b.card["model_file"], threads=threads)
-        return cls(b.user_ids, b.item_ids, b.history, b.max_len, scorer.topk, f"onnxruntime {scorer.device}",
-                   trim=b.trim)
+        if b.card["format"] == "torch":
+            scorer: Any = TorchProgram(b.root / b.card["model_file"])
+            runtime = "torch.export"
+        elif ENCODER_MODEL in b.card["files"]:  # the encoder graph and numpy scoring (topk.py)
+            scorer, runtime = EncoderTopK(b.root, threads=threads), "onnxruntime+numpy"
+        else:  # a bundle from before encoder.onnx: the whole graph, TopK included
+            scorer, runtime = Scorer(b.root / b.card["model_file"], threads=threads), "onnxruntime"
+        return cls(b.user_ids, b.item_ids, b.history, b.max_len, scorer.topk, f"{runtime} {scorer.device}",
+                   trim=b.trim, chunk=4096 if isinstance(scorer, EncoderTopK) else None)
 
     @classmethod
     def from_experiment(cls, experiment_dir: str | os.PathLike[str]) -> Source:
@@ -182,7 +190,7 @@ def predict(source: Source, out: str | os.PathLike[str], *, users: str = "all", 
     bar = _progress(len(wanted)) if progress else None
     try:
         writer = _Writer(tmp, out, wide)
-        for part in chunks(wanted, len(source.item_ids), chunk_users):
+        for part in chunks(wanted, len(source.item_ids), chunk_users or source.chunk):
             hist = [source.history(int(u)) for u in part]
             items, seen = pad_batch(hist, source.max_len, trim=source.trim)
             if not exclude_seen:

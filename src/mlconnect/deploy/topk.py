@@ -1,0 +1,117 @@
+"""Exact top-k over a whole catalog with numpy: the scoring half of ``mlconnect predict``.
+
+The bundle's encoder graph gives one vector per user; the score of item ``i`` is ``u · w_i (+ b_i)``.
+Scoring is one BLAS matmul per block of users, sized so the block's score matrix stays in cache, and
+the selection reads that matrix once more instead of sorting it:
+
+- items are dealt into ``G`` groups of ``g`` by ``i % G`` (the score row viewed as ``[g, G]``), so one
+  ``max`` over the short axis, a contiguous SIMD reduction, gives every group's best score;
+- the top-k items can only sit in the ``k`` groups with the best maxima (an item in the top-k scores
+  at least the k-th best item, which is at least the k-th best group maximum, and at most k groups
+  reach that), so only those ``k * g`` scores are gathered and partitioned.
+
+The result is the exact top-k of the float32 scores (tests compare it with a full sort), at a few
+passes over memory instead of a ``[B, n_items]`` TopK plus two full copies for the masks, which was
+about half of ONNX Runtime's time in the graph (benchmarks/predict_bench.py). Imports numpy only.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+GROUP = 32           # items per group: g * k candidates per user; G = n_items / g maxima to partition
+BLOCK_FLOATS = 1 << 22  # one block's score matrix (16 MB): in L3 between the matmul and the selection
+
+
+class ItemTopK:
+    """Scores and exact top-k for user vectors against a fixed item table.
+
+    ``table`` is ``[n_items, H]`` (row 0 is padding and never ranked), ``bias`` ``[n_items]`` or None.
+    ``workers`` > 1 runs blocks on that many threads (numpy releases the GIL in every step).
+    """
+
+    def __init__(self, table: np.ndarray, bias: np.ndarray | None = None, workers: int = 1) -> None:
+        n, h = table.shape
+        self.n_items = n
+        self.groups = -(-n // GROUP)
+        width = self.groups * GROUP  # padded to whole groups; the tail scores -inf
+        extra = 0 if bias is None else 1  # the bias rides along as one more input dimension (u · [w, b])
+        t = np.zeros((h + extra, width), dtype=np.float32)
+        t[:h, :n] = table.T
+        if bias is not None:
+            t[h, :n] = bias
+        self.table_t, self.has_bias = t, bias is not None
+        self.block = max(8, BLOCK_FLOATS // width)
+        self.workers = max(1, workers)
+        self.pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
+
+    def topk(self, users: np.ndarray, seen: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores [B, k] float32, item ids [B, k] int64), best first. ``seen`` [B, S] ids score -inf
+        (0 is padding); a row with fewer than k rankable items ends in -inf entries."""
+        users = np.asarray(users, dtype=np.float32)
+        if self.has_bias:
+            users = np.concatenate([users, np.ones((len(users), 1), dtype=np.float32)], axis=1)
+        k = min(k, self.n_items)
+        b = len(users)
+        scores, ids = np.empty((b, k), dtype=np.float32), np.empty((b, k), dtype=np.int64)
+        spans = [(lo, min(lo + self.block, b)) for lo in range(0, b, self.block)]
+
+        def one(span: tuple[int, int]) -> None:
+            lo, hi = span
+            s, i = self._block(users[lo:hi], None if seen is None else seen[lo:hi], k)
+            scores[lo:hi], ids[lo:hi] = s, i
+
+        if self.pool is not None and len(spans) > 1:
+            list(self.pool.map(one, spans))
+        else:
+            for span in spans:
+                one(span)
+        return scores, ids
+
+    def _block(self, users: np.ndarray, seen: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
+        rows, g, big_g = len(users), GROUP, self.groups
+        width = g * big_g
+        s = users @ self.table_t                     # [rows, width]
+        s[:, self.n_items:] = -np.inf
+        s[:, 0] = -np.inf                            # padding, as the engine's full_scores
+        if seen is not None:
+            np.put_along_axis(s, seen, -np.inf, axis=1)
+        if k >= big_g:                               # tiny catalogs: every group is a candidate
+            flat = np.broadcast_to(np.arange(width), (rows, width))
+            cand = s
+        else:
+            best = s.reshape(rows, g, big_g).max(axis=1)                       # [rows, G]
+            top = np.argpartition(best, big_g - k, axis=1)[:, big_g - k:]      # [rows, k] groups
+            flat = (np.arange(g)[None, :, None] * big_g + top[:, None, :]).reshape(rows, -1)  # item ids
+            cand = np.take(s.reshape(-1), flat + (np.arange(rows) * width)[:, None])
+        part = np.argpartition(cand, cand.shape[1] - k, axis=1)[:, cand.shape[1] - k:]
+        vals = np.take_along_axis(cand, part, axis=1)
+        order = np.argsort(-vals, axis=1, kind="stable")
+        return np.take_along_axis(vals, order, axis=1), np.take_along_axis(np.take_along_axis(flat, part, 1), order, 1)
+
+
+class EncoderTopK:
+    """A bundle's ``encoder.onnx`` under ONNX Runtime, scored by :class:`ItemTopK` over its
+    ``item_table.npz``: ``topk(items, seen, k)`` with the interface of bundle.Scorer."""
+
+    def __init__(self, root: Path, threads: int | None = None) -> None:
+        from mlconnect.deploy.bundle import ENCODER_MODEL, ITEM_TABLE, BundleError, Scorer
+
+        self.encoder = Scorer(root / ENCODER_MODEL, threads=threads)
+        self.device = self.encoder.device
+        try:
+            with np.load(root / ITEM_TABLE, allow_pickle=False) as f:
+                table, bias = f["table"], (f["bias"] if "bias" in f.files else None)
+        except (OSError, ValueError, KeyError) as exc:
+            raise BundleError(f"{root / ITEM_TABLE}: cannot read it ({exc})", "export the bundle again") from None
+        self.items = ItemTopK(table, bias, workers=threads or os.cpu_count() or 1)
+
+    def user_vectors(self, items: np.ndarray) -> np.ndarray:
+        return self.encoder.session.run(["user"], {"items": items})[0]
+
+    def topk(self, items: np.ndarray, seen: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.items.topk(self.user_vectors(items), seen, k)
