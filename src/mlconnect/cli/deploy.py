@@ -72,7 +72,8 @@ def register(app: typer.Typer) -> None:
     def predict_cmd(
         name: str | None = typer.Argument(None, help="Experiment name (or use --bundle)."),
         out: Path = typer.Option(..., "--out", "-o", help="recs.parquet, or .csv"),
-        bundle: Path | None = typer.Option(None, "--bundle", help="Score with this bundle (ONNX Runtime)."),
+        bundle: Path | None = typer.Option(None, "--bundle",
+                                           help="Score with this bundle folder (with --host: uploaded to the box)."),
         users: str = typer.Option("all", "--users", help="'all', or a file with one user id per line."),
         k: int = typer.Option(50, "--k", min=1, help="Items per user."),
         exclude_seen: bool = typer.Option(False, "--exclude-seen", help="Leave out items the user already has."),
@@ -89,13 +90,11 @@ def register(app: typer.Typer) -> None:
             raise UsageError("give an experiment NAME or --bundle DIR", "exactly one of the two")
         target = _remote(host, ssh_config)
         if target is not None:
-            if bundle is not None:
-                raise UsageError("--host predicts with an experiment on the box", "give its NAME, not --bundle")
             from mlconnect.deploy.jobs import predict_on_host
 
             args = ["--users", users, "--k", str(k)] + [f for f, on in (("--exclude-seen", exclude_seen),
                                                                       ("--wide", wide)) if on]
-            st = predict_on_host(target, name, str(out), args)  # type: ignore[arg-type]
+            st = predict_on_host(target, name, str(out), args, bundle=bundle)  # a local --bundle is uploaded
             if as_json:
                 print_json(st)
                 return

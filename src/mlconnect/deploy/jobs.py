@@ -1,6 +1,7 @@
 """``predict --host`` and ``export --host``: the same commands, run on the box.
 
-``predict --host`` runs detached like a training run: this module's host side creates a job folder
+``predict --host`` runs detached like a training run (``--bundle DIR`` is a local bundle: it is
+uploaded to ``bundles/`` on the box first): this module's host side creates a job folder
 ``experiments/<job>/`` and hands the command to the runs layer's launcher (``start_run``: supervisor,
 status.json, training.log, ``ps`` / ``logs -f`` / ``stop``), with ``--out`` inside the job folder, so
 ``mlconnect pull <job>`` brings the table back. ``export --host`` is quick: it runs in the foreground
@@ -78,14 +79,36 @@ def _on_host(target: Any, argv: list[str], timeout: float | None) -> subprocess.
     return cp
 
 
-def predict_on_host(target: Any, name: str, out: str, args: list[str]) -> dict[str, Any]:
-    """Start ``predict NAME`` detached on the box; its output lands in experiments/<job>/<out's name>."""
-    job = job_name("predict", name)
+def predict_on_host(target: Any, name: str | None, out: str, args: list[str],
+                    bundle: Path | None = None) -> dict[str, Any]:
+    """Start ``predict NAME`` (or ``--bundle``) detached on the box; its output lands in
+    experiments/<job>/<out's name>. A local bundle is uploaded first (upload_bundle)."""
+    source = ["--bundle", upload_bundle(target, bundle)] if bundle is not None else [str(name)]
+    job = job_name("predict", Path(source[-1]).name)
     remote_out = f"experiments/{job}/{Path(out).name}"
     argv = [target.python, "-m", "mlconnect.deploy.jobs", "start", job, "--",
-            "predict", name, "--out", remote_out, *args]
+            "predict", *source, "--out", remote_out, *args]
     st = json.loads(_on_host(target, argv, timeout=60).stdout)
     return {**st, "remote_out": remote_out}
+
+
+def upload_bundle(target: Any, bundle: Path) -> str:
+    """rsync a local bundle (checked here first) to ``bundles/<experiment>-<card digest>/`` on the box; the
+    remote path, relative to its project root. The folder is named by the card's sha256, which covers every
+    file's, so the same bundle is sent once and another never overwrites it; the job checks it again."""
+    from mlconnect.deploy.bundle import CARD, Bundle, sha256_file
+
+    b = Bundle.load(bundle)
+    rel = f"bundles/{Path(str(b.card['experiment'])).name}-{sha256_file(b.root / CARD)[:12]}"
+    _on_host(target, ["mkdir", "-p", "bundles"], timeout=60)  # no --mkpath on macOS's rsync
+    dest = target.rsync_path(f"{target.remote_root.rstrip('/')}/{rel}") + "/"
+    rsync = ["rsync", "-rlt", "--delete", "-e", target.rsync_rsh(), f"{b.root}/", dest]
+    proc = subprocess.run(rsync, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=3600)
+    if proc.returncode != 0:
+        raise RemoteError(f"rsync of {bundle} to {target.name} failed (exit {proc.returncode})",
+                          "check the connection with `mlconnect status`, then run predict again",
+                          command=rsync, returncode=proc.returncode, stderr=proc.stderr)
+    return rel
 
 
 def export_on_host(target: Any, name: str, out: Path, args: list[str]) -> dict[str, Any]:
