@@ -28,7 +28,7 @@ def test_grouped_topk_equals_a_full_sort(n_items: int, bias: bool, k: int, worke
     # A planted winner per user in a group of its own makes the grouping matter: it must come first.
     users[:, 0] += 10.0
     table[n_items // 2, 0] = 5.0
-    scorer = ItemTopK(table, b, workers=workers)
+    scorer = ItemTopK.from_table(table, b, workers=workers)
     scorer.block = 40  # several blocks, the last one short
     got_s, got_i = scorer.topk(users, seen, k)
 
@@ -49,6 +49,6 @@ def test_grouped_topk_equals_a_full_sort(n_items: int, bias: bool, k: int, worke
 
 def test_rows_with_fewer_rankable_items_than_k_end_in_minus_inf() -> None:
     table = np.eye(4, dtype=np.float32)
-    scores, ids = ItemTopK(table).topk(np.ones((2, 4), np.float32), np.array([[1, 2], [0, 0]]), 3)
+    scores, ids = ItemTopK.from_table(table).topk(np.ones((2, 4), np.float32), np.array([[1, 2], [0, 0]]), 3)
     assert np.isneginf(scores[0, 1:]).all() and ids[0, 0] == 3  # items 1, 2 seen; 0 is padding
     assert np.isfinite(scores[1]).all() and set(ids[1].tolist()) == {1, 2, 3}

@@ -31,7 +31,7 @@ from mlconnect.deploy.bundle import (
     FORMAT_VERSION,
     HISTORIES,
     INPUTS,
-    ITEM_TABLE,
+    ITEM_SCORES_MODEL,
     ITEMS,
     ONNX_MODEL,
     OUTPUTS,
@@ -44,7 +44,7 @@ from mlconnect.deploy.bundle import (
     file_digests,
     pad_batch,
 )
-from mlconnect.deploy.topk import EncoderTopK
+from mlconnect.deploy.topk import EncoderTopK, padded_table
 from mlconnect.engine.inference import Recommender
 from mlconnect.engine.models import SequentialRecommender
 from mlconnect.errors import ExperimentError, UsageError
@@ -92,15 +92,18 @@ class ScoringGraph(torch.nn.Module):
 
 
 class EncoderGraph(torch.nn.Module):
-    """Padded histories in, the user vector ScoringGraph scores with out: ``[B, H]`` (predict's fast path
-    scores it against ``item_table.npz`` with numpy, deploy/topk.py)."""
+    """Padded histories in, the user vector ScoringGraph scores with out: ``[B, H]``, plus a trailing 1
+    when the model has an output bias (item_scores.onnx carries the bias as one more row, topk.py)."""
 
     def __init__(self, model: SequentialRecommender) -> None:
         super().__init__()
         self.scoring = ScoringGraph(model)
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
-        return self.scoring.last_hidden(items, (items > 0).sum(1)).float()
+        user = self.scoring.last_hidden(items, (items > 0).sum(1)).float()
+        if self.scoring.model.output_bias() is not None:
+            user = torch.cat([user, torch.ones_like(user[:, :1])], dim=1)
+        return user
 
 
 def _example(rec: Recommender) -> tuple[torch.Tensor, ...]:
@@ -119,7 +122,10 @@ def export_onnx(rec: Recommender, path: Path) -> None:
 
 
 def export_encoder(rec: Recommender, root: Path) -> None:
-    """``encoder.onnx`` and ``item_table.npz``: what ``predict --bundle`` scores with (see topk.py)."""
+    """``encoder.onnx`` and ``item_scores.onnx``: what ``predict --bundle`` scores with (see topk.py)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
     graph = EncoderGraph(rec.model).eval()
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -127,11 +133,15 @@ def export_encoder(rec: Recommender, root: Path) -> None:
                           input_names=["items"], output_names=["user"],
                           dynamic_axes={"items": {0: "batch", 1: "length"}, "user": {0: "batch"}})
         bias = rec.model.output_bias()
-        arrays = {"table": rec.model.item_table().detach().float().cpu().numpy()}
-        if bias is not None:
-            arrays["bias"] = bias.detach().float().cpu().numpy()
-    with open(root / ITEM_TABLE, "wb") as f:
-        np.savez(f, **arrays)
+        table = padded_table(rec.model.item_table().detach().float().cpu().numpy(),
+                             None if bias is None else bias.detach().float().cpu().numpy())
+    dim, width = table.shape
+    matmul = helper.make_graph(
+        [helper.make_node("MatMul", ["user", "items_t"], ["scores"])], "item_scores",
+        [helper.make_tensor_value_info("user", TensorProto.FLOAT, ["batch", dim])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", width])],
+        [numpy_helper.from_array(table, "items_t")])
+    onnx.save(helper.make_model(matmul, opset_imports=[helper.make_opsetid("", OPSET)]), str(root / ITEM_SCORES_MODEL))
 
 
 def export_torch(rec: Recommender, path: Path) -> None:
@@ -186,7 +196,7 @@ def verify(rec: Recommender, root: Path, fmt: str, users: np.ndarray) -> dict[st
     histories = sorted((bundle.history(int(u)) for u in users), key=len)  # chunks of every trimmed width
     k = min(VERIFY_K, len(bundle.item_ids) - 1)
     # ONNX bundles also carry predict's path (encoder.onnx + numpy scoring, topk.py): checked the same way.
-    fast = EncoderTopK(root, threads=1).topk if fmt == "onnx" else None
+    fast = EncoderTopK(root, len(bundle.item_ids), threads=1).topk if fmt == "onnx" else None
     parts: list[tuple[np.ndarray, ...]] = []
     for lo in range(0, len(histories), 256):
         chunk = histories[lo: lo + 256]

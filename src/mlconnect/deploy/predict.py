@@ -47,12 +47,12 @@ class Source:
         if b.card["format"] == "torch":
             scorer: Any = TorchProgram(b.root / b.card["model_file"])
             runtime = "torch.export"
-        elif ENCODER_MODEL in b.card["files"]:  # the encoder graph and numpy scoring (topk.py)
-            scorer, runtime = EncoderTopK(b.root, threads=threads), "onnxruntime+numpy"
+        elif ENCODER_MODEL in b.card["files"]:  # the encoder and item-score graphs, numpy selection (topk.py)
+            scorer, runtime = EncoderTopK(b.root, len(b.item_ids), threads=threads), "onnxruntime+numpy"
         else:  # a bundle from before encoder.onnx: the whole graph, TopK included
             scorer, runtime = Scorer(b.root / b.card["model_file"], threads=threads), "onnxruntime"
         return cls(b.user_ids, b.item_ids, b.history, b.max_len, scorer.topk, f"{runtime} {scorer.device}",
-                   trim=b.trim, chunk=4096 if isinstance(scorer, EncoderTopK) else None)
+                   trim=b.trim, chunk=1024 if isinstance(scorer, EncoderTopK) else None)
 
     @classmethod
     def from_experiment(cls, experiment_dir: str | os.PathLike[str]) -> Source:

@@ -18,6 +18,7 @@ about half of ONNX Runtime's time in the graph (benchmarks/predict_bench.py). Im
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,34 +28,49 @@ GROUP = 32           # items per group: g * k candidates per user; G = n_items /
 BLOCK_FLOATS = 1 << 22  # one block's score matrix (16 MB): in L3 between the matmul and the selection
 
 
+def padded_table(table: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """``[H (+1 with a bias), G * GROUP]`` float32: the item table transposed, zero-padded to whole groups,
+    the bias as one more input dimension (user vectors get a trailing 1: ``u · [w, b]``)."""
+    n, h = table.shape
+    extra = 0 if bias is None else 1
+    t = np.zeros((h + extra, -(-n // GROUP) * GROUP), dtype=np.float32)
+    t[:h, :n] = table.T
+    if bias is not None:
+        t[h, :n] = bias
+    return t
+
+
 class ItemTopK:
     """Scores and exact top-k for user vectors against a fixed item table.
 
-    ``table`` is ``[n_items, H]`` (row 0 is padding and never ranked), ``bias`` ``[n_items]`` or None.
-    ``workers`` > 1 runs blocks on that many threads (numpy releases the GIL in every step).
+    ``matmul(users)`` returns the ``[B, G * GROUP]`` scores of ``n_items`` items (the padded tail and row 0,
+    padding, are never ranked): a bundle's ``item_scores.onnx`` under ONNX Runtime, whose single-threaded
+    sgemm is about twice numpy's here, or numpy (:meth:`from_table`). ``workers`` > 1 runs blocks of users
+    on that many threads (ONNX Runtime and numpy release the GIL in every step).
     """
 
-    def __init__(self, table: np.ndarray, bias: np.ndarray | None = None, workers: int = 1) -> None:
-        n, h = table.shape
-        self.n_items = n
-        self.groups = -(-n // GROUP)
-        width = self.groups * GROUP  # padded to whole groups; the tail scores -inf
-        extra = 0 if bias is None else 1  # the bias rides along as one more input dimension (u · [w, b])
-        t = np.zeros((h + extra, width), dtype=np.float32)
-        t[:h, :n] = table.T
-        if bias is not None:
-            t[h, :n] = bias
-        self.table_t, self.has_bias = t, bias is not None
-        self.block = max(8, BLOCK_FLOATS // width)
+    def __init__(self, n_items: int, matmul: Callable[[np.ndarray], np.ndarray], workers: int = 1) -> None:
+        self.n_items, self.matmul = n_items, matmul
+        self.groups = -(-n_items // GROUP)
+        self.block = max(8, BLOCK_FLOATS // (self.groups * GROUP))
         self.workers = max(1, workers)
         self.pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
+
+    @classmethod
+    def from_table(cls, table: np.ndarray, bias: np.ndarray | None = None, workers: int = 1) -> ItemTopK:
+        """``table`` ``[n_items, H]`` (row 0 is padding), ``bias`` ``[n_items]`` or None; numpy scores."""
+        t = padded_table(table, bias)
+
+        def matmul(users: np.ndarray) -> np.ndarray:
+            if bias is not None:
+                users = np.concatenate([users, np.ones((len(users), 1), dtype=np.float32)], axis=1)
+            return users @ t
+        return cls(len(table), matmul, workers)
 
     def topk(self, users: np.ndarray, seen: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores [B, k] float32, item ids [B, k] int64), best first. ``seen`` [B, S] ids score -inf
         (0 is padding); a row with fewer than k rankable items ends in -inf entries."""
         users = np.asarray(users, dtype=np.float32)
-        if self.has_bias:
-            users = np.concatenate([users, np.ones((len(users), 1), dtype=np.float32)], axis=1)
         k = min(k, self.n_items)
         b = len(users)
         scores, ids = np.empty((b, k), dtype=np.float32), np.empty((b, k), dtype=np.int64)
@@ -75,7 +91,7 @@ class ItemTopK:
     def _block(self, users: np.ndarray, seen: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
         rows, g, big_g = len(users), GROUP, self.groups
         width = g * big_g
-        s = users @ self.table_t                     # [rows, width]
+        s = self.matmul(users)                       # [rows, width]
         s[:, self.n_items:] = -np.inf
         s[:, 0] = -np.inf                            # padding, as the engine's full_scores
         if seen is not None:
@@ -95,20 +111,18 @@ class ItemTopK:
 
 
 class EncoderTopK:
-    """A bundle's ``encoder.onnx`` under ONNX Runtime, scored by :class:`ItemTopK` over its
-    ``item_table.npz``: ``topk(items, seen, k)`` with the interface of bundle.Scorer."""
+    """A bundle's ``encoder.onnx`` (histories -> user vectors) and ``item_scores.onnx`` (user vectors ->
+    scores) under ONNX Runtime, selected by :class:`ItemTopK`: ``topk(items, seen, k)`` with the
+    interface of bundle.Scorer."""
 
-    def __init__(self, root: Path, threads: int | None = None) -> None:
-        from mlconnect.deploy.bundle import ENCODER_MODEL, ITEM_TABLE, BundleError, Scorer
+    def __init__(self, root: Path, n_items: int, threads: int | None = None) -> None:
+        from mlconnect.deploy.bundle import ENCODER_MODEL, ITEM_SCORES_MODEL, Scorer
 
+        threads = threads or os.cpu_count() or 1
         self.encoder = Scorer(root / ENCODER_MODEL, threads=threads)
         self.device = self.encoder.device
-        try:
-            with np.load(root / ITEM_TABLE, allow_pickle=False) as f:
-                table, bias = f["table"], (f["bias"] if "bias" in f.files else None)
-        except (OSError, ValueError, KeyError) as exc:
-            raise BundleError(f"{root / ITEM_TABLE}: cannot read it ({exc})", "export the bundle again") from None
-        self.items = ItemTopK(table, bias, workers=threads or os.cpu_count() or 1)
+        scores = Scorer(root / ITEM_SCORES_MODEL, threads=1)  # one thread per block, blocks on `threads` workers
+        self.items = ItemTopK(n_items, lambda u: scores.session.run(["scores"], {"user": u})[0], workers=threads)
 
     def user_vectors(self, items: np.ndarray) -> np.ndarray:
         return self.encoder.session.run(["user"], {"items": items})[0]
