@@ -132,7 +132,9 @@ class _Writer:
         else:
             import pyarrow.parquet as pq
 
-            self.writer = pq.ParquetWriter(str(tmp), self.schema, compression="zstd")
+            # No dictionary pages: trying them on 50 distinct floats per user cost more than the scoring
+            # (benchmarks/predict_bench.py); zstd still packs the repeated user ids.
+            self.writer = pq.ParquetWriter(str(tmp), self.schema, compression="zstd", use_dictionary=False)
         self.rows = 0
 
     def write(self, users: Any, scores: np.ndarray, ids: Any, item_ids: Any) -> None:

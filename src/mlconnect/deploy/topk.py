@@ -6,9 +6,9 @@ the selection reads that matrix once more instead of sorting it:
 
 - items are dealt into ``G`` groups of ``g`` by ``i % G`` (the score row viewed as ``[g, G]``), so one
   ``max`` over the short axis, a contiguous SIMD reduction, gives every group's best score;
-- the top-k items can only sit in the ``k`` groups with the best maxima (an item in the top-k scores
-  at least the k-th best item, which is at least the k-th best group maximum, and at most k groups
-  reach that), so only those ``k * g`` scores are gathered and partitioned.
+- the k-th best group maximum is a floor under the top-k: those k maxima are k distinct items that
+  score at least that much, so the k-th best item does too. One comparison with the floor and a
+  ``flatnonzero`` find the items at or above it, typically k plus a few, which are sorted.
 
 The result is the exact top-k of the float32 scores (tests compare it with a full sort), at a few
 passes over memory instead of a ``[B, n_items]`` TopK plus two full copies for the masks, which was
@@ -96,18 +96,25 @@ class ItemTopK:
         s[:, 0] = -np.inf                            # padding, as the engine's full_scores
         if seen is not None:
             np.put_along_axis(s, seen, -np.inf, axis=1)
-        if k >= big_g:                               # tiny catalogs: every group is a candidate
-            flat = np.broadcast_to(np.arange(width), (rows, width))
-            cand = s
-        else:
-            best = s.reshape(rows, g, big_g).max(axis=1)                       # [rows, G]
-            top = np.argpartition(best, big_g - k, axis=1)[:, big_g - k:]      # [rows, k] groups
-            flat = (np.arange(g)[None, :, None] * big_g + top[:, None, :]).reshape(rows, -1)  # item ids
-            cand = np.take(s.reshape(-1), flat + (np.arange(rows) * width)[:, None])
-        part = np.argpartition(cand, cand.shape[1] - k, axis=1)[:, cand.shape[1] - k:]
-        vals = np.take_along_axis(cand, part, axis=1)
-        order = np.argsort(-vals, axis=1, kind="stable")
-        return np.take_along_axis(vals, order, axis=1), np.take_along_axis(np.take_along_axis(flat, part, 1), order, 1)
+        if k < big_g:
+            best = s.reshape(rows, g, big_g).max(axis=1)                   # [rows, G] group maxima
+            kth = np.partition(best, big_g - k, axis=1)[:, big_g - k]      # the k-th best: a floor under the top-k
+        else:                                                              # tiny catalogs: no floor
+            kth = np.full(rows, -np.inf, dtype=np.float32)
+        # Every item at or above its row's floor (at least k, typically k + a few): flat positions, then
+        # sorted by row and score, best first; the first k of each row are its top-k.
+        pos = np.flatnonzero(s >= kth[:, None])
+        row, item = np.divmod(pos, width)
+        val = s.reshape(-1)[pos]
+        order = np.lexsort((-val, row))
+        row, item, val = row[order], item[order], val[order]
+        rank = np.arange(len(row)) - np.searchsorted(row, np.arange(rows))[row]
+        keep = rank < k
+        scores = np.full((rows, k), -np.inf, dtype=np.float32)
+        ids = np.zeros((rows, k), dtype=np.int64)
+        scores[row[keep], rank[keep]] = val[keep]
+        ids[row[keep], rank[keep]] = item[keep]
+        return scores, ids
 
 
 class EncoderTopK:
