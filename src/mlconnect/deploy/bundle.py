@@ -176,24 +176,3 @@ class Scorer:
                                                         "k": np.zeros(k, dtype=np.int64)})
         return scores, ids
 
-
-class TorchProgram:
-    """A ``--format torch`` bundle's ``torch.export`` program, with :class:`Scorer`'s interface. Only
-    this class imports torch (lazily), so ONNX bundles never do."""
-
-    def __init__(self, model_path: Path) -> None:
-        import torch
-
-        self.torch = torch
-        try:
-            self.program = torch.export.load(str(model_path)).module()
-        except Exception as exc:  # torch raises many types for a corrupt or foreign archive
-            raise BundleError(f"{model_path}: torch cannot load it ({str(exc).splitlines()[0][:200]})",
-                              "export the bundle again with this mlconnect and torch version") from None
-        self.device = "cpu"
-
-    def topk(self, items: np.ndarray, seen: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        torch = self.torch
-        with torch.no_grad():
-            s, i = self.program(torch.from_numpy(items), torch.from_numpy(seen), torch.zeros(k, dtype=torch.int64))
-        return s.numpy(), i.numpy()

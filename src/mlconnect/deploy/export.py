@@ -40,10 +40,10 @@ from mlconnect.deploy.bundle import (
     Bundle,
     BundleError,
     Scorer,
-    TorchProgram,
     file_digests,
     pad_batch,
 )
+from mlconnect.deploy.program import TorchProgram
 from mlconnect.deploy.topk import EncoderTopK, padded_table
 from mlconnect.engine.inference import Recommender
 from mlconnect.engine.models import SequentialRecommender

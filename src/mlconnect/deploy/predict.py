@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from mlconnect.deploy.bundle import ENCODER_MODEL, Bundle, Scorer, TorchProgram, pad_batch
+from mlconnect.deploy.bundle import ENCODER_MODEL, Bundle, Scorer, pad_batch
+from mlconnect.deploy.program import TorchProgram
 from mlconnect.deploy.topk import EncoderTopK
 from mlconnect.errors import UsageError
 from mlconnect.fileio import fsync_dir
