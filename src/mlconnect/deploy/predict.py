@@ -1,15 +1,17 @@
 """``mlconnect predict``: the top-k for every user (or a list of users), written as a table.
 
-Users go through in chunks sized so one chunk's score matrix stays near 64 MB whatever the number of
-users: memory is flat in users (benchmarks/predict_bench.py measures it). Each chunk becomes a
+Users go through in chunks of a fixed size (1,024 for an ONNX bundle, whose scorer holds only a
+cache-sized block of scores at a time, topk.py; else sized so one chunk's score matrix stays near
+64 MB): memory is flat in users (benchmarks/predict_bench.py measures it). Each chunk becomes a
 Parquet row group (or CSV rows) written to a hidden temp file next to the output, which is renamed
 over the final name only once complete: a killed job leaves the old file (or none), never half of one.
 
 Long format: ``user_id, rank, item_id, score`` (rank 1 is best); ``wide``: one row per user with
 ``item_ids`` and ``scores`` lists. A user's rows are contiguous; users come in order of history
 length for a bundle (shorter padding, see bundle.pad_batch), in the order asked for otherwise.
-The scorer is a bundle's ONNX graph under ONNX Runtime (CUDA when that onnxruntime has it) or, for
-an experiment, the engine itself (on the GPU when there is one).
+The scorer is an ONNX bundle's encoder and item-score graphs under ONNX Runtime with numpy's exact
+top-k (topk.EncoderTopK; the whole graph for bundles made before those files), a torch bundle's
+program, or, for an experiment, the engine itself (on the GPU when there is one).
 """
 
 from __future__ import annotations
