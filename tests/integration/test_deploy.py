@@ -296,6 +296,25 @@ def test_predict_long_wide_csv_and_exclude_seen(base: Path, tmp_path: Path) -> N
     assert not list(tmp_path.glob(".*partial*"))
 
 
+def test_predict_reads_a_bundle_made_before_the_encoder_graphs(base: Path, tmp_path: Path) -> None:
+    """A bundle without encoder.onnx / item_scores.onnx (an earlier export) predicts with its whole graph."""
+    new = deploy.bundle(base, "SASRec")
+    old = tmp_path / "old"
+    shutil.copytree(new, old)
+    card = json.loads((old / "card.json").read_text())
+    for name in ("encoder.onnx", "item_scores.onnx"):
+        (old / name).unlink()
+        del card["files"][name]
+    (old / "card.json").write_text(json.dumps(card))
+    src_old, src_new = Source.from_bundle(old, threads=1), Source.from_bundle(new, threads=1)
+    assert (src_old.device, src_new.device) == ("onnxruntime cpu", "onnxruntime+numpy cpu")
+    for src, out in ((src_old, "old.parquet"), (src_new, "new.parquet")):
+        predict(src, tmp_path / out, k=20, exclude_seen=True, progress=False)
+    a, b = (pq.read_table(tmp_path / f) for f in ("old.parquet", "new.parquet"))
+    assert a.column("user_id").equals(b.column("user_id")) and a.column("item_id").equals(b.column("item_id"))
+    assert np.allclose(a.column("score").to_numpy(), b.column("score").to_numpy(), atol=1e-4)
+
+
 def test_predict_killed_mid_write_leaves_the_old_file(base: Path, tmp_path: Path) -> None:
     out = tmp_path / "recs.parquet"
     out.write_bytes(b"yesterday's table")
