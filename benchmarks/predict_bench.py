@@ -2,6 +2,8 @@
 
     python benchmarks/predict_bench.py                  # 100k users, 50k items: generate, train 1 epoch, export
     python benchmarks/predict_bench.py --quick          # 20k users, 10k items
+    python benchmarks/predict_bench.py --graph          # also the whole ONNX graph (scatter + TopK in it)
+    python benchmarks/predict_bench.py --profile        # where the time goes, stage by stage, then the table
 
 The model is SASRec (hidden 64, 2 layers, 50 positions, RecBole's defaults) with its initial weights
 (``--train``: one epoch of sampled softmax): the cost of predict depends on the architecture and the
@@ -83,11 +85,11 @@ def initialised_experiment(exp: Path, name: str, data: Path) -> None:
     save_checkpoint(paths.checkpoint("best"), {"model": build_model(cfg, ds.n_items).state_dict()})
 
 
-def run(argv: list[str], scratch: Path) -> dict:
+def run(argv: list[str], scratch: Path, prelude: str = "") -> dict:
     """One `mlconnect predict` in a fresh process; its JSON summary plus that process's peak RSS."""
     peak_file = scratch / "bench-peak-rss.txt"
     t = time.perf_counter()
-    cp = subprocess.run([sys.executable, "-c", _WRAP, str(peak_file), "predict", *argv, "--json"],
+    cp = subprocess.run([sys.executable, "-c", prelude + _WRAP, str(peak_file), "predict", *argv, "--json"],
                         capture_output=True, text=True, cwd=REPO)
     wall = time.perf_counter() - t
     if cp.returncode != 0:
@@ -95,6 +97,75 @@ def run(argv: list[str], scratch: Path) -> dict:
     res = json.loads(cp.stdout)
     res.update(peak_rss_mb=int(peak_file.read_text()) / 1024, wall_s=wall)
     return res
+
+
+_GRAPH = ("import mlconnect.deploy.predict as p\n"  # predict through the whole graph (model.onnx: scatter + TopK)
+          "from mlconnect.deploy.bundle import Bundle, Scorer\n"
+          "def whole(root, threads=None):\n"
+          "    b = Bundle.load(root); sc = Scorer(b.root / b.card['model_file'], threads=threads)\n"
+          "    return p.Source(b.user_ids, b.item_ids, b.history, b.max_len, sc.topk, 'onnxruntime graph',\n"
+          "                    trim=b.trim)\n"
+          "p.Source.from_bundle = classmethod(lambda cls, root, threads=None: whole(root, threads))\n")
+
+
+def profile(bundle: Path, k: int, threads: int | None, n: int = 8192) -> None:
+    """Seconds per stage of predict's bundle path (one thread for the selection, as each worker runs it)."""
+    import numpy as np
+
+    from mlconnect.deploy import topk
+    from mlconnect.deploy.bundle import Bundle, pad_batch
+    from mlconnect.deploy.predict import _Writer
+
+    b = Bundle.load(bundle)
+    scorer = topk.EncoderTopK(b.root, len(b.item_ids), threads=threads)
+    it, users = scorer.items, np.arange(1, min(n, b.n_users - 1) + 1)
+    t: dict[str, float] = dict.fromkeys(("histories", "encoder", "item matmul", "masks", "group maxima",
+                                         "floor + candidates", "sort + top-k", "Parquet"), 0.0)
+    import pyarrow as pa
+
+    writer = _Writer(bundle.parent / ".profile.parquet", bundle.parent / "profile.parquet", False)
+    item_ids, user_ids = pa.array(b.item_ids), pa.array(b.user_ids)
+    for lo in range(0, len(users), 1024):
+        c = [time.perf_counter()]
+        part = users[lo: lo + 1024]
+        items, seen = pad_batch([b.history(int(u)) for u in part], b.max_len, trim=True)
+        c.append(time.perf_counter())
+        vecs = scorer.user_vectors(items)
+        c.append(time.perf_counter())
+        for blo in range(0, len(vecs), it.block):
+            d = [time.perf_counter()]
+            s = it.matmul(vecs[blo: blo + it.block])
+            d.append(time.perf_counter())
+            s[:, it.n_items:] = -np.inf
+            s[:, 0] = -np.inf
+            np.put_along_axis(s, seen[blo: blo + it.block], -np.inf, axis=1)
+            d.append(time.perf_counter())
+            rows, big_g = len(s), it.groups
+            best = s.reshape(rows, topk.GROUP, big_g).max(axis=1)
+            d.append(time.perf_counter())
+            kth = np.partition(best, big_g - k, axis=1)[:, big_g - k]
+            pos = np.flatnonzero(s >= kth[:, None])
+            d.append(time.perf_counter())
+            val = s.reshape(-1)[pos]
+            np.lexsort((-val, pos // s.shape[1]))
+            d.append(time.perf_counter())
+            for key, v in zip(("item matmul", "masks", "group maxima", "floor + candidates", "sort + top-k"),
+                              np.diff(d)):
+                t[key] += v
+        out_s, out_i = scorer.items.topk(vecs, seen, k)  # the real thing, for the writer (not timed above)
+        w = time.perf_counter()
+        writer.write(user_ids.take(pa.array(part)), out_s, out_i, item_ids)
+        t["Parquet"] += time.perf_counter() - w
+        t["histories"] += c[1] - c[0]
+        t["encoder"] += c[2] - c[1]
+    writer.close()
+    (bundle.parent / ".profile.parquet").unlink()
+    total = sum(t.values())
+    print(f"\nwhere the time goes ({len(users):,} users, top-{k}, selection on one thread):\n")
+    print("| stage | µs/user | share |\n|---|---:|---:|")
+    for key, v in t.items():
+        print(f"| {key} | {v / len(users) * 1e6:.1f} | {v / total:.0%} |")
+    print(f"| total | {total / len(users) * 1e6:.1f} | |")
 
 
 def main() -> None:
@@ -107,10 +178,14 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="20k users, 10k items")
     p.add_argument("--train", action="store_true", help="train 1 epoch (sampled softmax) instead of initial weights")
     p.add_argument("--engine", action="store_true", help="also predict with the engine (torch) for comparison")
+    p.add_argument("--graph", action="store_true", help="also predict through the whole graph (last session's path)")
+    p.add_argument("--profile", action="store_true", help="time each stage of the bundle path first")
     args = p.parse_args()
     if args.quick:
         args.users, args.items = 20_000, 10_000
     exp, bundle = ensure(args)
+    if args.profile:
+        profile(bundle, args.k, args.threads)
     out = exp / "bench-recs.parquet"
     users_file = exp / "bench-users-10pct.txt"
     vocab = json.loads((bundle / "vocab.json").read_text())
@@ -118,10 +193,12 @@ def main() -> None:
     users_file.write_text("".join(f"{u}\n" for u in users[: max(1, len(users) // 10)]))
     threads = ["--threads", str(args.threads)] if args.threads else []
     rows = []
-    for label, src in [("ONNX bundle", ["--bundle", str(bundle)])] + ([("engine (torch)", [str(exp)])]
-                                                                     if args.engine else []):
+    sources = [("ONNX bundle", ["--bundle", str(bundle)], "")]
+    sources += [("ONNX bundle, whole graph", ["--bundle", str(bundle)], _GRAPH)] if args.graph else []
+    sources += [("engine (torch)", [str(exp)], "")] if args.engine else []
+    for label, src, prelude in sources:
         for which in (str(users_file), "all"):
-            r = run([*src, "--out", str(out), "--users", which, "--k", str(args.k), *threads], exp)
+            r = run([*src, "--out", str(out), "--users", which, "--k", str(args.k), *threads], exp, prelude)
             r["source"] = label
             rows.append(r)
             print(f"{label} {r['users']} users: {r['users_per_s']:.0f} users/s, peak RSS {r['peak_rss_mb']:.0f} MB",

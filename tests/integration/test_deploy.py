@@ -58,6 +58,7 @@ def test_export_verifies_and_equals_the_engine_for_every_user(base: Path, model:
     card = json.loads((out / "card.json").read_text())
     v = card["verification"]
     assert v["ok"] and v["users"] == deploy.N_USERS and v["k"] == 10 and v["max_abs_score_diff"] <= 1e-4
+    assert v["predict_path"]["ok"] and v["predict_path"]["max_abs_score_diff"] <= 1e-4  # encoder + item_scores
     assert card["model"] == model and card["dataset"] == "syn" and card["mlconnect_version"]
     assert card["metrics"]["test"] and card["config"]["hidden_size"] == 16
     files = {p.name for p in out.iterdir()} - {"card.json"}
@@ -92,11 +93,12 @@ def test_compare_topk_allows_tie_swaps_only() -> None:
     assert not compare_topk(eng, (np.array([[3.0, 2.001, 1.0]]), ids))["ok"]
 
 
-def test_export_refuses_a_graph_that_does_not_reproduce_the_engine(base: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("part", ["export_onnx", "export_encoder"])  # the server's graph; predict's path
+def test_export_refuses_a_graph_that_does_not_reproduce_the_engine(base: Path, monkeypatch, part: str) -> None:
     """A real export of a perturbed copy of the model must fail verification and leave no folder."""
     import mlconnect.deploy.export as ex
 
-    real = ex.export_onnx
+    real = getattr(ex, part)
 
     def perturbed(rec: Recommender, path: Path) -> None:
         other = copy.copy(rec)
@@ -105,7 +107,7 @@ def test_export_refuses_a_graph_that_does_not_reproduce_the_engine(base: Path, m
             other.model.item_table().mul_(1.5).add_(0.01)
         real(other, path)
 
-    monkeypatch.setattr(ex, "export_onnx", perturbed)
+    monkeypatch.setattr(ex, part, perturbed)
     out = base / "refused"
     with pytest.raises(BundleError, match="does not reproduce the engine"):
         export_bundle(deploy.trained(base, "SASRec"), out)
@@ -124,6 +126,34 @@ def test_export_cli_and_its_errors(base: Path) -> None:
         export_bundle(exp, base / "y", fmt="pickle")
     with pytest.raises(ExperimentError):
         export_bundle(base / "missing", base / "z")
+
+
+@pytest.mark.slow  # torch.export and a fresh `mlconnect export` process (~20 s on a loaded 2-core machine)
+def test_export_format_torch_verifies_loads_and_predicts_like_the_engine(base: Path, tmp_path: Path) -> None:
+    exp, out = deploy.trained(base, "BERT4Rec"), tmp_path / "torch-bundle"
+    r = _cli("export", str(exp), "--out", str(out), "--format", "torch", "--json", timeout=300)
+    assert r.returncode == 0, r.stderr
+    v = json.loads(r.stdout)["verification"]
+    assert v["ok"] and v["users"] == deploy.N_USERS and v["k"] == 10 and v["max_abs_score_diff"] <= 1e-4
+    b = Bundle.load(out)
+    assert b.card["format"] == "torch" and b.card["model_file"] == "model.pt2"
+    assert set(b.card["files"]) == {"model.pt2", "vocab.json", "histories.npz", "items.json"}
+
+    # predict --bundle on it (the torch.export program read back from disk) writes the engine's top-10.
+    src = Source.from_bundle(out)
+    assert src.device == "torch.export cpu"
+    predict(src, tmp_path / "t.parquet", k=10, exclude_seen=True, progress=False)
+    predict(Source.from_experiment(exp), tmp_path / "e.parquet", k=10, exclude_seen=True, progress=False)
+    order = [("user_id", "ascending"), ("rank", "ascending")]
+    got, want = (pq.read_table(tmp_path / f).sort_by(order) for f in ("t.parquet", "e.parquet"))
+    assert got.num_rows == deploy.N_USERS * 10 and got.column("item_id").equals(want.column("item_id"))
+    assert np.allclose(got.column("score").to_numpy(), want.column("score").to_numpy(), atol=1e-4)
+
+    # The torch-free bundle server cannot run it: one line saying what to do instead.
+    r = subprocess.run([sys.executable, "-m", "mlconnect.deploy.server", "--bundle", str(out),
+                        "--port", str(free_port())], capture_output=True, text=True, timeout=60, env=ENV)
+    assert r.returncode == 1 and r.stderr.startswith("error:") and r.stderr.strip().count("\n") == 0
+    assert "--format onnx" in r.stderr
 
 
 def test_export_registers_an_mlflow_model_version_when_the_config_asks(base: Path, tmp_path: Path,
@@ -264,6 +294,25 @@ def test_predict_long_wide_csv_and_exclude_seen(base: Path, tmp_path: Path) -> N
     with pytest.raises(UsageError, match=r"\.parquet or \.csv"):
         predict(src, tmp_path / "x.json", progress=False)
     assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_predict_reads_a_bundle_made_before_the_encoder_graphs(base: Path, tmp_path: Path) -> None:
+    """A bundle without encoder.onnx / item_scores.onnx (an earlier export) predicts with its whole graph."""
+    new = deploy.bundle(base, "SASRec")
+    old = tmp_path / "old"
+    shutil.copytree(new, old)
+    card = json.loads((old / "card.json").read_text())
+    for name in ("encoder.onnx", "item_scores.onnx"):
+        (old / name).unlink()
+        del card["files"][name]
+    (old / "card.json").write_text(json.dumps(card))
+    src_old, src_new = Source.from_bundle(old, threads=1), Source.from_bundle(new, threads=1)
+    assert (src_old.device, src_new.device) == ("onnxruntime cpu", "onnxruntime+numpy cpu")
+    for src, out in ((src_old, "old.parquet"), (src_new, "new.parquet")):
+        predict(src, tmp_path / out, k=20, exclude_seen=True, progress=False)
+    a, b = (pq.read_table(tmp_path / f) for f in ("old.parquet", "new.parquet"))
+    assert a.column("user_id").equals(b.column("user_id")) and a.column("item_id").equals(b.column("item_id"))
+    assert np.allclose(a.column("score").to_numpy(), b.column("score").to_numpy(), atol=1e-4)
 
 
 def test_predict_killed_mid_write_leaves_the_old_file(base: Path, tmp_path: Path) -> None:

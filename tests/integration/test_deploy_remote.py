@@ -12,6 +12,7 @@ import shutil
 import sys
 import tempfile
 
+import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 from runs_sshd import start_sshd, stop_sshd
@@ -38,7 +39,7 @@ def box(tmp_path_factory: pytest.TempPathFactory):
         f'[hosts.{sshd.alias}]\nremote_root = "{remote}"\npython = "{sys.executable}"\n')
     env = cli_env(tmp)
     env["MLCONNECT_CONTROL_DIR"] = tempfile.mkdtemp(prefix="mlc-dep-", dir="/tmp")  # short unix socket paths
-    yield {"laptop": laptop, "remote": remote, "env": env,
+    yield {"laptop": laptop, "remote": remote, "env": env, "base": base,
            "host": ["--host", sshd.alias, "--ssh-config", str(sshd.ssh_config)]}
     stop_sshd(sshd, env["MLCONNECT_CONTROL_DIR"])
 
@@ -66,6 +67,23 @@ def test_predict_host_runs_detached_and_pull_brings_the_table(box) -> None:
     assert command[command.index("-m") + 1:] == ["mlconnect.deploy.jobs", "run",
                                                  str(box["remote"] / "experiments" / job / "job_spec.json")]
     assert read_json(box["remote"] / "experiments" / job / "job_spec.json")["k"] == 7
+
+
+def test_predict_host_with_a_local_bundle_uploads_it_once_and_runs_there(box) -> None:
+    laptop, env, host, remote = box["laptop"], box["env"], box["host"], box["remote"]
+    bundle = deploy.bundle(box["base"], "SASRec")
+    for _ in range(2):  # the second run finds the same bundle there and sends nothing new
+        st = json.loads(mlc(["predict", "--bundle", str(bundle), *host, "--out", "recs.csv", "--k", "4", "--json"],
+                            laptop, env).stdout)
+        job = st["job"]
+        wait_for(lambda j=job: ps_json(laptop, env, host)[j]["state"] == "succeeded", timeout=120, what="the job")
+    uploaded = list((remote / "bundles").iterdir())
+    assert len(uploaded) == 1 and Bundle.load(uploaded[0]).card == Bundle.load(bundle).card
+    mlc(["pull", job, *host], laptop, env)
+    table = pcsv.read_csv(laptop / "experiments" / job / "recs.csv")
+    assert table.num_rows == deploy.N_USERS * 4
+    missing = mlc(["predict", "--bundle", str(laptop / "nope"), *host, "--out", "r.csv"], laptop, env, check=False)
+    assert missing.returncode == 1 and missing.stderr.count("error:") == 1 and "no bundle" in missing.stderr
 
 
 def test_export_host_pulls_a_verified_bundle(box) -> None:

@@ -72,14 +72,16 @@ def register(app: typer.Typer) -> None:
     def predict_cmd(
         name: str | None = typer.Argument(None, help="Experiment name (or use --bundle)."),
         out: Path = typer.Option(..., "--out", "-o", help="recs.parquet, or .csv"),
-        bundle: Path | None = typer.Option(None, "--bundle", help="Score with this bundle (ONNX Runtime)."),
+        bundle: Path | None = typer.Option(None, "--bundle",
+                                           help="Score with this bundle folder (with --host: uploaded to the box)."),
         users: str = typer.Option("all", "--users", help="'all', or a file with one user id per line."),
         k: int = typer.Option(50, "--k", min=1, help="Items per user."),
         exclude_seen: bool = typer.Option(False, "--exclude-seen", help="Leave out items the user already has."),
         wide: bool = typer.Option(False, "--wide", help="One row per user with item_ids and scores lists."),
-        threads: int | None = typer.Option(None, "--threads", min=1, help="ONNX Runtime threads (default: all)."),
+        threads: int | None = typer.Option(None, "--threads", min=1,
+                                           help="Threads for ONNX Runtime and the top-k (default: all cores)."),
         chunk_users: int | None = typer.Option(None, "--chunk-users", min=1, hidden=True,
-                                               help="Users per scoring chunk (default: ~64 MB of scores)."),
+                                               help="Users per scoring chunk (default: by the scorer)."),
         host: str | None = typer.Option(None, "--host", "-H", help=HOST_HELP + " Detached; fetch with pull."),
         ssh_config: str | None = SshConfigOpt,
         as_json: bool = JsonOpt,
@@ -89,12 +91,10 @@ def register(app: typer.Typer) -> None:
             raise UsageError("give an experiment NAME or --bundle DIR", "exactly one of the two")
         target = _remote(host, ssh_config)
         if target is not None:
-            if bundle is not None:
-                raise UsageError("--host predicts with an experiment on the box", "give its NAME, not --bundle")
             from mlconnect.deploy.jobs import predict_on_host
 
-            st = predict_on_host(target, name, str(out), users=users, k=k,  # type: ignore[arg-type]
-                                 exclude_seen=exclude_seen, wide=wide)
+            st = predict_on_host(target, name, str(out), bundle=bundle,  # a local --bundle is uploaded
+                                 users=users, k=k, exclude_seen=exclude_seen, wide=wide)
             if as_json:
                 print_json(st)
                 return

@@ -27,6 +27,8 @@ FORMAT_VERSION = 1
 CARD = "card.json"
 ONNX_MODEL = "model.onnx"
 TORCH_MODEL = "model.pt2"
+ENCODER_MODEL = "encoder.onnx"          # items -> user vectors [B, H (+1)]: predict's path (deploy/topk.py)
+ITEM_SCORES_MODEL = "item_scores.onnx"  # user vectors -> scores [B, whole groups of items] (topk.padded_table)
 VOCAB = "vocab.json"
 HISTORIES = "histories.npz"
 ITEMS = "items.json"
@@ -173,3 +175,4 @@ class Scorer:
         scores, ids = self.session.run(list(OUTPUTS), {"items": items, "seen": seen,
                                                         "k": np.zeros(k, dtype=np.int64)})
         return scores, ids
+

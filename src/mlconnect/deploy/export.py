@@ -27,9 +27,11 @@ import torch
 from mlconnect import __version__
 from mlconnect.deploy.bundle import (
     CARD,
+    ENCODER_MODEL,
     FORMAT_VERSION,
     HISTORIES,
     INPUTS,
+    ITEM_SCORES_MODEL,
     ITEMS,
     ONNX_MODEL,
     OUTPUTS,
@@ -41,6 +43,8 @@ from mlconnect.deploy.bundle import (
     file_digests,
     pad_batch,
 )
+from mlconnect.deploy.program import TorchProgram
+from mlconnect.deploy.topk import EncoderTopK, padded_table
 from mlconnect.engine.inference import Recommender
 from mlconnect.engine.models import SequentialRecommender
 from mlconnect.errors import ExperimentError, UsageError
@@ -87,6 +91,21 @@ class ScoringGraph(torch.nn.Module):
         return top.values, top.indices
 
 
+class EncoderGraph(torch.nn.Module):
+    """Padded histories in, the user vector ScoringGraph scores with out: ``[B, H]``, plus a trailing 1
+    when the model has an output bias (item_scores.onnx carries the bias as one more row, topk.py)."""
+
+    def __init__(self, model: SequentialRecommender) -> None:
+        super().__init__()
+        self.scoring = ScoringGraph(model)
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        user = self.scoring.last_hidden(items, (items > 0).sum(1)).float()
+        if self.scoring.model.output_bias() is not None:
+            user = torch.cat([user, torch.ones_like(user[:, :1])], dim=1)
+        return user
+
+
 def _example(rec: Recommender) -> tuple[torch.Tensor, ...]:
     items, seen = pad_batch([[1, 2, 3], [2]], rec.max_len)
     return torch.from_numpy(items), torch.from_numpy(seen), torch.zeros(VERIFY_K, dtype=torch.int64)
@@ -100,6 +119,29 @@ def export_onnx(rec: Recommender, path: Path) -> None:
                           input_names=list(INPUTS), output_names=list(OUTPUTS),
                           dynamic_axes={"items": {0: "batch", 1: "length"}, "seen": {0: "batch", 1: "n_seen"},
                                         "k": {0: "k"}, "scores": {0: "batch", 1: "k"}, "ids": {0: "batch", 1: "k"}})
+
+
+def export_encoder(rec: Recommender, root: Path) -> None:
+    """``encoder.onnx`` and ``item_scores.onnx``: what ``predict --bundle`` scores with (see topk.py)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = EncoderGraph(rec.model).eval()
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(graph, (_example(rec)[0],), str(root / ENCODER_MODEL), dynamo=False, opset_version=OPSET,
+                          input_names=["items"], output_names=["user"],
+                          dynamic_axes={"items": {0: "batch", 1: "length"}, "user": {0: "batch"}})
+        bias = rec.model.output_bias()
+        table = padded_table(rec.model.item_table().detach().float().cpu().numpy(),
+                             None if bias is None else bias.detach().float().cpu().numpy())
+    dim, width = table.shape
+    matmul = helper.make_graph(
+        [helper.make_node("MatMul", ["user", "items_t"], ["scores"])], "item_scores",
+        [helper.make_tensor_value_info("user", TensorProto.FLOAT, ["batch", dim])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", width])],
+        [numpy_helper.from_array(table, "items_t")])
+    onnx.save(helper.make_model(matmul, opset_imports=[helper.make_opsetid("", OPSET)]), str(root / ITEM_SCORES_MODEL))
 
 
 def export_torch(rec: Recommender, path: Path) -> None:
@@ -142,14 +184,7 @@ def engine_topk(rec: Recommender, histories: list[np.ndarray], k: int) -> tuple[
 
 
 def _exported_runner(root: Path, fmt: str) -> Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]:
-    if fmt == "onnx":
-        return Scorer(root / ONNX_MODEL).topk
-    program = torch.export.load(str(root / TORCH_MODEL)).module()
-
-    def run(items: np.ndarray, seen: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        s, i = program(torch.from_numpy(items), torch.from_numpy(seen), torch.zeros(k, dtype=torch.int64))
-        return s.numpy(), i.numpy()
-    return run
+    return (Scorer(root / ONNX_MODEL) if fmt == "onnx" else TorchProgram(root / TORCH_MODEL)).topk
 
 
 def verify(rec: Recommender, root: Path, fmt: str, users: np.ndarray) -> dict[str, Any]:
@@ -160,13 +195,20 @@ def verify(rec: Recommender, root: Path, fmt: str, users: np.ndarray) -> dict[st
     run = _exported_runner(root, fmt)
     histories = sorted((bundle.history(int(u)) for u in users), key=len)  # chunks of every trimmed width
     k = min(VERIFY_K, len(bundle.item_ids) - 1)
+    # ONNX bundles also carry predict's path (encoder.onnx + numpy scoring, topk.py): checked the same way.
+    fast = EncoderTopK(root, len(bundle.item_ids), threads=1).topk if fmt == "onnx" else None
     parts: list[tuple[np.ndarray, ...]] = []
     for lo in range(0, len(histories), 256):
         chunk = histories[lo: lo + 256]
         items, seen = pad_batch(chunk, bundle.max_len, trim=bundle.trim)
-        parts.append((*engine_topk(rec, chunk, min(k + 5, len(bundle.item_ids) - 1)), *run(items, seen, k)))
-    es, ei, xs, xi = (np.concatenate([p[n] for p in parts]) for n in range(4))
-    return compare_topk((es, ei), (xs, xi))
+        parts.append((*engine_topk(rec, chunk, min(k + 5, len(bundle.item_ids) - 1)), *run(items, seen, k),
+                      *(fast(items, seen, k) if fast else ())))
+    es, ei, xs, xi, *fs = (np.concatenate([p[n] for p in parts]) for n in range(len(parts[0])))
+    result = compare_topk((es, ei), (xs, xi))
+    if fs:
+        result["predict_path"] = compare_topk((es, ei), (fs[0], fs[1]))
+        result["ok"] = result["ok"] and result["predict_path"]["ok"]
+    return result
 
 
 def _git_commit() -> str | None:
@@ -211,6 +253,8 @@ def export_bundle(experiment_dir: str | os.PathLike[str], out: str | os.PathLike
     try:
         log(f"exporting {rec.info['model']} of {rec.paths.name} as {fmt}")
         (export_onnx if fmt == "onnx" else export_torch)(rec, tmp / (ONNX_MODEL if fmt == "onnx" else TORCH_MODEL))
+        if fmt == "onnx":
+            export_encoder(rec, tmp)
         shutil.copyfile(rec.paths.vocab, tmp / VOCAB)
         shutil.copyfile(rec.paths.checkpoints / HISTORIES, tmp / HISTORIES)
         atomic_write_json(tmp / ITEMS, rec.items_meta)
@@ -223,8 +267,9 @@ def export_bundle(experiment_dir: str | os.PathLike[str], out: str | os.PathLike
         with torch.no_grad():
             result = verify(rec, tmp, fmt, users)
         if not result["ok"]:
+            worst = max(result["max_abs_score_diff"], result.get("predict_path", {}).get("max_abs_score_diff", 0.0))
             raise BundleError(f"the exported model does not reproduce the engine's top-{VERIFY_K} (largest score "
-                              f"difference {result['max_abs_score_diff']:.3g}, tolerance {SCORE_ATOL}); no bundle "
+                              f"difference {worst:.3g}, tolerance {SCORE_ATOL}); no bundle "
                               f"written", "report this with the model's config; try --format torch")
         for p in tmp.rglob("*"):  # atomic writes make 0600 files; the image's non-root user must read them
             p.chmod(0o755 if p.is_dir() else 0o644)

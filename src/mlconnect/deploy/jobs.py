@@ -1,6 +1,7 @@
 """``predict --host`` and ``export --host``: the same commands, run on the box.
 
-``predict --host`` runs detached like a training run: this module's host side creates a job folder
+``predict --host`` runs detached like a training run (``--bundle DIR`` is a local bundle: it is
+uploaded to ``bundles/`` on the box first): this module's host side creates a job folder
 ``experiments/<job>/`` and hands the command to the runs layer's launcher (``start_run``: supervisor,
 status.json, training.log, ``ps`` / ``logs -f`` / ``stop``), with ``--out`` inside the job folder, so
 ``mlconnect pull <job>`` brings the table back. ``export --host`` is quick: it runs in the foreground
@@ -43,16 +44,20 @@ class PredictJob(Spec):
 
     KIND = "predict job"
 
-    experiment: str
+    experiment: str | None
     out: str  # inside the job folder on the host
+    bundle: str | None = None  # instead of an experiment: a bundle folder on the host (uploaded by the laptop)
     users: str = "all"
     k: int = 50
     exclude_seen: bool = False
     wide: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("experiment", "out", "users"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+        if (self.experiment is None) == (self.bundle is None):
+            self.bad("give exactly one of experiment and bundle")
+        for name in ("experiment", "bundle", "out", "users"):
+            value = getattr(self, name)
+            if (value is not None or name in ("out", "users")) and (not isinstance(value, str) or not value):
                 self.bad(f"{name} is not a non-empty string")
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
             self.bad("k is not a whole number of at least 1")
@@ -75,7 +80,8 @@ def start_job(name: str, spec: PredictJob) -> dict[str, Any]:
     atomic_write_text(spec_file, spec.to_json() + "\n")
     run_id = launcher.new_run_id()
     argv = [sys.executable, "-X", f"{launcher.MARKER}{run_id}", "-m", JOBS, "run", str(spec_file)]
-    described = f"mlconnect predict {spec.experiment} --out {spec.out} --users {spec.users} --k {spec.k}" + \
+    source = f"--bundle {spec.bundle}" if spec.bundle else spec.experiment
+    described = f"mlconnect predict {source} --out {spec.out} --users {spec.users} --k {spec.k}" + \
         "".join(f for f, on in ((" --exclude-seen", spec.exclude_seen), (" --wide", spec.wide)) if on)
     return {"job": name, **launcher.start_run(paths, argv, run_id=run_id, described=described)}
 
@@ -86,8 +92,9 @@ def run_job(spec_file: str) -> None:
     from mlconnect.layout import experiment_paths
 
     spec = PredictJob.from_json(Path(spec_file).read_bytes())
-    res = predict(Source.from_experiment(experiment_paths(spec.experiment).root), spec.out, users=spec.users,
-                  k=spec.k, exclude_seen=spec.exclude_seen, wide=spec.wide)
+    source = (Source.from_bundle(spec.bundle) if spec.bundle  # the bundle's digests are checked again here
+              else Source.from_experiment(experiment_paths(spec.experiment).root))
+    res = predict(source, spec.out, users=spec.users, k=spec.k, exclude_seen=spec.exclude_seen, wide=spec.wide)
     print(f"{res['users']:,} users, {res['rows']:,} rows in {res['seconds']:.1f} s "
           f"({res['users_per_s']:,.0f} users/s, {res['device']})", file=sys.stderr, flush=True)
     print(res["out"], flush=True)
@@ -132,13 +139,45 @@ def main(argv: list[str] | None = None) -> int:
 
 # -- laptop side --------------------------------------------------------------------------------
 
-def predict_on_host(target: Any, name: str, out: str, **options: Any) -> dict[str, Any]:
-    """Start ``predict NAME`` detached on the box; its output lands in experiments/<job>/<out's name>.
-    ``options``: predict's ``users``, ``k``, ``exclude_seen``, ``wide``."""
-    job = job_name("predict", name)
-    spec = PredictJob(experiment=name, out=f"experiments/{job}/{Path(out).name}", **options)
+def _on_host(target: Any, argv: list[str], timeout: float | None) -> None:
+    """A plain command on the box (``mkdir``); a failure is one line with the box's words."""
+    cp = target.run(argv, timeout=timeout, check=False)
+    if cp.returncode != 0:
+        raise RemoteError(f"`{' '.join(argv[:5])}` failed on {target.name} (exit {cp.returncode})",
+                          "check the box with `mlconnect doctor`", command=argv, returncode=cp.returncode,
+                          stderr=cp.stderr)
+
+
+def predict_on_host(target: Any, name: str | None, out: str, bundle: Path | None = None,
+                    **options: Any) -> dict[str, Any]:
+    """Start ``predict NAME`` (or ``--bundle``: a local bundle, uploaded first) detached on the box; its
+    output lands in experiments/<job>/<out's name>. ``options``: predict's ``users``, ``k``,
+    ``exclude_seen``, ``wide``."""
+    remote_bundle = upload_bundle(target, bundle) if bundle is not None else None
+    job = job_name("predict", Path(remote_bundle).name if remote_bundle else str(name))
+    spec = PredictJob(experiment=None if remote_bundle else name, bundle=remote_bundle,
+                      out=f"experiments/{job}/{Path(out).name}", **options)
     st = target.agent("start", "--spec", "-", job, input=spec.to_json(), timeout=60, module=JOBS)
     return {**st, "remote_out": spec.out}
+
+
+def upload_bundle(target: Any, bundle: Path) -> str:
+    """rsync a local bundle (checked here first) to ``bundles/<experiment>-<card digest>/`` on the box; the
+    remote path, relative to its project root. The folder is named by the card's sha256, which covers every
+    file's, so the same bundle is sent once and another never overwrites it; the job checks it again."""
+    from mlconnect.deploy.bundle import CARD, Bundle, sha256_file
+
+    b = Bundle.load(bundle)
+    rel = f"bundles/{Path(str(b.card['experiment'])).name}-{sha256_file(b.root / CARD)[:12]}"
+    _on_host(target, ["mkdir", "-p", "bundles"], timeout=60)  # no --mkpath on macOS's rsync
+    dest = target.rsync_path(f"{target.remote_root.rstrip('/')}/{rel}") + "/"
+    rsync = ["rsync", "-rlt", "--delete", "-e", target.rsync_rsh(), f"{b.root}/", dest]
+    proc = subprocess.run(rsync, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=3600)
+    if proc.returncode != 0:
+        raise RemoteError(f"rsync of {bundle} to {target.name} failed (exit {proc.returncode})",
+                          "check the connection with `mlconnect status`, then run predict again",
+                          command=rsync, returncode=proc.returncode, stderr=proc.stderr)
+    return rel
 
 
 def export_on_host(target: Any, name: str, out: Path, args: list[str]) -> dict[str, Any]:

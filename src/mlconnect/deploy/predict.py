@@ -1,15 +1,17 @@
 """``mlconnect predict``: the top-k for every user (or a list of users), written as a table.
 
-Users go through in chunks sized so one chunk's score matrix stays near 64 MB whatever the number of
-users: memory is flat in users (benchmarks/predict_bench.py measures it). Each chunk becomes a
+Users go through in chunks of a fixed size (1,024 for an ONNX bundle, whose scorer holds only a
+cache-sized block of scores at a time, topk.py; else sized so one chunk's score matrix stays near
+64 MB): memory is flat in users (benchmarks/predict_bench.py measures it). Each chunk becomes a
 Parquet row group (or CSV rows) written to a hidden temp file next to the output, which is renamed
 over the final name only once complete: a killed job leaves the old file (or none), never half of one.
 
 Long format: ``user_id, rank, item_id, score`` (rank 1 is best); ``wide``: one row per user with
 ``item_ids`` and ``scores`` lists. A user's rows are contiguous; users come in order of history
-length for a bundle (shorter padding, see bundle.pad_batch), in the order asked for otherwise.
-The scorer is a bundle's ONNX graph under ONNX Runtime (CUDA when that onnxruntime has it) or, for
-an experiment, the engine itself (on the GPU when there is one).
+length where the scorer takes any length (shorter padding, see bundle.pad_batch), else as asked.
+The scorer is an ONNX bundle's encoder and item-score graphs under ONNX Runtime with numpy's exact
+top-k (topk.EncoderTopK; the whole graph for bundles made before those files), a torch bundle's
+program, or, for an experiment, the engine itself (on the GPU when there is one).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from mlconnect.deploy.bundle import Bundle, Scorer, pad_batch
+from mlconnect.deploy.bundle import ENCODER_MODEL, Bundle, Scorer, pad_batch
+from mlconnect.deploy.program import TorchProgram
+from mlconnect.deploy.topk import EncoderTopK
 from mlconnect.errors import UsageError
 from mlconnect.fileio import fsync_dir
 
@@ -35,16 +39,23 @@ class Source:
     """Users, histories and a top-k function: from a bundle (ONNX Runtime) or an experiment (engine)."""
 
     def __init__(self, user_ids: list[str], item_ids: list[str], history: Callable[[int], np.ndarray],
-                 max_len: int, topk: TopK, device: str, trim: bool = False) -> None:
+                 max_len: int, topk: TopK, device: str, trim: bool = False, chunk: int | None = None) -> None:
         self.user_ids, self.item_ids, self.history = user_ids, item_ids, history
         self.max_len, self.topk, self.device, self.trim = max_len, topk, device, trim
+        self.chunk = chunk  # users per topk call; None: sized by SCORE_BUDGET (the scorer holds [B, n_items])
 
     @classmethod
     def from_bundle(cls, root: str | os.PathLike[str], threads: int | None = None) -> Source:
         b = Bundle.load(root)
-        scorer = Scorer(b.root / b.card["model_file"], threads=threads)
-        return cls(b.user_ids, b.item_ids, b.history, b.max_len, scorer.topk, f"onnxruntime {scorer.device}",
-                   trim=b.trim)
+        if b.card["format"] == "torch":
+            scorer: Any = TorchProgram(b.root / b.card["model_file"])
+            runtime = "torch.export"
+        elif ENCODER_MODEL in b.card["files"]:  # the encoder and item-score graphs, numpy selection (topk.py)
+            scorer, runtime = EncoderTopK(b.root, len(b.item_ids), threads=threads), "onnxruntime+numpy"
+        else:  # a bundle from before encoder.onnx: the whole graph, TopK included
+            scorer, runtime = Scorer(b.root / b.card["model_file"], threads=threads), "onnxruntime"
+        return cls(b.user_ids, b.item_ids, b.history, b.max_len, scorer.topk, f"{runtime} {scorer.device}",
+                   trim=b.trim, chunk=1024 if isinstance(scorer, EncoderTopK) else None)
 
     @classmethod
     def from_experiment(cls, experiment_dir: str | os.PathLike[str]) -> Source:
@@ -64,8 +75,10 @@ class Source:
                 top = torch.topk(scores, k, dim=1)
                 return top.values.float().cpu().numpy(), top.indices.cpu().numpy()
 
+        # trim: right padding past the longest history in a chunk changes no model's answer (export checks
+        # the same for the traced graphs); it cut predict's encoder cost ~8x on 5-item histories.
         return cls(rec.user_ids, rec.item_ids, lambda u: np.asarray(hist[u], dtype=np.int64), rec.max_len,
-                   topk, f"torch {device}")
+                   topk, f"torch {device}", trim=True)
 
 
 def read_users(spec: str, source: Source) -> np.ndarray:
@@ -124,7 +137,9 @@ class _Writer:
         else:
             import pyarrow.parquet as pq
 
-            self.writer = pq.ParquetWriter(str(tmp), self.schema, compression="zstd")
+            # No dictionary pages: trying them on 50 distinct floats per user cost more than the scoring
+            # (benchmarks/predict_bench.py); zstd still packs the repeated user ids.
+            self.writer = pq.ParquetWriter(str(tmp), self.schema, compression="zstd", use_dictionary=False)
         self.rows = 0
 
     def write(self, users: Any, scores: np.ndarray, ids: Any, item_ids: Any) -> None:
@@ -182,7 +197,7 @@ def predict(source: Source, out: str | os.PathLike[str], *, users: str = "all", 
     bar = _progress(len(wanted)) if progress else None
     try:
         writer = _Writer(tmp, out, wide)
-        for part in chunks(wanted, len(source.item_ids), chunk_users):
+        for part in chunks(wanted, len(source.item_ids), chunk_users or source.chunk):
             hist = [source.history(int(u)) for u in part]
             items, seen = pad_batch(hist, source.max_len, trim=source.trim)
             if not exclude_seen:

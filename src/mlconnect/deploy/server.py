@@ -76,6 +76,9 @@ def create_bundle_app(bundle_dir: str | os.PathLike[str], *, threads: int | None
         return rec, rec.recommend
 
     bundle = Bundle.load(bundle_dir)
+    if bundle.card["format"] != "onnx":  # a torch.export program needs torch: not this server's runtime
+        raise BundleError(f"{bundle.root} is a --format {bundle.card['format']} bundle; the bundle server runs "
+                          "ONNX", "export it with --format onnx, or score it with `mlconnect predict --bundle`")
     app = build_app(bundle.root, loader=loader, **kwargs)
     app.state.served.name = bundle.card["experiment"]  # answers name the experiment, as `serve NAME` does
     return app
