@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlconnect.engine.runspec import Spec
 from mlconnect.errors import ExperimentError, MlconnectError, RemoteError
 from mlconnect.fileio import atomic_write_text
+from mlconnect.spec import Spec
 
 JOBS = "mlconnect.deploy.jobs"  # this module, as the host entry ``Target.agent`` calls
 JOB_SPEC = "job_spec.json"  # in the job folder: the job as the laptop described it

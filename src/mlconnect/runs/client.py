@@ -17,11 +17,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mlconnect.engine.runspec import RunSpec
 from mlconnect.errors import AgentError, AgentRefused, AgentUnreachable, MlconnectError, RemoteError, UsageError
 from mlconnect.layout import EXPERIMENTS_DIR, check_experiment_name, default_experiment_name
+
+if TYPE_CHECKING:  # imported where a spec is made: `serve --bundle` loads this module, never the engine
+    from mlconnect.engine.runspec import RunSpec
 
 LOGS_WAIT_S = 10.0           # long-poll per `logs -f` round trip
 BACKOFF_S = (0.5, 1, 2, 4, 8, 15)
@@ -79,6 +81,8 @@ def describe_run(target: Any, project_root: Path, settings: Any, *, config: str 
     the experiment's name, and the run's environment there (:func:`run_env`)."""
     rel_config = relative_config(config, target, project_root)
     name = experiment or default_name(config, model, dataset)
+    from mlconnect.engine.runspec import RunSpec
+
     return RunSpec(experiment=name, config=rel_config, model=model, dataset=dataset, data_path=data_path,
                    overrides=tuple(overrides), queue=queue, resume=resume, force=force, nproc=nproc,
                    gpus=gpus, env=run_env(target, name, settings))
@@ -92,6 +96,8 @@ def launch(target: Any, spec: RunSpec) -> dict:
 
 
 def resume(target: Any, name: str, *, queue: bool, env: dict[str, str]) -> dict:
+    from mlconnect.engine.runspec import RunSpec
+
     spec = RunSpec(experiment=check_experiment_name(name), resume=True, queue=queue, env=env)
     return target.agent("resume", "--spec", "-", input=spec.to_json(), timeout=60)
 

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlconnect.engine.runspec import Spec
 from mlconnect.errors import ExperimentError, MlconnectError, UsageError
 from mlconnect.layout import experiment_paths
 from mlconnect.serving.listen import LoadErrors, bind_socket, run_server
+from mlconnect.spec import Spec
 
 DEVICES = ("cpu", "cuda", "mps")
 DEFAULT_KEY_ENV = "MLCONNECT_API_KEY"
