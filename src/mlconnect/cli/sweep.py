@@ -56,6 +56,9 @@ def start_cmd(
         data_path = target.host.data_path
     flags = [f"{k}={v}" for k, v in (("model", model), ("dataset", dataset), ("data_path", data_path)) if v]
     rel_config, rel_space = (relative_config(c, target, project_root()) for c in (config, space))
+    if not target.is_local:  # hook: the box needs Optuna (the `sweep` extra); installed when missing
+        from mlconnect.remote.extras import ensure_extra
+        ensure_extra(target, "sweep", log=lambda line: typer.echo(line, err=True))
     sync_project(target)
     args = start_args(name=name, config=rel_config, space=rel_space or space, trials=trials, parallel=parallel,
                       seeds=seeds, sampler=sampler, prune=not no_prune, gpus=gpus, sets=[*sets, *flags])
