@@ -177,13 +177,19 @@ def test_sweep_start_installs_optuna_on_a_box_without_it(boot: dict) -> None:
     write_project(laptop, write_tiny_dataset(tmp / "sweepdata"), epochs=1)
     (laptop / "space.yaml").write_text("learning_rate: {float: [1e-3, 1e-2], log: true}\n")
 
-    def settings(*env_lines: str) -> None:
+    def settings(*env_lines: str, python: str = py) -> None:
         lines = [f'export PYTHONPATH={site}', "export OMP_NUM_THREADS=1", *env_lines]
-        (laptop / "mlconnect.toml").write_text(f'[hosts.{alias}]\nremote_root = "{remote}"\npython = "{py}"\n'
+        (laptop / "mlconnect.toml").write_text(f'[hosts.{alias}]\nremote_root = "{remote}"\npython = "{python}"\n'
                                                f"env = {json.dumps(lines)}\n")
 
     start = ["sweep", "start", *boot["host"], "--config", "configs/tiny.yaml", "--space", "space.yaml",
              "--trials", "1", "--name", "s1", "--json"]
+    # The host's python is no venv: never pip into it; bootstrap makes one.
+    settings(python=BASE_PYTHON)
+    cp = _mlc(start, laptop, boot["env"])
+    assert cp.returncode == 1 and cp.stderr.strip().splitlines() == [
+        f"error: optuna (the `sweep` extra) is not installed for {BASE_PYTHON} on {alias}, which is not a venv — "
+        f"run `mlconnect bootstrap --host {alias} --extra sweep`: it makes one with mlconnect and optuna"], cp.stderr
     # The box cannot reach a package index: one error line naming what is missing and the fix; no sweep there.
     settings("export PIP_NO_INDEX=1", "export PIP_FIND_LINKS=")
     cp = _mlc(start, laptop, boot["env"])

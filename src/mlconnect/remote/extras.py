@@ -18,7 +18,9 @@ from mlconnect.errors import MlconnectError, RemoteError, UsageError
 # extra -> the module whose import proves it is installed
 EXTRA_MODULES = {"sweep": "optuna"}
 
-HAS_MODULE = "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec(sys.argv[1]) else 3)"
+# exit 0: importable; 3: missing from a venv; 4: missing from a python that is no venv (left alone)
+HAS_MODULE = ("import importlib.util, sys; sys.exit(0 if importlib.util.find_spec(sys.argv[1]) else "
+              "3 if sys.prefix != getattr(sys, 'base_prefix', sys.prefix) else 4)")
 
 
 def check_extras(extras: list[str] | tuple[str, ...]) -> list[str]:
@@ -44,15 +46,20 @@ def extra_requirements(extra: str, requires: list[str] | None = None) -> list[st
     return found
 
 
-def has_extra(target: Any, python: str, extra: str) -> bool:
-    """Whether ``python`` on the host imports the extra's module (without importing it: no side effects)."""
+def extra_state(target: Any, python: str, extra: str) -> str:
+    """``present``, ``missing`` (from a venv) or ``missing-system``: whether ``python`` on the host finds the
+    extra's module (found, not imported: no side effects)."""
     from mlconnect.remote.failures import classify_command_failure
 
     argv = [python, "-c", HAS_MODULE, EXTRA_MODULES[extra]]
     cp = target.run(argv, timeout=60, check=False, cwd="~")
-    if cp.returncode in (0, 3):
-        return cp.returncode == 0
+    if cp.returncode in (0, 3, 4):
+        return {0: "present", 3: "missing", 4: "missing-system"}[cp.returncode]
     raise classify_command_failure(target, argv, cp.returncode, cp.stderr)
+
+
+def has_extra(target: Any, python: str, extra: str) -> bool:
+    return extra_state(target, python, extra) == "present"
 
 
 def install_extra(target: Any, python: str, extra: str, log: Callable[[str], None]) -> None:
@@ -68,10 +75,14 @@ def ensure_extra(target: Any, extra: str, log: Callable[[str], None] = lambda _m
     One error line when it cannot, naming the missing module and what to do.
     """
     module, py = EXTRA_MODULES[extra], target.python
-    if has_extra(target, py, extra):
+    state = extra_state(target, py, extra)
+    if state == "present":
         return False
-    log(f"{module} (the `{extra}` extra) is not installed for {py} on {target.name}: installing it")
     again = f"`mlconnect bootstrap --host {target.name} --extra {extra}`"
+    if state == "missing-system":  # never pip into the host's own Python: that is what the venv is for
+        raise RemoteError(f"{module} (the `{extra}` extra) is not installed for {py} on {target.name}, "
+                          "which is not a venv", f"run {again}: it makes one with mlconnect and {module}")
+    log(f"{module} (the `{extra}` extra) is not installed for {py} on {target.name}: installing it")
     try:
         install_extra(target, py, extra, log)
     except MlconnectError as exc:
