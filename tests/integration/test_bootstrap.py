@@ -158,6 +158,66 @@ def test_agent_in_the_bootstrapped_venv_matches_without_warnings(boot: dict) -> 
     assert "warning" not in cp.stderr  # same version and same build id: nothing to say
 
 
+def _site_without_optuna(d: Path) -> Path:
+    """This venv's site-packages as symlinks, Optuna left out: a box with everything but the sweep extra."""
+    d.mkdir()
+    for entry in Path(SITE).iterdir():
+        if not entry.name.lower().startswith("optuna"):
+            (d / entry.name).symlink_to(entry)
+    return d
+
+
+@pytest.mark.slow
+def test_sweep_start_installs_optuna_on_a_box_without_it(boot: dict) -> None:
+    from runs_support import write_project, write_tiny_dataset
+
+    tmp, alias, py = boot["tmp"], boot["h"].alias, f"{boot['venv']}/bin/python"
+    site, laptop, remote = _site_without_optuna(tmp / "site-no-optuna"), tmp / "laptop-sweep", tmp / "remote-sweep"
+    laptop.mkdir()
+    write_project(laptop, write_tiny_dataset(tmp / "sweepdata"), epochs=1)
+    (laptop / "space.yaml").write_text("learning_rate: {float: [1e-3, 1e-2], log: true}\n")
+
+    def settings(*env_lines: str, python: str = py) -> None:
+        lines = [f'export PYTHONPATH={site}', "export OMP_NUM_THREADS=1", *env_lines]
+        (laptop / "mlconnect.toml").write_text(f'[hosts.{alias}]\nremote_root = "{remote}"\npython = "{python}"\n'
+                                               f"env = {json.dumps(lines)}\n")
+
+    start = ["sweep", "start", *boot["host"], "--config", "configs/tiny.yaml", "--space", "space.yaml",
+             "--trials", "1", "--name", "s1", "--json"]
+    # The host's python is no venv: never pip into it; bootstrap makes one.
+    settings(python=BASE_PYTHON)
+    cp = _mlc(start, laptop, boot["env"])
+    assert cp.returncode == 1 and cp.stderr.strip().splitlines() == [
+        f"error: optuna (the `sweep` extra) is not installed for {BASE_PYTHON} on {alias}, which is not a venv — "
+        f"run `mlconnect bootstrap --host {alias} --extra sweep`: it makes one with mlconnect and optuna"], cp.stderr
+    # The box cannot reach a package index: one error line naming what is missing and the fix; no sweep there.
+    settings("export PIP_NO_INDEX=1", "export PIP_FIND_LINKS=")
+    cp = _mlc(start, laptop, boot["env"])
+    assert cp.returncode == 1, cp.stderr
+    err = [ln for ln in cp.stderr.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and err[0].startswith(
+        f"error: optuna (the `sweep` extra) is not installed on {alias} and installing it failed: "
+        f"pip install optuna>=4.0 failed on {alias}"), cp.stderr
+    assert err[0].endswith(f"run `mlconnect bootstrap --host {alias} --extra sweep`"), err[0]
+    assert not (remote / "sweeps").exists()
+    # With its index: `sweep start` installs Optuna into the box's venv, then the sweep runs there.
+    settings()
+    cp = _mlc(start, laptop, boot["env"])
+    assert cp.returncode == 0, cp.stderr
+    assert f"optuna (the `sweep` extra) is not installed for {py} on {alias}: installing it" in cp.stderr
+    assert next((boot["venv"] / "lib").glob("python3*/site-packages/optuna/__init__.py"))
+    status = remote / "sweeps" / "s1" / "status.json"
+    deadline = time.monotonic() + 180
+    while (json.loads(status.read_text()) if status.is_file() else {}).get("state") in (None, "queued", "running"):
+        assert time.monotonic() < deadline, "the sweep did not finish"
+        time.sleep(0.5)
+    st = json.loads(_mlc(["sweep", "status", "s1", *boot["host"], "--json"], laptop, boot["env"]).stdout)
+    assert st["counts"] == {"complete": 1}, st
+    # Present now: `bootstrap --extra sweep` has nothing to install.
+    cp = _mlc(["bootstrap", *boot["host"], "--extra", "sweep", "--json"], laptop, boot["env"])
+    assert cp.returncode == 0 and json.loads(cp.stdout)["up_to_date"] is True, cp.stderr
+
+
 def test_missing_python_for_the_venv_is_one_line(boot: dict) -> None:
     cp = _mlc(["bootstrap", *boot["host"], "--venv", str(boot["tmp"] / "other"), "--python", "/nonexistent/python3"],
               boot["laptop"], boot["env"])

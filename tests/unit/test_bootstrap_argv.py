@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mlconnect import __version__
-from mlconnect.errors import MlconnectError
+from mlconnect.errors import MlconnectError, UsageError
 from mlconnect.remote.bootstrap import (
     DEFAULT_VENV,
     classify_step_failure,
@@ -185,3 +185,22 @@ def test_set_host_python_refuses_a_layout_it_cannot_edit(tmp_path: Path) -> None
     with pytest.raises(MlconnectError, match="by hand"):
         set_host_python(p, "box", "/v/bin/python")
     assert p.read_text() == text
+
+
+def test_extra_requirements_come_from_this_mlconnects_metadata():
+    from mlconnect.remote.extras import extra_requirements
+
+    lines = ['typer>=0.12', 'optuna>=4.0; extra == "sweep"', "mlconnect[sweep]; extra == 'dev'",
+             'tomli>=2; python_version < "3.11" and extra == "sweep"']
+    assert extra_requirements("sweep", lines) == ["optuna>=4.0", "tomli>=2"]
+    assert extra_requirements("sweep") == ["optuna>=4.0"]  # pyproject's sweep extra, as installed here
+    with pytest.raises(MlconnectError, match="names no requirements for the 'sweeps' extra"):
+        extra_requirements("sweeps", lines)
+
+
+def test_only_known_extras_can_be_asked_for():
+    from mlconnect.remote.extras import check_extras
+
+    assert check_extras(["sweep", "sweep"]) == ["sweep"]
+    with pytest.raises(UsageError, match="--extra 'plot' is not an extra a host needs"):
+        check_extras(["plot"])

@@ -97,6 +97,8 @@ def bootstrap(
                                               help="Let a new venv see the host's packages (reuse a CUDA torch)."),
     write_config: bool = typer.Option(False, "--write-config", help="Set the host's python to the venv's in "
                                       "mlconnect.toml (the user config file outside a project)."),
+    extras: list[str] = typer.Option([], "--extra", help="Also install this extra there: sweep (Optuna; "
+                                     "`sweep start --host` installs it when missing)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Install this exact mlconnect (a wheel built here) in a venv on the host, plus the project's requirements.txt.
@@ -115,7 +117,8 @@ def bootstrap(
         info("no host: this machine already runs this mlconnect; `mlconnect bootstrap --host NAME` sets up a host")
         return
     result = run_bootstrap(target, project_root=settings.root, venv=venv, base_python=python,
-                           torch_spec=torch_spec, system_site_packages=system_site_packages, log=info)
+                           torch_spec=torch_spec, system_site_packages=system_site_packages, log=info,
+                           extras=tuple(extras))
     if write_config and not result.python_configured:
         path = settings.project_root / PROJECT_FILE if settings.project_root else user_config_path()
         set_host_python(path, target.name, result.python)

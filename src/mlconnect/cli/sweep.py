@@ -44,6 +44,7 @@ def start_cmd(
 ) -> None:
     """Start a sweep detached (here, on the box with --host, or over boxes with --hosts); returns in seconds."""
     from mlconnect.cli.runs import project_root, sync_project
+    from mlconnect.remote.extras import ensure_extra
     from mlconnect.runs.client import host_flag, relative_config
     from mlconnect.sweeps.client import box_entry, resolve_boxes, start_args
 
@@ -57,6 +58,8 @@ def start_cmd(
     flags = [f"{k}={v}" for k, v in (("model", model), ("dataset", dataset), ("data_path", data_path)) if v]
     rel_config, rel_space = (relative_config(c, target, project_root()) for c in (config, space))
     for t in boxes or [target]:
+        if not t.is_local:  # the box needs Optuna (the `sweep` extra): installed when missing
+            ensure_extra(t, "sweep", log=lambda line: typer.echo(line, err=True))
         sync_project(t)
     args = start_args(name=name, config=rel_config, space=rel_space or space, trials=trials, parallel=parallel,
                       seeds=seeds, sampler=sampler, prune=not no_prune, gpus=gpus, sets=[*sets, *flags])
@@ -127,8 +130,7 @@ def best_cmd(name: str = typer.Argument(...), write: Path = typer.Option(None, "
     """The best trial's config (base config + its params), ready for `mlconnect train --config`."""
     from mlconnect.fileio import atomic_write_text
 
-    res = _call(host, ssh_config, "best", "--name", name)
-    if write is not None:
+    if (res := _call(host, ssh_config, "best", "--name", name)) and write is not None:
         atomic_write_text(write, res["yaml"])
     if as_json:
         typer.echo(json.dumps(res, default=str))

@@ -61,9 +61,11 @@ def torchrun_argv(nproc: int, train_args: list[str], rank_entry: tuple[str, ...]
     """
     xopts = [a for k, v in getattr(sys, "_xoptions", {}).items()
              for a in ("-X", k if v is True else f"{k}={v}")]
-    # Only rank 0 prints (the others train silently and return the same results); torchrun still
-    # reports a failing rank with its traceback.
-    return [sys.executable, *xopts, "-m", "torch.distributed.run", "--standalone",
+    # Only rank 0 prints (the others train silently and return the same results): with no --redirects,
+    # rank 0 inherits torchrun's stdout/stderr (training.log for a detached run; no relay in between)
+    # and the other ranks' go to /dev/null. torchrun still reports a failing rank with its traceback.
+    # This module's main is torchrun with one change (torchrun_main): a signal ends it as 128+N.
+    return [sys.executable, *xopts, "-m", "mlconnect.engine.ddp_launch", "--standalone",
             f"--nproc-per-node={nproc}", "--local-ranks-filter=0", *rank_entry, *train_args]
 
 
@@ -92,6 +94,29 @@ def _become_torchrun(n: int, visible: str | None, argv: list[str]) -> None:
     os.execv(argv[0], argv)
 
 
+def signal_exit_code(signum: int) -> int:
+    """The exit status of a torchrun stopped by signal ``signum``: 128+N, what a single-process trainer
+    that caught it returns (143 for SIGTERM), so the supervisor records ``stopped``, not ``failed``."""
+    return 128 + int(signum)
+
+
+def torchrun_main(argv: list[str]) -> int:
+    """torchrun (``torch.distributed.run``) with one difference: stopped by a signal, it has sent that
+    signal once to each rank and waited for them (each checkpoints, rank 0 writes), then raises
+    SignalException, which torchrun turns into exit 1 and a traceback in training.log. Here that
+    ends as :func:`signal_exit_code` with one line."""
+    from torch.distributed.elastic.multiprocessing import SignalException
+    from torch.distributed.run import main
+
+    try:
+        main(argv)
+    except SignalException as exc:
+        print(f"[mlconnect] torchrun got {exc.sigval.name}, passed it once to each rank; all have exited",
+              file=sys.stderr)
+        return signal_exit_code(exc.sigval)
+    return 0
+
+
 def exec_torchrun(nproc: int | None, gpus: str | None, config: Any, experiment: str | None,
                   model: str | None, dataset: str | None, data_path: str | None, sets: list[str],
                   resume: bool, force: bool, device: str | None, json_out: bool) -> None:
@@ -117,3 +142,7 @@ def exec_torchrun(nproc: int | None, gpus: str | None, config: Any, experiment: 
         args += ["--set", s]
     args += [f for f, on in (("--resume", resume), ("--force", force), ("--json", json_out)) if on]
     _become_torchrun(n, visible, torchrun_argv(n, args))
+
+
+if __name__ == "__main__":  # the supervised process of a `train --nproc N` run (see torchrun_argv)
+    sys.exit(torchrun_main(sys.argv[1:]))

@@ -1,21 +1,26 @@
 """Rank-aware helpers for DistributedDataParallel training under torchrun (see docs/SCALING.md).
 
-``mlconnect train --nproc N`` starts ``python -m torch.distributed.run --standalone
---nproc-per-node N -m mlconnect train ...``; each rank runs the ordinary trainer, which asks this
-module what it is. With no torchrun environment everything here is a no-op, so a plain run pays
-nothing. The rules the trainer follows:
+``mlconnect train --nproc N`` starts torchrun (``python -m mlconnect.engine.ddp_launch --standalone
+--nproc-per-node N -m mlconnect train ...``, see :mod:`mlconnect.engine.ddp_launch`); each rank runs
+the ordinary trainer, which asks this module what it is. With no torchrun environment everything
+here is a no-op, so a plain run pays nothing. The rules the trainer follows:
 
 * every rank trains on its own shard of the epoch's (identically seeded) window order; the per-rank
   batch is the global batch divided by the world size, so steps per epoch and the optimisation
   match a single process;
 * every rank evaluates the full validation set on identical weights, so early stopping decides
   the same everywhere without a broadcast; only rank 0 writes files;
-* a stop signal on any rank is all-reduced each step: every rank stops at the same step.
+* a stop signal on any rank is all-reduced each step, and only that reduced flag decides: every
+  rank stops at the same step. torchrun sends each rank the signal once (the ranks live in their
+  own sessions: a signal to torchrun's process group reaches torchrun alone).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +66,7 @@ def setup(device_name: str) -> tuple[DistInfo, torch.device | None]:
     info = env_info()
     if not info.enabled:
         return info, None
+    die_with_parent()
     cuda = device_name in ("auto", "cuda") and torch.cuda.is_available() or device_name.startswith("cuda")
     backend = "nccl" if cuda else "gloo"
     device = None
@@ -70,6 +76,17 @@ def setup(device_name: str) -> tuple[DistInfo, torch.device | None]:
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
     return DistInfo(info.rank, info.world_size, info.local_rank, backend), device
+
+
+def die_with_parent() -> None:
+    """Linux: this rank gets SIGKILL when torchrun dies. torchrun starts each rank in its own session,
+    so when ``stop`` SIGKILLs an unresponsive torchrun after its grace, the ranks would otherwise
+    go on unsupervised, still writing the experiment after its run was recorded as ended."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
 
 
 def teardown(info: DistInfo) -> None:
@@ -109,7 +126,14 @@ def all_reduce(value: torch.Tensor, info: DistInfo, op: str = "sum") -> torch.Te
 
 
 def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
-    """True on every rank when ``flag`` is true on one (a stop signal that reached only some ranks)."""
+    """True on every rank when ``flag`` is true on one (a stop signal that reached only some ranks).
+
+    Act on this result only, never on the local flag read again afterwards: a signal that arrives
+    while a rank waits in this all-reduce is handled when the call returns, after the ranks agreed
+    to go on. Re-reading the flag then stopped that rank alone, and the others failed in the next
+    step's gradient all-reduce with a dead peer (`stop` left DDP runs failed). Such a signal is
+    counted at the next call.
+    """
     if not info.enabled:
         return flag
     return bool(all_reduce(torch.tensor(float(flag), device=device), info, "max").item())

@@ -284,11 +284,11 @@ class Trainer:
                 self.reporter.step(self.epoch + 1, step + 1, self.last_loss, tps, eta)
             self.state["elapsed_s"] += time.perf_counter() - step_t0
             self._write_progress("running")
-            if self.dist.enabled and distributed.any_rank(self.stop_signal is not None, self.dist, self.device):
-                self.stop_signal = self.stop_signal or signal.SIGTERM  # hook: ddp (all ranks stop at this step)
-            if self.stop_signal is not None:
+            # DDP: the all-reduced flag alone decides, so every rank stops at the same step (hook: ddp).
+            if distributed.any_rank(self.stop_signal is not None, self.dist, self.device):
                 self.state.update(partial_loss_sum=float(loss_sum), partial_loss_n=loss_n)
-                raise TrainingInterrupted(self.stop_signal, self.paths, self.epoch, self.step_in_epoch)
+                signum = self.stop_signal or signal.SIGTERM  # another rank's signal: stop as if it were ours
+                raise TrainingInterrupted(signum, self.paths, self.epoch, self.step_in_epoch)
         epoch_loss = float(distributed.all_reduce(loss_sum / max(loss_n, 1), self.dist, "mean"))  # hook: ddp
         if self.dist.enabled:  # hook: ddp (throughput and token count of all ranks together)
             tokens = distributed.all_reduce(torch.tensor([epoch_tokens, self.tokens_per_s], device=self.device),

@@ -28,6 +28,7 @@ from typing import Any
 import mlconnect
 from mlconnect import __version__
 from mlconnect.errors import MlconnectError, RemoteError
+from mlconnect.remote.extras import check_extras, has_extra, install_extra
 from mlconnect.remote.failures import classify_command_failure, classify_ssh_failure
 from mlconnect.remote.ssh import Target
 from mlconnect.remote.wheel import build_wheel, find_source_root, last_error
@@ -231,7 +232,7 @@ class BootstrapResult:
     version: str
     build: str
     up_to_date: bool
-    steps: list[str] = field(default_factory=list)  # "venv", "torch", "mlconnect", "requirements"
+    steps: list[str] = field(default_factory=list)  # "venv", "torch", "mlconnect", "requirements", extras
     requirements: bool = False  # the host's project has a requirements.txt (installed or current)
     python_configured: bool = False  # the host's python already is this venv's
     config_written: str | None = None
@@ -244,12 +245,13 @@ class BootstrapResult:
 def bootstrap(target: Target, *, project_root: Path | None, venv: str | None = None,
               base_python: str | None = None, torch_spec: str | None = None,
               system_site_packages: bool = False, log: Log = lambda _m: None,
-              cache: Path | None = None) -> BootstrapResult:
+              cache: Path | None = None, extras: tuple[str, ...] = ()) -> BootstrapResult:
     """Create or update the venv on ``target`` so that it runs exactly this mlconnect; see the module doc."""
     t0 = time.monotonic()
     if target.is_local:
         raise MlconnectError("bootstrap installs mlconnect on a host; this machine already runs this one",
                              "pass --host NAME")
+    extras = tuple(check_extras(extras))
     root = find_source_root()
     if root is None:
         raise MlconnectError(f"this mlconnect ({Path(mlconnect.__file__).parent}) was installed from a wheel, "
@@ -300,8 +302,10 @@ def bootstrap(target: Target, *, project_root: Path | None, venv: str | None = N
     need_torch = bool(torch_spec) and marker.get("torch_spec") != torch_spec
     need_wheel = state["version"] != __version__ or state["build"] != build
     need_reqs = state["requirements_sha"] is not None and marker.get("requirements_sha") != state["requirements_sha"]
+    need_extras = [e for e in extras if not has_extra(target, py, e)]  # --extra sweep: optuna
+    up_to_date = not (need_torch or need_wheel or need_reqs or need_extras or steps)
     result = BootstrapResult(host=target.name, venv=venv, python=py, version=__version__, build=build,
-                             up_to_date=not (need_torch or need_wheel or need_reqs or steps), steps=steps,
+                             up_to_date=up_to_date, steps=steps,
                              requirements=state["requirements_sha"] is not None,
                              python_configured=target.python == py)
     if result.up_to_date:
@@ -331,6 +335,9 @@ def bootstrap(target: Target, *, project_root: Path | None, venv: str | None = N
         stream(target, pip_argv(py, "-r", "requirements.txt"), what="pip install -r requirements.txt",
                timeout=PIP_TIMEOUT_S, log=log, cwd=target.remote_root)
         steps.append("requirements")
+    for extra in need_extras:
+        install_extra(target, py, extra, log)
+        steps.append(extra)
 
     final = probe(target, py) or {}
     if final.get("version") != __version__ or final.get("build") != build:
