@@ -58,7 +58,8 @@ def test_bad_hosts_are_one_line_and_start_nothing(boxes):
     assert cp.returncode != 0 and len(cp.stderr.strip().splitlines()) == 1 and "--host and --hosts" in cp.stderr
     cp = _start(boxes, "--hosts", "boxa,boxc", "--trials", "2", "--name", "bad3")  # checked from boxa
     assert cp.returncode != 0 and len(cp.stderr.strip().splitlines()) == 1, cp.stderr
-    assert "box boxc has no mlconnect with optuna for /nonexistent/python3" in cp.stderr, cp.stderr
+    # boxc's python is missing: said by the Optuna check on each box, before the first box is asked
+    assert "boxc" in cp.stderr and "/nonexistent/python3" in cp.stderr, cp.stderr
     assert not any((r / "sweeps").exists() for r in boxes["roots"].values())
 
 
@@ -79,7 +80,7 @@ def test_two_boxes_one_study_stop_resume_pull_and_a_box_that_drops_out(boxes):
     laptop, env, roots, cfg = boxes["laptop"], boxes["env"], boxes["roots"], boxes["cfg"]
     host = ["--host", "boxa", *cfg]
     out = _start(boxes, "--hosts", "boxa,boxb", "--trials", "4", "--name", "dr", "--no-prune", "--sampler", "random",
-                 "--set", "epochs=3", check=True).stdout
+                 "--set", "epochs=30", "--set", "stopping_step=100", check=True).stdout  # long enough to stop mid-trial
     assert "sweep dr: running on boxa, boxb" in out and "mlconnect sweep status dr --host boxa" in out
     assert not (roots["boxb"] / "sweeps" / "dr" / "journal.log").exists()  # one study: on the first box
     log = roots["boxa"] / "sweeps" / "dr" / "training.log"
@@ -132,4 +133,4 @@ def test_two_boxes_one_study_stop_resume_pull_and_a_box_that_drops_out(boxes):
     assert len({json.dumps(t["params"], sort_keys=True) for t in done}) == 4
     for t in done:  # the study has them all, each with its results on the box that ran it
         res = read_json(roots[t["box"]] / "experiments" / t["experiments"][0] / "results" / "metrics.json")
-        assert res["epochs"] == 3 and res["best_valid"]["mrr@10"] == pytest.approx(t["value"])
+        assert res["epochs"] == 30 and res["best_valid"]["mrr@10"] == pytest.approx(t["value"])
