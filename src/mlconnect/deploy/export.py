@@ -141,7 +141,11 @@ def export_encoder(rec: Recommender, root: Path) -> None:
         [helper.make_tensor_value_info("user", TensorProto.FLOAT, ["batch", dim])],
         [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", width])],
         [numpy_helper.from_array(table, "items_t")])
-    onnx.save(helper.make_model(matmul, opset_imports=[helper.make_opsetid("", OPSET)]), str(root / ITEM_SCORES_MODEL))
+    # The IR version the opset needs, not this onnx package's newest (make_model's default): a newer
+    # one than the ONNX Runtime on the box knows fails to load there (seen: onnx 1.23's IR 12 on ORT 1.30).
+    opsets = [helper.make_opsetid("", OPSET)]
+    onnx.save(helper.make_model(matmul, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets)),
+              str(root / ITEM_SCORES_MODEL))
 
 
 def export_torch(rec: Recommender, path: Path) -> None:
