@@ -69,7 +69,7 @@ def train_steps(cfg, model, inputs, targets, device, steps: int, warmup: int = 3
     from mlconnect.engine.runtime import make_optimizer
 
     fwd = forward_model or model
-    opt = make_optimizer(cfg, model.parameters())
+    opt = make_optimizer(cfg, model)  # the model: a sparse item table (sparse_item_grad) gets LazyAdamW
     per_batch = max(1, cfg["train_batch_size"] // cfg.max_len)
     gen = torch.Generator().manual_seed(0)
     order = torch.randperm(len(inputs), generator=gen)
@@ -101,6 +101,7 @@ def child(args: argparse.Namespace) -> None:
 
     from mlconnect.engine.config import load_config, parse_overrides
     from mlconnect.engine.models import build_model
+    from mlconnect.engine.runtime import sparse_rows
     from mlconnect.engine.trainer import evaluate
 
     torch.set_num_threads(args.threads)
@@ -110,7 +111,7 @@ def child(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     ds, split, inputs, targets = prepare(cfg, device)
     data_s = time.perf_counter() - t0
-    model = build_model(cfg, ds.n_items).to(device)
+    model = build_model(cfg, ds.n_items, sparse_rows(cfg, ds.n_items, device)).to(device)
     tps = train_steps(cfg, model, inputs, targets, device, args.steps)
     t0 = time.perf_counter()
     valid = evaluate(model, split, "valid", cfg, device)

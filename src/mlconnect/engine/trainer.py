@@ -36,7 +36,7 @@ from mlconnect.engine.experiment import (
 from mlconnect.engine.interrupts import TrainingInterrupted, install_signals, restore_signals
 from mlconnect.engine.models import SequentialRecommender, build_model
 from mlconnect.engine.progress import Reporter, eta_s, eta_total_s
-from mlconnect.engine.runtime import amp_dtype, make_optimizer, select_device
+from mlconnect.engine.runtime import amp_dtype, make_optimizer, select_device, sparse_rows
 from mlconnect.errors import MlconnectError
 from mlconnect.fileio import atomic_write_json, read_json
 from mlconnect.layout import ExperimentPaths
@@ -93,10 +93,11 @@ class Trainer:
         # hook: ddp (each rank takes 1/world of every global batch, of its 1/world of the windows)
         self.per_batch = distributed.per_rank_batch(self.per_batch, self.dist)
         self.steps_per_epoch = math.ceil(-(-len(inputs) // self.dist.world_size) / self.per_batch)
-        self.model = build_model(cfg, self.ds.n_items).to(self.device)
+        sparse = sparse_rows(cfg, self.ds.n_items, self.device, self.dist.world_size)  # large catalogs on CPU
+        self.model = build_model(cfg, self.ds.n_items, sparse).to(self.device)
         # hook: ddp. compile: the training loss runs through the compiled graph (evaluation stays eager)
         self.forward_model = distributed.wrap(self.model, self.dist, self.device, compile=cfg["compile"])
-        self.optimizer = make_optimizer(cfg, self.model.parameters())
+        self.optimizer = make_optimizer(cfg, self.model)
         # An exponential moving average of the weights evaluates smoother than the raw weights.
         self.ema = (torch.optim.swa_utils.AveragedModel(
             self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg["ema_decay"]))
