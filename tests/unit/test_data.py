@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mlconnect.engine.config import load_config
-from mlconnect.engine.data import load_dataset, split_leave_one_out, training_windows
+from mlconnect.engine.data import load_dataset, split_leave_one_out, training_windows, window_index
 from mlconnect.errors import ConfigError, DataError
 
 HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
@@ -62,6 +62,19 @@ def test_windows_make_every_training_interaction_a_target_once() -> None:
         assert int((y > 0).sum()) == sum(max(len(t) - 1, 0) for t in train)
     x, y = training_windows([np.arange(1, 8)], 20)
     assert x[0, :6].tolist() == list(range(1, 7)) and y[0, :6].tolist() == list(range(2, 8)) and not x[0, 6:].any()
+
+
+def test_window_index_gathers_the_same_windows_per_batch() -> None:
+    rng = np.random.default_rng(1)
+    train = [np.empty(0, np.int64), *[rng.integers(1, 100, size=n) for n in (1, 2, 7, 50, 51, 130)]]
+    for stride in (None, 10):
+        x, y = training_windows(train, 20, stride)
+        w = window_index(train, 20, stride)
+        assert len(w) == len(x) and w.rows.dtype == w.ends.dtype == np.int32
+        pick = rng.permutation(len(w))[:5]
+        bx, by = w.batch(pick)
+        assert np.array_equal(bx, x[pick]) and np.array_equal(by, y[pick])
+        assert w.tokens().tolist() == (y > 0).sum(1).tolist()
 
 
 def test_overlapping_windows_give_every_target_long_context() -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mlconnect.data.atomic import read_atomic_file, read_header
+from mlconnect.data.atomic import read_atomic_columns, read_atomic_file, read_header
 from mlconnect.data.filters import EVERYTHING, Interval, dedup_mask, in_interval, kcore_mask
 from mlconnect.errors import DataError
 
@@ -66,10 +66,14 @@ def time_key(times: np.ndarray, normalise: bool) -> np.ndarray:
     float32 tensors, so timestamps about a second apart late in ml-100k's range compare equal and
     keep file order. Sorting on the same float32 key reproduces RecBole's sequences exactly.
     """
-    if normalise and len(times):
-        lo, hi = times.min(), times.max()
-        times = (times - lo) / (hi - lo) if hi > lo else np.zeros_like(times)
-    return times.astype(np.float32)
+    if not (normalise and len(times)):
+        return times.astype(np.float32)
+    lo, hi = times.min(), times.max()
+    out = np.zeros(len(times), dtype=np.float32)
+    if hi > lo:
+        for a in range(0, len(times), 1 << 20):  # in blocks: no float64 temporaries the size of the column
+            out[a:a + (1 << 20)] = (times[a:a + (1 << 20)] - lo) / (hi - lo)
+    return out
 
 
 def _sortable(key: np.ndarray) -> np.ndarray:
@@ -78,25 +82,35 @@ def _sortable(key: np.ndarray) -> np.ndarray:
     return np.where(bits >> 31 == 1, ~bits, bits | np.uint32(0x80000000))
 
 
+def _in_order(uid: np.ndarray, tkey: np.ndarray, by_user: bool) -> bool:
+    """Rows already sorted by (user, time) (``by_user``) or by time alone; checked in blocks, so the
+    check's temporaries stay small next to the columns."""
+    step = 1 << 20
+    for a in range(0, max(len(uid) - 1, 0), step):
+        b = min(a + step, len(uid) - 1)
+        t_ok = tkey[a + 1:b + 1] >= tkey[a:b]
+        if by_user:
+            du = uid[a + 1:b + 1] - uid[a:b]
+            t_ok = (du > 0) | ((du == 0) & t_ok)
+        if not t_ok.all():
+            return False
+    return True
+
+
 def _user_time_order(uid: np.ndarray, tkey: np.ndarray) -> np.ndarray | None:
     """Stable order by (user, float32 time key), ties in file order as RecBole's sort; None when the
     rows already are in that order (files written user by user in time order need no sort at all)."""
-    du = np.diff(uid)
-    if bool(np.all((du > 0) | ((du == 0) & (tkey[1:] >= tkey[:-1])))):
+    if _in_order(uid, tkey, by_user=True):
         return None
-    if bool(np.all(tkey[1:] >= tkey[:-1])):  # a log in global time order: sorting by user is enough
+    if _in_order(uid, tkey, by_user=False):  # a log in global time order: sorting by user is enough
         return np.argsort(uid, kind="stable")
     # one stable integer sort on (user, time) packed into 64 bits
     return np.argsort((uid.astype(np.uint64) << np.uint64(32)) | _sortable(tkey), kind="stable")
 
 
-def _codes(col: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
-    """(int32 codes, dictionary) of a dictionary-encoded column whose chunks share one dictionary."""
-    chunks = col.chunks
-    if not chunks:
-        return np.zeros(0, np.int32), pa.array([], pa.string())
-    codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in chunks]).astype(np.int32, copy=False)
-    return codes, chunks[0].dictionary
+def _release() -> None:
+    """Hand the Arrow pool's freed pages back to the OS (mimalloc keeps them otherwise)."""
+    pa.default_memory_pool().release_unused()
 
 
 def _first_appearance(codes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -126,26 +140,26 @@ def build(ddir: Path, name: str, keys: PrepKeys) -> Prepared:
         raise DataError(str(path), f"TIME_FIELD {tfield!r} must have type float", line=1, column=tfield)
     base = keys.inter_cols if keys.inter_cols is not None else [ufield, ifield, *([tfield] if has_time else [])]
     want = list(dict.fromkeys([*base, *keys.val_interval]))
-    table = read_atomic_file(path, want, keys.field_sep, dictionary=(ufield, ifield)).table.unify_dictionaries()
-    # Column by column, each Arrow column freed as soon as its NumPy copy exists: the peak is the
-    # table plus one column, not the table plus all of them.
-    cols = {c: table.column(c) for c in table.column_names}
-    del table
-    users, user_dict = _codes(cols.pop(ufield))
-    items, item_dict = _codes(cols.pop(ifield))
+    # Streamed into NumPy block by block (no whole-file Arrow table): ids as int32 codes, times as float64.
+    need = [ufield, ifield, *([tfield] if has_time else []), *keys.val_interval]
+    data = read_atomic_columns(path, want, need, keys.field_sep, dictionary=(ufield, ifield))
+    cols = data.arrays
+    users, user_dict = cols.pop(ufield), data.dictionaries[ufield]
+    items, item_dict = cols.pop(ifield), data.dictionaries[ifield]
     n = len(users)
-    times = (cols.pop(tfield).to_numpy() if has_time else np.arange(n, dtype=np.float64))
+    times = cols[tfield] if has_time else np.arange(n, dtype=np.float64)
+    del data
     keep = np.ones(n, dtype=bool)
     if keys.rm_dup is not None:
         keep &= dedup_mask(users, items, times, keys.rm_dup)
     for f, ivs in keys.val_interval.items():
-        vals = cols[f].to_numpy()
+        vals = cols[f]
         ok = np.zeros(n, dtype=bool)
         for iv in ivs:
             ok |= in_interval(vals, iv)
         keep &= ok
     del cols
-    pa.default_memory_pool().release_unused()  # hand the reader's buffers back before the sort
+    _release()  # the reader's buffers go back before the sort
     keep = kcore_mask(users, items, keep, keys.user_iv, keys.item_iv)
     if not keep.all():
         users, items, times = users[keep], items[keep], times[keep]

@@ -67,6 +67,7 @@ DEFAULTS: dict[str, Any] = {
     "gbce_t": 0.75,  # mlconnect: gSASRec's calibration t in [0, 1] for loss_type gBCE (0 = plain BCE)
     "loss_chunk_size": None,  # mlconnect: items per chunk of full-catalog CE (None = chosen from batch and catalog)
     "eval_chunk_size": None,  # mlconnect: items per chunk of full-ranking evaluation (None = chosen likewise)
+    "sparse_item_grad": "auto",  # mlconnect: row-sparse item-table updates (auto: CPU, sampled loss, 50k+ items)
     "window_stride": None,  # mlconnect: sliding-window stride over long histories (None = MAX_ITEM_LIST_LENGTH)
     "ema_decay": None,  # mlconnect: evaluate and serve an exponential moving average of the weights
     "num_threads": None,  # mlconnect: torch intra-op threads on CPU (None = torch's default)
@@ -250,6 +251,8 @@ def _validate(v: dict[str, Any], problems: list[str]) -> None:
     for key in ("loss_chunk_size", "eval_chunk_size"):
         if v.get(key) is not None:
             positive_int(key)
+    if v.get("sparse_item_grad") not in ("auto", True, False):
+        problems.append(f"sparse_item_grad must be auto, true or false, got {v.get('sparse_item_grad')!r}")
     for key in ("seed",):
         if not isinstance(v.get(key), int) or isinstance(v.get(key), bool):
             problems.append(f"{key} must be an integer, got {v.get(key)!r}")

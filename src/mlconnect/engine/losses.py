@@ -50,6 +50,7 @@ class LossOptions:
     sampled_negatives: int = 0
     gbce_t: float = 0.75
     chunk: int | None = None  # loss_chunk_size; None = chosen from the batch and the catalog
+    sparse: bool = False  # sampled losses read table rows as sparse-gradient lookups (runtime.sparse_rows)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> LossOptions:
@@ -154,12 +155,17 @@ def cross_entropy(h: torch.Tensor, table: torch.Tensor, bias: torch.Tensor | Non
     return ChunkedCrossEntropy.apply(h, table, bias, targets, c)
 
 
+def _rows(table: torch.Tensor, idx: torch.Tensor, sparse: bool) -> torch.Tensor:
+    """``table[idx]``; with ``sparse`` its gradient is a sparse tensor of those rows, not a dense table."""
+    return F.embedding(idx, table, sparse=True) if sparse else table[idx]
+
+
 def sampled_softmax(h: torch.Tensor, table: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
-                    n_neg: int) -> torch.Tensor:
+                    n_neg: int, sparse: bool = False) -> torch.Tensor:
     """Softmax over the positive and ``n_neg`` uniform negatives shared by the batch: one [N, K] matmul."""
     neg = torch.randint(1, table.shape[0], (n_neg,), device=targets.device)
-    pos_logit = (h * table[targets]).sum(-1, keepdim=True)
-    neg_logit = h @ table[neg].T
+    pos_logit = (h * _rows(table, targets, sparse)).sum(-1, keepdim=True)
+    neg_logit = h @ _rows(table, neg, sparse).T
     if bias is not None:
         pos_logit = pos_logit + bias[targets].unsqueeze(-1)
         neg_logit = neg_logit + bias[neg]
@@ -168,10 +174,10 @@ def sampled_softmax(h: torch.Tensor, table: torch.Tensor, bias: torch.Tensor | N
     return F.cross_entropy(logits, torch.zeros_like(targets))
 
 
-def bpr(h: torch.Tensor, table: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def bpr(h: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, sparse: bool = False) -> torch.Tensor:
     neg = torch.randint(1, table.shape[0], targets.shape, device=targets.device)
-    pos_s = (h * table[targets]).sum(-1)
-    neg_s = (h * table[neg]).sum(-1)
+    pos_s = (h * _rows(table, targets, sparse)).sum(-1)
+    neg_s = (h * _rows(table, neg, sparse)).sum(-1)
     return -F.logsigmoid(pos_s - neg_s).mean()
 
 
@@ -185,7 +191,7 @@ def gbce_beta(n_neg: int, n_real_items: int, t: float) -> float:
 
 
 def gbce(h: torch.Tensor, table: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor, n_neg: int,
-         t: float, row_chunk: int | None = None) -> torch.Tensor:
+         t: float, row_chunk: int | None = None, sparse: bool = False) -> torch.Tensor:
     """gSASRec's generalised binary cross-entropy with ``n_neg`` uniform negatives per position.
 
     Paper (eq. 9): L = -(log sigma(s+)^beta + sum_{i in I-_k} log(1 - sigma(s_i))), i.e.
@@ -202,7 +208,7 @@ def gbce(h: torch.Tensor, table: torch.Tensor, bias: torch.Tensor | None, target
     total = h.new_zeros((), dtype=_acc_dtype(h))
     for r0 in range(0, n, rows):
         sl = slice(r0, r0 + rows)
-        args = (h[sl], table, bias, targets[sl], neg[sl], beta)
+        args = (h[sl], table, bias, targets[sl], neg[sl], beta, sparse)
         part = checkpoint(_gbce_sum, *args, use_reentrant=False) if torch.is_grad_enabled() and rows < n \
             else _gbce_sum(*args)
         total = total + part
@@ -210,9 +216,9 @@ def gbce(h: torch.Tensor, table: torch.Tensor, bias: torch.Tensor | None, target
 
 
 def _gbce_sum(h: torch.Tensor, table: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
-              neg: torch.Tensor, beta: float) -> torch.Tensor:
-    pos = (h * table[targets]).sum(-1)
-    negs = torch.einsum("nh,nkh->nk", h, table[neg])
+              neg: torch.Tensor, beta: float, sparse: bool = False) -> torch.Tensor:
+    pos = (h * _rows(table, targets, sparse)).sum(-1)
+    negs = torch.einsum("nh,nkh->nk", h, _rows(table, neg, sparse))
     if bias is not None:
         pos, negs = pos + bias[targets], negs + bias[neg]
     acc = _acc_dtype(h)
@@ -225,9 +231,9 @@ def next_item_loss(h: torch.Tensor, targets: torch.Tensor, table: torch.Tensor, 
                    opts: LossOptions) -> torch.Tensor:
     """The loss ``opts`` names, at positions ``h`` ``[N, H]`` with next items ``targets`` ``[N]``."""
     if opts.loss_type == "BPR":
-        return bpr(h, table, targets)
+        return bpr(h, table, targets, opts.sparse)
     if opts.loss_type == "gBCE":
-        return gbce(h, table, bias, targets, opts.sampled_negatives, opts.gbce_t)
+        return gbce(h, table, bias, targets, opts.sampled_negatives, opts.gbce_t, sparse=opts.sparse)
     if opts.sampled_negatives:
-        return sampled_softmax(h, table, bias, targets, opts.sampled_negatives)
+        return sampled_softmax(h, table, bias, targets, opts.sampled_negatives, opts.sparse)
     return cross_entropy(h, table, bias, targets, opts.chunk)

@@ -23,7 +23,7 @@ import torch
 from mlconnect.engine import distributed
 from mlconnect.engine.checkpoint import load_checkpoint, save_checkpoint
 from mlconnect.engine.config import Config
-from mlconnect.engine.data import load_dataset, split_leave_one_out, training_windows
+from mlconnect.engine.data import load_dataset, split_leave_one_out, window_index
 from mlconnect.engine.evaluation import evaluate
 from mlconnect.engine.experiment import (
     ProgressFile,
@@ -36,7 +36,7 @@ from mlconnect.engine.experiment import (
 from mlconnect.engine.interrupts import TrainingInterrupted, install_signals, restore_signals
 from mlconnect.engine.models import SequentialRecommender, build_model
 from mlconnect.engine.progress import Reporter, eta_s, eta_total_s
-from mlconnect.engine.runtime import amp_dtype, make_optimizer, select_device
+from mlconnect.engine.runtime import amp_dtype, make_optimizer, select_device, sparse_rows
 from mlconnect.errors import MlconnectError
 from mlconnect.fileio import atomic_write_json, read_json
 from mlconnect.layout import ExperimentPaths
@@ -81,23 +81,22 @@ class Trainer:
         self.split = split_leave_one_out(self.ds, cfg.max_len)
         # BERT4Rec reads whole windows both ways, so its windows never overlap.
         stride = cfg.max_len if cfg["model"] == "BERT4Rec" else cfg["window_stride"]
-        inputs, targets = training_windows(self.split.train, cfg.max_len, stride)
-        if not len(inputs):
+        self.windows = window_index(self.split.train, cfg.max_len, stride)  # gathered per batch
+        if not len(self.windows):
             raise MlconnectError(f"dataset {self.ds.name} has no training interactions",
                                  "each user needs at least 4 interactions (train, valid and test targets)")
         self.data_s = time.perf_counter() - t0
-        self.inputs = torch.from_numpy(inputs).to(self.device)
-        self.targets = torch.from_numpy(targets).to(self.device)
-        self.window_tokens = (targets > 0).sum(1)
+        self.window_tokens = self.windows.tokens()
         self.per_batch = max(1, cfg["train_batch_size"] // cfg.max_len)
-        self.steps_per_epoch = math.ceil(len(inputs) / self.per_batch)
+        self.steps_per_epoch = math.ceil(len(self.windows) / self.per_batch)
         # hook: ddp (each rank takes 1/world of every global batch, of its 1/world of the windows)
         self.per_batch = distributed.per_rank_batch(self.per_batch, self.dist)
-        self.steps_per_epoch = math.ceil(-(-len(inputs) // self.dist.world_size) / self.per_batch)
-        self.model = build_model(cfg, self.ds.n_items).to(self.device)
+        self.steps_per_epoch = math.ceil(-(-len(self.windows) // self.dist.world_size) / self.per_batch)
+        sparse = sparse_rows(cfg, self.ds.n_items, self.device, self.dist.world_size)  # large catalogs on CPU
+        self.model = build_model(cfg, self.ds.n_items, sparse).to(self.device)
         # hook: ddp. compile: the training loss runs through the compiled graph (evaluation stays eager)
         self.forward_model = distributed.wrap(self.model, self.dist, self.device, compile=cfg["compile"])
-        self.optimizer = make_optimizer(cfg, self.model.parameters())
+        self.optimizer = make_optimizer(cfg, self.model)
         # An exponential moving average of the weights evaluates smoother than the raw weights.
         self.ema = (torch.optim.swa_utils.AveragedModel(
             self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg["ema_decay"]))
@@ -244,7 +243,7 @@ class Trainer:
         cfg, model = self.cfg, self.forward_model
         self.model.train()
         gen = torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + self.epoch)
-        order = torch.randperm(len(self.inputs), generator=gen)
+        order = torch.randperm(len(self.windows), generator=gen)
         order = distributed.shard(order, self.dist)  # hook: ddp (this rank's windows)
         self.reporter.start_epoch(self.epoch + 1, self.steps_per_epoch, self.step_in_epoch)
         # A resumed epoch goes on from the loss of its steps before the interruption (checkpointed
@@ -256,10 +255,9 @@ class Trainer:
         for step in range(self.step_in_epoch, self.steps_per_epoch):
             step_t0 = time.perf_counter()
             idx = order[step * self.per_batch:(step + 1) * self.per_batch]
-            didx = idx.to(self.device)
+            x, y = (torch.from_numpy(a).to(self.device) for a in self.windows.batch(idx.numpy()))
             with torch.autocast(self.device.type, dtype=self.amp) if self.amp else nullcontext():
-                loss = model.training_loss(self.inputs[didx], self.targets[didx], cfg["loss_type"],
-                                           cfg["sampled_negatives"])
+                loss = model.training_loss(x, y, cfg["loss_type"], cfg["sampled_negatives"])
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clip:
