@@ -139,13 +139,14 @@ def main(argv: list[str] | None = None) -> int:
 
 # -- laptop side --------------------------------------------------------------------------------
 
-def _on_host(target: Any, argv: list[str], timeout: float | None) -> None:
-    """A plain command on the box (``mkdir``); a failure is one line with the box's words."""
-    cp = target.run(argv, timeout=timeout, check=False)
-    if cp.returncode != 0:
-        raise RemoteError(f"`{' '.join(argv[:5])}` failed on {target.name} (exit {cp.returncode})",
-                          "check the box with `mlconnect doctor`", command=argv, returncode=cp.returncode,
-                          stderr=cp.stderr)
+def _rsync(target: Any, src: str, dest: str, *flags: str, what: str, then: str) -> None:
+    """One rsync between here and the box; a failure is one line (``what`` failed, check, ``then``)."""
+    argv = ["rsync", "-rlt", *flags, "-e", target.rsync_rsh(), src, dest]
+    proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=3600)
+    if proc.returncode != 0:
+        raise RemoteError(f"rsync of {what} failed (exit {proc.returncode})",
+                          f"check the connection with `mlconnect status`, then {then}",
+                          command=argv, returncode=proc.returncode, stderr=proc.stderr)
 
 
 def predict_on_host(target: Any, name: str | None, out: str, bundle: Path | None = None,
@@ -169,14 +170,12 @@ def upload_bundle(target: Any, bundle: Path) -> str:
 
     b = Bundle.load(bundle)
     rel = f"bundles/{Path(str(b.card['experiment'])).name}-{sha256_file(b.root / CARD)[:12]}"
-    _on_host(target, ["mkdir", "-p", "bundles"], timeout=60)  # no --mkpath on macOS's rsync
+    cp = target.run(["mkdir", "-p", "bundles"], timeout=60, check=False)  # no --mkpath on macOS's rsync
+    if cp.returncode != 0:
+        raise RemoteError(f"cannot create bundles/ on {target.name} (exit {cp.returncode})",
+                          "check the box with `mlconnect doctor`", returncode=cp.returncode, stderr=cp.stderr)
     dest = target.rsync_path(f"{target.remote_root.rstrip('/')}/{rel}") + "/"
-    rsync = ["rsync", "-rlt", "--delete", "-e", target.rsync_rsh(), f"{b.root}/", dest]
-    proc = subprocess.run(rsync, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=3600)
-    if proc.returncode != 0:
-        raise RemoteError(f"rsync of {bundle} to {target.name} failed (exit {proc.returncode})",
-                          "check the connection with `mlconnect status`, then run predict again",
-                          command=rsync, returncode=proc.returncode, stderr=proc.stderr)
+    _rsync(target, f"{b.root}/", dest, "--delete", what=f"{bundle} to {target.name}", then="run predict again")
     return rel
 
 
@@ -191,13 +190,8 @@ def export_on_host(target: Any, name: str, out: Path, args: list[str]) -> dict[s
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     out.parent.mkdir(parents=True, exist_ok=True)
     src = target.rsync_path(f"{target.remote_root.rstrip('/')}/{remote_dir}") + "/"
-    rsync = ["rsync", "-rlt", "--partial", "-e", target.rsync_rsh(), src, f"{tmp}/"]
     try:
-        proc = subprocess.run(rsync, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=3600)
-        if proc.returncode != 0:
-            raise RemoteError(f"rsync of the bundle from {target.name} failed (exit {proc.returncode})",
-                              "check the connection with `mlconnect status`, then export again",
-                              command=rsync, returncode=proc.returncode, stderr=proc.stderr)
+        _rsync(target, src, f"{tmp}/", "--partial", what=f"the bundle from {target.name}", then="export again")
         from mlconnect.deploy.bundle import Bundle
 
         Bundle.load(tmp)  # every file arrived intact (sha256s), before it gets the final name
