@@ -27,15 +27,18 @@ def port_free(port: int, *, reuse_addr: bool = False) -> bool:
 
 
 def first_free_port(start: int, *, skip: set[int] | frozenset[int] = frozenset(),
-                    tries: int = PORT_TRIES) -> int | None:
-    """The first free port in ``start .. start + tries - 1`` not in ``skip``; None when all are taken."""
-    return next((p for p in range(start, start + tries) if p not in skip and port_free(p)), None)
+                    tries: int = PORT_TRIES, reuse_addr: bool = False) -> int | None:
+    """The first free port in ``start .. start + tries - 1`` not in ``skip``; None when all are taken.
+    ``reuse_addr``: for a listener that sets SO_REUSEADDR itself (ssh's forwards do), which a TIME_WAIT
+    leftover of an earlier connection on that port does not stop."""
+    return next((p for p in range(start, start + tries)
+                 if p not in skip and port_free(p, reuse_addr=reuse_addr)), None)
 
 
 def free_port_from(start: int, *, skip: set[int] | frozenset[int] = frozenset(), tries: int = PORT_TRIES,
-                   hint: str = "stop what uses them, or pass another --port") -> int:
+                   hint: str = "stop what uses them, or pass another --port", reuse_addr: bool = False) -> int:
     """``first_free_port``, or a one-line error naming the range and this machine when all are taken."""
-    p = first_free_port(start, skip=skip, tries=tries)
+    p = first_free_port(start, skip=skip, tries=tries, reuse_addr=reuse_addr)
     if p is None:
         raise MlconnectError(f"no free port in {start}-{start + tries - 1} on {socket.gethostname()}", hint)
     return p

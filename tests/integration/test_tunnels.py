@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -59,6 +60,7 @@ def test_tunnel_redials_after_the_connection_drops(sshd_host: SshdHost, tmp_path
         local = int(json.loads(proc.stdout.readline())[0]["local"].rsplit(":", 1)[1])
         with urllib.request.urlopen(f"http://127.0.0.1:{local}/", timeout=10) as r:
             assert r.status == 200
+        _request_reading_to_eof(local)  # ssh closes its end first: a TIME_WAIT stays on the local port
         (ssh_pid,) = _ssh_children(proc.pid)
         os.kill(ssh_pid, signal.SIGKILL)  # the connection is gone, as after a sleep
         assert wait_until(lambda: any("reconnected" in line for line in err), 20), err
@@ -73,6 +75,17 @@ def test_tunnel_redials_after_the_connection_drops(sshd_host: SshdHost, tmp_path
         srv.shutdown()
     assert rc == 0
     assert all(gone(p) for p in new_ssh)  # Ctrl-C closed the redialled tunnel too
+
+
+def _request_reading_to_eof(port: int) -> None:
+    """One HTTP/1.0 request through the tunnel, read until the far end closes: the service closes, then
+    ssh closes our connection before we do, which leaves its side in TIME_WAIT on the tunnel's port (the
+    state a browser tab leaves behind; the redial must not take it for a busy port)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        while s.recv(65536):
+            pass
+        time.sleep(0.2)  # ssh's close has happened (we saw EOF); ours comes second
 
 
 def _ssh_children(pid: int) -> list[int]:

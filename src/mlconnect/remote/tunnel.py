@@ -115,7 +115,10 @@ def open_tunnel(target: Target, remote_ports: list[int], local_ports: list[int] 
         pairs: list[tuple[int, int]] = []
         used: set[int] = set()
         for want, remote in zip(wanted, remote_ports):
-            p = free_port_from(want, skip=used, hint="close what uses them or pass --port")
+            # reuse_addr: ssh binds its forwards with SO_REUSEADDR. Without it, the TIME_WAIT left by the
+            # last request through a dropped tunnel made its own port look taken, and the redial moved to
+            # the next port while the user's browser tab (and a test) still used the old one.
+            p = free_port_from(want, skip=used, hint="close what uses them or pass --port", reuse_addr=True)
             used.add(p)
             pairs.append((p, remote))
         argv = forward_argv(target, pairs)
