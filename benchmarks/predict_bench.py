@@ -108,60 +108,53 @@ _GRAPH = ("import mlconnect.deploy.predict as p\n"  # predict through the whole 
           "p.Source.from_bundle = classmethod(lambda cls, root, threads=None: whole(root, threads))\n")
 
 
-def profile(bundle: Path, k: int, threads: int | None, n: int = 8192) -> None:
-    """Seconds per stage of predict's bundle path (one thread for the selection, as each worker runs it)."""
+def profile(bundle: Path, k: int, n: int = 8192) -> None:
+    """Microseconds per user in each stage of predict's bundle path, on one thread (as each worker runs
+    it), and how many candidates per user the integer pass leaves for exact scoring."""
     import numpy as np
+    import pyarrow as pa
 
     from mlconnect.deploy import topk
     from mlconnect.deploy.bundle import Bundle, pad_batch
     from mlconnect.deploy.predict import _Writer
 
     b = Bundle.load(bundle)
-    scorer = topk.EncoderTopK(b.root, len(b.item_ids), threads=threads)
+    scorer = topk.EncoderTopK(b.root, len(b.item_ids))
     it, users = scorer.items, np.arange(1, min(n, b.n_users - 1) + 1)
-    t: dict[str, float] = dict.fromkeys(("histories", "encoder", "item matmul", "masks", "group maxima",
-                                         "floor + candidates", "sort + top-k", "Parquet"), 0.0)
-    import pyarrow as pa
+    users = users[np.argsort([len(b.history(int(u))) for u in users], kind="stable")]  # as predict orders them
+    t = dict.fromkeys(("histories", "encoder", "integer pass (ONNX Runtime)", "floor, candidates, exact top-k",
+                       "Parquet"), 0.0)
+    integer_pass = it.candidates
 
+    def timed(user: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        c = time.perf_counter()
+        out = integer_pass(user, kk)
+        t["integer pass (ONNX Runtime)"] += time.perf_counter() - c
+        return out
+
+    it.candidates = timed
     writer = _Writer(bundle.parent / ".profile.parquet", bundle.parent / "profile.parquet", False)
     item_ids, user_ids = pa.array(b.item_ids), pa.array(b.user_ids)
     for lo in range(0, len(users), 1024):
-        c = [time.perf_counter()]
         part = users[lo: lo + 1024]
-        items, seen = pad_batch([b.history(int(u)) for u in part], b.max_len, trim=True)
+        c = [time.perf_counter()]
+        items, _ = pad_batch([b.history(int(u)) for u in part], b.max_len, trim=True)
         c.append(time.perf_counter())
         vecs = scorer.user_vectors(items)
         c.append(time.perf_counter())
-        for blo in range(0, len(vecs), it.block):
-            d = [time.perf_counter()]
-            s = it.matmul(vecs[blo: blo + it.block])
-            d.append(time.perf_counter())
-            s[:, it.n_items:] = -np.inf
-            s[:, 0] = -np.inf
-            np.put_along_axis(s, seen[blo: blo + it.block], -np.inf, axis=1)
-            d.append(time.perf_counter())
-            rows, big_g = len(s), it.groups
-            best = s.reshape(rows, topk.GROUP, big_g).max(axis=1)
-            d.append(time.perf_counter())
-            kth = np.partition(best, big_g - k, axis=1)[:, big_g - k]
-            pos = np.flatnonzero(s >= kth[:, None])
-            d.append(time.perf_counter())
-            val = s.reshape(-1)[pos]
-            np.lexsort((-val, pos // s.shape[1]))
-            d.append(time.perf_counter())
-            for key, v in zip(("item matmul", "masks", "group maxima", "floor + candidates", "sort + top-k"),
-                              np.diff(d)):
-                t[key] += v
-        out_s, out_i = scorer.items.topk(vecs, seen, k)  # the real thing, for the writer (not timed above)
-        w = time.perf_counter()
+        before = t["integer pass (ONNX Runtime)"]
+        out_s, out_i = it.topk(vecs, np.zeros((len(part), 1), np.int64), k)
+        c.append(time.perf_counter())
         writer.write(user_ids.take(pa.array(part)), out_s, out_i, item_ids)
-        t["Parquet"] += time.perf_counter() - w
-        t["histories"] += c[1] - c[0]
-        t["encoder"] += c[2] - c[1]
+        c.append(time.perf_counter())
+        for key, v in zip(("histories", "encoder", "floor, candidates, exact top-k", "Parquet"), np.diff(c)):
+            t[key] += v
+        t["floor, candidates, exact top-k"] -= t["integer pass (ONNX Runtime)"] - before
     writer.close()
     (bundle.parent / ".profile.parquet").unlink()
     total = sum(t.values())
-    print(f"\nwhere the time goes ({len(users):,} users, top-{k}, selection on one thread):\n")
+    print(f"\nwhere the time goes ({len(users):,} users, top-{k}, one thread; "
+          f"{it.counted[1] / max(it.counted[0], 1):.0f} candidates per user scored exactly):\n")
     print("| stage | µs/user | share |\n|---|---:|---:|")
     for key, v in t.items():
         print(f"| {key} | {v / len(users) * 1e6:.1f} | {v / total:.0%} |")
@@ -174,7 +167,7 @@ def main() -> None:
     p.add_argument("--items", type=int, default=50_000)
     p.add_argument("--per-user", type=int, default=5, help="mean interactions per user")
     p.add_argument("--k", type=int, default=50)
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=None, help="worker threads (default: all cores)")
     p.add_argument("--quick", action="store_true", help="20k users, 10k items")
     p.add_argument("--train", action="store_true", help="train 1 epoch (sampled softmax) instead of initial weights")
     p.add_argument("--engine", action="store_true", help="also predict with the engine (torch) for comparison")
@@ -185,7 +178,7 @@ def main() -> None:
         args.users, args.items = 20_000, 10_000
     exp, bundle = ensure(args)
     if args.profile:
-        profile(bundle, args.k, args.threads)
+        profile(bundle, args.k)
     out = exp / "bench-recs.parquet"
     users_file = exp / "bench-users-10pct.txt"
     vocab = json.loads((bundle / "vocab.json").read_text())

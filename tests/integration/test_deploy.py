@@ -58,7 +58,7 @@ def test_export_verifies_and_equals_the_engine_for_every_user(base: Path, model:
     card = json.loads((out / "card.json").read_text())
     v = card["verification"]
     assert v["ok"] and v["users"] == deploy.N_USERS and v["k"] == 10 and v["max_abs_score_diff"] <= 1e-4
-    assert v["predict_path"]["ok"] and v["predict_path"]["max_abs_score_diff"] <= 1e-4  # encoder + item_scores
+    assert v["predict_path"]["ok"] and v["predict_path"]["max_abs_score_diff"] <= 1e-4  # encoder + item candidates
     assert card["model"] == model and card["dataset"] == "syn" and card["mlconnect_version"]
     assert card["metrics"]["test"] and card["config"]["hidden_size"] == 16
     files = {p.name for p in out.iterdir()} - {"card.json"}
@@ -303,17 +303,18 @@ def test_predict_long_wide_csv_and_exclude_seen(base: Path, tmp_path: Path) -> N
 
 
 def test_predict_reads_a_bundle_made_before_the_encoder_graphs(base: Path, tmp_path: Path) -> None:
-    """A bundle without encoder.onnx / item_scores.onnx (an earlier export) predicts with its whole graph."""
+    """A bundle without the encoder and candidate graphs (an earlier export, including one with the float
+    item_scores.onnx of the release before) predicts with its whole graph, and agrees with the new path."""
     new = deploy.bundle(base, "SASRec")
     old = tmp_path / "old"
     shutil.copytree(new, old)
     card = json.loads((old / "card.json").read_text())
-    for name in ("encoder.onnx", "item_scores.onnx"):
+    for name in ("encoder.onnx", "item_candidates.onnx", "item_table.npy"):
         (old / name).unlink()
         del card["files"][name]
     (old / "card.json").write_text(json.dumps(card))
     src_old, src_new = Source.from_bundle(old, threads=1), Source.from_bundle(new, threads=1)
-    assert (src_old.device, src_new.device) == ("onnxruntime cpu", "onnxruntime+numpy cpu")
+    assert (src_old.device, src_new.device) == ("onnxruntime cpu", "onnxruntime+numpy cpu x1")
     for src, out in ((src_old, "old.parquet"), (src_new, "new.parquet")):
         predict(src, tmp_path / out, k=20, exclude_seen=True, progress=False)
     a, b = (pq.read_table(tmp_path / f) for f in ("old.parquet", "new.parquet"))

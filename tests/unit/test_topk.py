@@ -1,7 +1,8 @@
-"""deploy.topk.ItemTopK: the grouped selection is the exact top-k of the scores it computes.
+"""deploy.topk.ItemTopK: integer candidates plus exact rescoring give the exact top-k.
 
-The reference is a full sort of the same float32 scores (numpy's own matmul), so the only slack is the
-summation order of two BLAS calls (~1e-6); the ids must be those of the sorted scores.
+The reference is a full sort of the float32 scores (numpy's matmul), so the only slack is the
+summation order (~1e-6); the ids must be those of the sorted scores. The candidate graph runs in ONNX
+Runtime exactly as in a bundle (built in memory here).
 """
 
 from __future__ import annotations
@@ -9,42 +10,89 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlconnect.deploy.topk import GROUP, ItemTopK
+from mlconnect.deploy.topk import GROUP, ItemTopK, quantize_items
 
 
-@pytest.mark.parametrize(("n_items", "bias", "k", "workers"), [
-    (5_003, False, 50, 1),    # many groups; an item count that is not a whole number of groups
-    (5_003, True, 7, 2),      # bias folded into the matmul; blocks on two threads
-    (300, True, 25, 1),       # 10 groups < k: every group is a candidate
-    (GROUP * 3, False, 3, 1),  # exactly whole groups, k == G
+def _reference(users: np.ndarray, table: np.ndarray, bias: np.ndarray | None, seen: np.ndarray) -> np.ndarray:
+    full = users @ table.T + (0 if bias is None else bias)
+    full[:, 0] = -np.inf
+    np.put_along_axis(full, seen, -np.inf, axis=1)
+    return full
+
+
+def _with_bias_input(users: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """The encoder graph's output: a trailing 1 when the model has an output bias."""
+    return users if bias is None else np.concatenate([users, np.ones((len(users), 1), np.float32)], axis=1)
+
+
+def _check(got: tuple[np.ndarray, np.ndarray], full: np.ndarray, seen: np.ndarray, k: int, n_items: int) -> None:
+    got_s, got_i = got
+    want = -np.sort(-full, axis=1)[:, :k]
+    assert got_s.shape == got_i.shape == (len(full), k)
+    np.testing.assert_allclose(got_s, want, rtol=1e-6, atol=1e-4)
+    finite = np.isfinite(got_s)
+    np.testing.assert_allclose(np.take_along_axis(full, got_i, 1)[finite], got_s[finite], rtol=1e-6, atol=1e-4)
+    assert (np.diff(np.where(finite, got_s, -1e30), axis=1) <= 0).all()  # best first
+    for row, s in zip(np.where(finite, got_i, -1).tolist(), seen.tolist()):
+        ranked = [i for i in row if i >= 0]
+        assert len(set(ranked)) == len(ranked)  # no item twice
+        assert not set(ranked) & (set(s) | {0}) and max(ranked, default=0) < n_items  # never seen/padding/tail
+
+
+@pytest.mark.parametrize(("n_items", "bias", "k", "block"), [
+    (5_003, False, 50, 40),    # many groups; an item count that is not a whole number of groups
+    (5_003, True, 7, 64),      # bias as one more input dimension
+    (300, True, 25, 40),       # 10 groups < k: every rankable item is a candidate
+    (GROUP * 3, False, 3, 7),  # exactly whole groups, k == G
 ])
-def test_grouped_topk_equals_a_full_sort(n_items: int, bias: bool, k: int, workers: int) -> None:
+def test_candidates_then_exact_scores_equal_a_full_sort(n_items: int, bias: bool, k: int, block: int) -> None:
     rng = np.random.default_rng(n_items + k)
     table = rng.standard_normal((n_items, 16), dtype=np.float32)
     b = rng.standard_normal(n_items, dtype=np.float32) if bias else None
     users = rng.standard_normal((301, 16), dtype=np.float32)
     seen = rng.integers(0, n_items, (301, 9))
     seen[:5] = 0  # padding-only rows
-    # A planted winner per user in a group of its own makes the grouping matter: it must come first.
+    # A planted winner per user: it must come first wherever it is not seen.
     users[:, 0] += 10.0
     table[n_items // 2, 0] = 5.0
-    scorer = ItemTopK.from_table(table, b, workers=workers)
-    scorer.block = 40  # several blocks, the last one short
-    got_s, got_i = scorer.topk(users, seen, k)
+    scorer = ItemTopK.from_table(table, b)
+    scorer.block = block  # several blocks, the last one short
+    got = scorer.topk(_with_bias_input(users, b), seen, k)
+    _check(got, _reference(users, table, b, seen), seen, k, n_items)
+    assert (got[1][5:, 0] == n_items // 2).sum() > 250
 
-    full = users @ table.T + (b if bias else 0)
-    full[:, 0] = -np.inf
-    np.put_along_axis(full, seen, -np.inf, axis=1)
-    want = -np.sort(-full, axis=1)[:, :k]
-    assert got_s.shape == got_i.shape == (301, k)
-    np.testing.assert_allclose(got_s, want, rtol=0, atol=1e-4)
-    np.testing.assert_allclose(np.take_along_axis(full, got_i, 1), got_s, rtol=0, atol=1e-4)
-    assert (np.diff(got_s, axis=1) <= 0).all()  # best first
-    assert all(len(set(row)) == k for row in got_i.tolist())  # no item twice
-    assert not np.isin(got_i, 0).any() and not (got_i >= n_items).any()  # never padding or the padded tail
-    seen_hit = [set(r) & set(s) - {0} for r, s in zip(got_i.tolist(), seen.tolist())]
-    assert not any(seen_hit)
-    assert (got_i[5:, 0] == n_items // 2).sum() > 250  # the planted item wins wherever it is not seen
+
+def test_near_ties_and_a_coarse_scale_still_give_the_exact_order() -> None:
+    """The worst case for the integer pass: one huge entry makes the 8-bit scale coarse, and thousands of
+    items score within rounding of each other; the margin must keep every true top-k item."""
+    rng = np.random.default_rng(7)
+    n_items, k = 20_000, 50
+    base = rng.standard_normal(16).astype(np.float32)
+    table = base + rng.standard_normal((n_items, 16)).astype(np.float32) * 1e-3  # near-identical items
+    table[123, 3] = 300.0  # the outlier that sets the scale
+    users = rng.standard_normal((64, 16)).astype(np.float32)
+    seen = rng.integers(0, n_items, (64, 30))
+    scorer = ItemTopK.from_table(table)
+    _, scale = quantize_items(scorer.rows)
+    assert scale > 2.0  # the integers cannot tell most items apart: rescoring decides
+    got = scorer.topk(users, seen, k)
+    _check(got, _reference(users, table, None, seen), seen, k, n_items)
+
+
+def test_a_zero_user_vector_and_whole_histories_seen() -> None:
+    """Every item ties (all candidates), and a user who has seen all but two items gets two, then -inf."""
+    rng = np.random.default_rng(3)
+    n_items = 700
+    table = rng.standard_normal((n_items, 8)).astype(np.float32)
+    users = rng.standard_normal((3, 8)).astype(np.float32)
+    users[0] = 0.0
+    seen = np.zeros((3, n_items - 3), dtype=np.int64)
+    seen[1] = np.arange(1, n_items - 2)  # items 1 .. n-3 seen: n-2 and n-1 left
+    got_s, got_i = ItemTopK.from_table(table).topk(users, seen, 40)
+    assert (got_s[0] == 0).all() and got_i[0].tolist() == list(range(1, 41))  # ties: lower ids first
+    assert sorted(got_i[1, :2].tolist()) == [n_items - 2, n_items - 1] and np.isneginf(got_s[1, 2:]).all()
+    assert (got_i[1, 2:] == 0).all()
+    _check((got_s[2:], got_i[2:]), _reference(users[2:], table, None, seen[2:]), seen[2:], 40, n_items)
 
 
 def test_rows_with_fewer_rankable_items_than_k_end_in_minus_inf() -> None:

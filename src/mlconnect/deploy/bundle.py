@@ -28,7 +28,8 @@ CARD = "card.json"
 ONNX_MODEL = "model.onnx"
 TORCH_MODEL = "model.pt2"
 ENCODER_MODEL = "encoder.onnx"          # items -> user vectors [B, H (+1)]: predict's path (deploy/topk.py)
-ITEM_SCORES_MODEL = "item_scores.onnx"  # user vectors -> scores [B, whole groups of items] (topk.padded_table)
+ITEM_CANDIDATES_MODEL = "item_candidates.onnx"  # user vectors (8-bit) -> candidate scores (topk.candidates_graph)
+ITEM_TABLE = "item_table.npy"           # [whole groups of items, H (+1)] float32: exact scores (topk.item_rows)
 VOCAB = "vocab.json"
 HISTORIES = "histories.npz"
 ITEMS = "items.json"
@@ -153,7 +154,8 @@ def pad_batch(histories: list[np.ndarray] | list[list[int]], max_len: int,
 class Scorer:
     """The ONNX graph under ONNX Runtime: on CUDA when this onnxruntime has it, else the CPU."""
 
-    def __init__(self, model_path: Path, threads: int | None = None, spin: bool = True) -> None:
+    def __init__(self, model_path: Path | bytes, threads: int | None = None, spin: bool = True,
+                 cpu: bool = False) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -162,11 +164,14 @@ class Scorer:
         opts.inter_op_num_threads = 1
         if not spin:  # a server: idle pool threads must not busy-wait on the cores the event loop needs
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        wanted = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+        wanted = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                  if p in ort.get_available_providers() and not (cpu and p != "CPUExecutionProvider")]
         try:
-            self.session = ort.InferenceSession(str(model_path), opts, providers=wanted)
+            source = model_path if isinstance(model_path, bytes) else str(model_path)
+            self.session = ort.InferenceSession(source, opts, providers=wanted)
         except Exception as exc:  # onnxruntime raises its own types for a corrupt or foreign file
-            raise BundleError(f"{model_path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:200]})",
+            name = "an ONNX graph in memory" if isinstance(model_path, bytes) else model_path
+            raise BundleError(f"{name}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:200]})",
                               "export the bundle again with this mlconnect version") from None
         self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
 

@@ -31,7 +31,8 @@ from mlconnect.deploy.bundle import (
     FORMAT_VERSION,
     HISTORIES,
     INPUTS,
-    ITEM_SCORES_MODEL,
+    ITEM_CANDIDATES_MODEL,
+    ITEM_TABLE,
     ITEMS,
     ONNX_MODEL,
     OUTPUTS,
@@ -44,7 +45,7 @@ from mlconnect.deploy.bundle import (
     pad_batch,
 )
 from mlconnect.deploy.program import TorchProgram
-from mlconnect.deploy.topk import EncoderTopK, padded_table
+from mlconnect.deploy.topk import EncoderTopK, candidates_graph, item_rows
 from mlconnect.engine.inference import Recommender
 from mlconnect.engine.models import SequentialRecommender
 from mlconnect.errors import ExperimentError, UsageError
@@ -122,9 +123,9 @@ def export_onnx(rec: Recommender, path: Path) -> None:
 
 
 def export_encoder(rec: Recommender, root: Path) -> None:
-    """``encoder.onnx`` and ``item_scores.onnx``: what ``predict --bundle`` scores with (see topk.py)."""
+    """``encoder.onnx``, ``item_candidates.onnx`` and ``item_table.npy``: what ``predict --bundle`` scores
+    with (see topk.py)."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
 
     graph = EncoderGraph(rec.model).eval()
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
@@ -133,19 +134,11 @@ def export_encoder(rec: Recommender, root: Path) -> None:
                           input_names=["items"], output_names=["user"],
                           dynamic_axes={"items": {0: "batch", 1: "length"}, "user": {0: "batch"}})
         bias = rec.model.output_bias()
-        table = padded_table(rec.model.item_table().detach().float().cpu().numpy(),
-                             None if bias is None else bias.detach().float().cpu().numpy())
-    dim, width = table.shape
-    matmul = helper.make_graph(
-        [helper.make_node("MatMul", ["user", "items_t"], ["scores"])], "item_scores",
-        [helper.make_tensor_value_info("user", TensorProto.FLOAT, ["batch", dim])],
-        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", width])],
-        [numpy_helper.from_array(table, "items_t")])
-    # The IR version the opset needs, not this onnx package's newest (make_model's default): a newer
-    # one than the ONNX Runtime on the box knows fails to load there (seen: onnx 1.23's IR 12 on ORT 1.30).
-    opsets = [helper.make_opsetid("", OPSET)]
-    onnx.save(helper.make_model(matmul, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets)),
-              str(root / ITEM_SCORES_MODEL))
+        rows = item_rows(rec.model.item_table().detach().float().cpu().numpy(),
+                         None if bias is None else bias.detach().float().cpu().numpy())
+    onnx.save(candidates_graph(rows), str(root / ITEM_CANDIDATES_MODEL))
+    with open(root / ITEM_TABLE, "wb") as f:
+        np.save(f, rows, allow_pickle=False)
 
 
 def export_torch(rec: Recommender, path: Path) -> None:

@@ -2,14 +2,16 @@
 
 Users go through in chunks of a fixed size (1,024 for an ONNX bundle, whose scorer holds only a
 cache-sized block of scores at a time, topk.py; else sized so one chunk's score matrix stays near
-64 MB): memory is flat in users (benchmarks/predict_bench.py measures it). Each chunk becomes a
-Parquet row group (or CSV rows) written to a hidden temp file next to the output, which is renamed
-over the final name only once complete: a killed job leaves the old file (or none), never half of one.
+64 MB), a few chunks in flight at most: memory is flat in users (benchmarks/predict_bench.py measures
+it). An ONNX bundle scores one chunk per core at a time, each on one thread, while the main thread
+writes the finished ones in order. Rows are buffered into Parquet row groups of about half a million
+rows (or CSV rows) in a hidden temp file next to the output, which is renamed over the final name only
+once complete: a killed job leaves the old file (or none), never half of one.
 
 Long format: ``user_id, rank, item_id, score`` (rank 1 is best); ``wide``: one row per user with
 ``item_ids`` and ``scores`` lists. A user's rows are contiguous; users come in order of history
 length where the scorer takes any length (shorter padding, see bundle.pad_batch), else as asked.
-The scorer is an ONNX bundle's encoder and item-score graphs under ONNX Runtime with numpy's exact
+The scorer is an ONNX bundle's encoder and candidate graphs under ONNX Runtime with numpy's exact
 top-k (topk.EncoderTopK; the whole graph for bundles made before those files), a torch bundle's
 program, or, for an experiment, the engine itself (on the GPU when there is one).
 """
@@ -19,13 +21,15 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mlconnect.deploy.bundle import ENCODER_MODEL, Bundle, Scorer, pad_batch
+from mlconnect.deploy.bundle import ITEM_CANDIDATES_MODEL, Bundle, Scorer, pad_batch
 from mlconnect.deploy.program import TorchProgram
 from mlconnect.deploy.topk import EncoderTopK
 from mlconnect.errors import UsageError
@@ -33,16 +37,19 @@ from mlconnect.fileio import fsync_dir
 
 TopK = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 SCORE_BUDGET = 1 << 24  # floats in one chunk's [users, items] score matrix (64 MB)
+ROW_GROUP_ROWS = 1 << 19  # rows per Parquet row group: fewer, larger groups write ~2x faster, read better
 
 
 class Source:
     """Users, histories and a top-k function: from a bundle (ONNX Runtime) or an experiment (engine)."""
 
     def __init__(self, user_ids: list[str], item_ids: list[str], history: Callable[[int], np.ndarray],
-                 max_len: int, topk: TopK, device: str, trim: bool = False, chunk: int | None = None) -> None:
+                 max_len: int, topk: TopK, device: str, trim: bool = False, chunk: int | None = None,
+                 workers: int = 1) -> None:
         self.user_ids, self.item_ids, self.history = user_ids, item_ids, history
         self.max_len, self.topk, self.device, self.trim = max_len, topk, device, trim
         self.chunk = chunk  # users per topk call; None: sized by SCORE_BUDGET (the scorer holds [B, n_items])
+        self.workers = workers  # chunks scored at once, on threads (topk must be thread-safe when > 1)
 
     @classmethod
     def from_bundle(cls, root: str | os.PathLike[str], threads: int | None = None) -> Source:
@@ -50,12 +57,14 @@ class Source:
         if b.card["format"] == "torch":
             scorer: Any = TorchProgram(b.root / b.card["model_file"])
             runtime = "torch.export"
-        elif ENCODER_MODEL in b.card["files"]:  # the encoder and item-score graphs, numpy selection (topk.py)
-            scorer, runtime = EncoderTopK(b.root, len(b.item_ids), threads=threads), "onnxruntime+numpy"
-        else:  # a bundle from before encoder.onnx: the whole graph, TopK included
+        elif ITEM_CANDIDATES_MODEL in b.card["files"]:  # encoder + candidate graphs, numpy selection (topk.py)
+            workers = threads or cpu_count()
+            return cls(b.user_ids, b.item_ids, b.history, b.max_len, EncoderTopK(b.root, len(b.item_ids)).topk,
+                       f"onnxruntime+numpy cpu x{workers}", trim=b.trim, chunk=1024, workers=workers)
+        else:  # a bundle from before item_candidates.onnx: the whole graph, TopK included
             scorer, runtime = Scorer(b.root / b.card["model_file"], threads=threads), "onnxruntime"
         return cls(b.user_ids, b.item_ids, b.history, b.max_len, scorer.topk, f"{runtime} {scorer.device}",
-                   trim=b.trim, chunk=1024 if isinstance(scorer, EncoderTopK) else None)
+                   trim=b.trim)
 
     @classmethod
     def from_experiment(cls, experiment_dir: str | os.PathLike[str]) -> Source:
@@ -109,10 +118,42 @@ def read_users(spec: str, source: Source) -> np.ndarray:
     return np.asarray(out, dtype=np.int64)
 
 
+def cpu_count() -> int:
+    """The cores this process may use (a container's CPU set, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def chunks(users: np.ndarray, n_items: int, size: int | None = None) -> Iterator[np.ndarray]:
     size = size or int(np.clip(SCORE_BUDGET // max(n_items, 1), 64, 8192))
     for lo in range(0, len(users), size):
         yield users[lo: lo + size]
+
+
+Scored = tuple[np.ndarray, np.ndarray, np.ndarray]  # users [B], scores [B, k], item ids [B, k]
+
+
+def scored(source: Source, parts: Iterable[np.ndarray], k: int, exclude_seen: bool) -> Iterator[Scored]:
+    """Each chunk of users with its top-k, in order; ``source.workers`` chunks are scored at once and at
+    most one more waits, so memory stays a few chunks whatever the number of users."""
+    def score(part: np.ndarray) -> Scored:
+        items, seen = pad_batch([source.history(int(u)) for u in part], source.max_len, trim=source.trim)
+        scores, ids = source.topk(items, seen if exclude_seen else np.zeros((len(part), 1), np.int64), k)
+        return part, scores, ids
+
+    if source.workers <= 1:
+        yield from map(score, parts)
+        return
+    pool = ThreadPoolExecutor(source.workers, thread_name_prefix="predict")
+    pending: deque[Future[Scored]] = deque()
+    try:
+        for part in parts:
+            pending.append(pool.submit(score, part))
+            if len(pending) > source.workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _Writer:
@@ -137,10 +178,11 @@ class _Writer:
         else:
             import pyarrow.parquet as pq
 
-            # No dictionary pages: trying them on 50 distinct floats per user cost more than the scoring
-            # (benchmarks/predict_bench.py); zstd still packs the repeated user ids.
-            self.writer = pq.ParquetWriter(str(tmp), self.schema, compression="zstd", use_dictionary=False)
-        self.rows = 0
+            # Dictionary pages for the columns that repeat (ids, ranks), none for the scores: trying them on
+            # 50 distinct floats per user cost more than the scoring (benchmarks/predict_bench.py).
+            strings = [name for name, kind in fields if kind not in (pa.float32(), pa.list_(pa.float32()))]
+            self.writer = pq.ParquetWriter(str(tmp), self.schema, compression="zstd", use_dictionary=strings)
+        self.rows, self.buffered = 0, []
 
     def write(self, users: Any, scores: np.ndarray, ids: Any, item_ids: Any) -> None:
         """``users`` [B] raw ids (arrow), ``scores``/``ids`` [B, k]; -inf entries are dropped (a user with
@@ -165,10 +207,23 @@ class _Writer:
             rows = pa.array(np.repeat(np.arange(len(counts)), counts))
             cols = [users.take(rows), pa.array(rank), items, pa.array(vals)]
         table = pa.Table.from_arrays(cols, schema=self.schema)
-        self.writer.write_table(table) if not self.csv else self.writer.write(table)
         self.rows += table.num_rows
+        if self.csv:
+            self.writer.write(table)
+            return
+        self.buffered.append(table)
+        if sum(t.num_rows for t in self.buffered) >= ROW_GROUP_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.buffered:
+            table = self.pa.concat_tables(self.buffered)
+            self.writer.write_table(table, row_group_size=table.num_rows)
+            self.buffered = []
 
     def close(self) -> None:
+        if not self.csv:
+            self._flush()
         self.writer.close()
         with open(self.tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -197,12 +252,8 @@ def predict(source: Source, out: str | os.PathLike[str], *, users: str = "all", 
     bar = _progress(len(wanted)) if progress else None
     try:
         writer = _Writer(tmp, out, wide)
-        for part in chunks(wanted, len(source.item_ids), chunk_users or source.chunk):
-            hist = [source.history(int(u)) for u in part]
-            items, seen = pad_batch(hist, source.max_len, trim=source.trim)
-            if not exclude_seen:
-                seen = np.zeros((len(part), 1), dtype=np.int64)
-            scores, ids = source.topk(items, seen, k)
+        parts = chunks(wanted, len(source.item_ids), chunk_users or source.chunk)
+        for part, scores, ids in scored(source, parts, k, exclude_seen):
             writer.write(user_ids.take(pa.array(part)), scores, ids, item_ids)
             if bar is not None:
                 bar[0].update(bar[1], advance=len(part))

@@ -1,140 +1,227 @@
-"""Exact top-k over a whole catalog with numpy: the scoring half of ``mlconnect predict``.
+"""Exact top-k over a whole catalog on the CPU: the scoring half of ``mlconnect predict --bundle``.
 
-The bundle's encoder graph gives one vector per user; the score of item ``i`` is ``u · w_i (+ b_i)``.
-Scoring is one BLAS matmul per block of users, sized so the block's score matrix stays in cache, and
-the selection reads that matrix once more instead of sorting it:
+The score of item ``i`` for user vector ``u`` is ``u · v_i`` (a bias rides as one more dimension). Most of
+the cost is that product for every item, so it is done twice, cheaply then exactly:
 
-- items are dealt into ``G`` groups of ``g`` by ``i % G`` (the score row viewed as ``[g, G]``), so one
-  ``max`` over the short axis, a contiguous SIMD reduction, gives every group's best score;
-- the k-th best group maximum is a floor under the top-k: those k maxima are k distinct items that
-  score at least that much, so the k-th best item does too. One comparison with the floor and a
-  ``flatnonzero`` find the items at or above it, typically k plus a few, which are sorted.
+1. **Candidates, in 8-bit integers** (``item_candidates.onnx`` under ONNX Runtime, whose int8 matmul is
+   about 3x its float32 one here): ``u`` and the item table are rounded to integers, ``S_i = q(u) · q(v_i)``.
+   The graph also ranks out the excluded items (padding, seen), takes the maximum of each group of
+   ``GROUP`` consecutive items, and the ``k`` best group maxima: those are ``k`` distinct items, so the
+   k-th of them is a floor under the k-th best approximate score.
+2. **A proven margin**: the rounding changes any score by at most ``E = |u|·R + |u - û|·M`` (Cauchy-Schwarz;
+   ``R`` the largest rounding error of an item vector, ``M`` the largest rounded item norm). An item of the
+   true top-k therefore has an approximate score of at least the floor minus ``2E``; every item that does
+   (typically a few hundred of tens of thousands) is a candidate.
+3. **Exact scores** (float32) for the candidates only, sorted: the top-k of those is the exact top-k.
 
-The result is the exact top-k of the float32 scores (tests compare it with a full sort), at a few
-passes over memory instead of a ``[B, n_items]`` TopK plus two full copies for the masks, which was
-about half of ONNX Runtime's time in the graph (benchmarks/predict_bench.py). Imports numpy only.
+Integers are 7-bit on the user side (-63..63) and 8-bit on the item side: no pair of products can
+saturate the 16-bit sums of x86's AVX2 kernel (2 * 127 * 127 < 32768), so the bound holds on every CPU.
+Tests compare the result with a full float32 sort. Imports numpy (and onnxruntime through bundle.Scorer).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-GROUP = 32           # items per group: g * k candidates per user; G = n_items / g maxima to partition
-BLOCK_FLOATS = 1 << 22  # one block's score matrix (16 MB): in L3 between the matmul and the selection
+GROUP = 32               # items per group: the graph's maxima are a [B, n_items / GROUP] table
+BLOCK_BYTES = 64 << 20    # one ONNX Runtime call's [B, n_items] int32 scores: in L2/L3 for the selection
+ITEM_LEVELS = 127        # item side: int8
+USER_LEVELS = 63         # user side: uint8 around USER_ZERO, 7 bits (see the docstring)
+USER_ZERO = 64
+MASKED = np.iinfo(np.int32).min
 
 
-def padded_table(table: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
-    """``[H (+1 with a bias), G * GROUP]`` float32: the item table transposed, zero-padded to whole groups,
-    the bias as one more input dimension (user vectors get a trailing 1: ``u · [w, b]``)."""
+def item_rows(table: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """``[whole groups of items, H (+1 with a bias)]`` float32: the item table zero-padded to whole groups,
+    the bias as one more dimension (user vectors get a trailing 1: ``u · [v, b]``)."""
     n, h = table.shape
-    extra = 0 if bias is None else 1
-    t = np.zeros((h + extra, -(-n // GROUP) * GROUP), dtype=np.float32)
-    t[:h, :n] = table.T
+    rows = np.zeros((-(-n // GROUP) * GROUP, h + (bias is not None)), dtype=np.float32)
+    rows[:n, :h] = table
     if bias is not None:
-        t[h, :n] = bias
-    return t
+        rows[:n, h] = bias
+    return rows
+
+
+def quantize_items(rows: np.ndarray) -> tuple[np.ndarray, float]:
+    """int8 items and their scale (``rows ≈ scale * q``). The one definition: export writes ``q`` into the
+    graph and the scorer derives its bound from the same call."""
+    peak = float(np.abs(rows).max(initial=0.0))
+    scale = peak / ITEM_LEVELS if peak > 0 else 1.0
+    return np.round(rows / scale).astype(np.int8), scale
+
+
+def candidates_graph(rows: np.ndarray) -> Any:
+    """The ONNX graph of step 1 (export writes it; needs the ``onnx`` package, unlike the rest of this module).
+
+    Inputs: ``user`` uint8 ``[B, D]``, ``k`` int64 ``[1]``. Outputs: ``scores`` int32 ``[B, n]``,
+    ``group_max`` int32 ``[B, n / GROUP]`` (the best score of each run of ``GROUP`` items) and
+    ``top_items`` int64 ``[B, k]``, the best item of each of the ``k`` groups with the best maxima."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    q, _ = quantize_items(rows)
+    width, dim = q.shape
+    const = [numpy_helper.from_array(np.ascontiguousarray(q.T), "items_q"),
+             numpy_helper.from_array(np.array(USER_ZERO, np.uint8), "user_zero"),
+             numpy_helper.from_array(np.array([0, width // GROUP, GROUP], np.int64), "grouped"),
+             numpy_helper.from_array(np.array([2], np.int64), "in_group"),
+             numpy_helper.from_array(np.array([-1], np.int64), "last_axis"),
+             numpy_helper.from_array(np.array(GROUP, np.int64), "group_size")]
+    nodes = [helper.make_node("MatMulInteger", ["user", "items_q", "user_zero"], ["scores"]),
+             helper.make_node("Reshape", ["scores", "grouped"], ["by_group"]),
+             helper.make_node("ReduceMax", ["by_group", "in_group"], ["group_max"], keepdims=0),
+             helper.make_node("TopK", ["group_max", "k"], ["top_max", "top_groups"]),
+             # The item each of those groups has its maximum at (the first, on ties).
+             helper.make_node("Unsqueeze", ["top_groups", "last_axis"], ["top_index"]),
+             helper.make_node("GatherND", ["by_group", "top_index"], ["top_scores"], batch_dims=1),
+             helper.make_node("ArgMax", ["top_scores"], ["top_slot"], axis=2, keepdims=0, select_last_index=0),
+             helper.make_node("Mul", ["top_groups", "group_size"], ["top_first"]),
+             helper.make_node("Add", ["top_first", "top_slot"], ["top_items"])]
+    graph = helper.make_graph(
+        nodes, "item_candidates",
+        [helper.make_tensor_value_info("user", TensorProto.UINT8, ["batch", dim]),
+         helper.make_tensor_value_info("k", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("scores", TensorProto.INT32, ["batch", width]),
+         helper.make_tensor_value_info("group_max", TensorProto.INT32, ["batch", width // GROUP]),
+         helper.make_tensor_value_info("top_items", TensorProto.INT64, ["batch", "k"])], const)
+    opsets = [helper.make_opsetid("", 18)]
+    # The IR version the opset needs, not this onnx package's newest: an older ONNX Runtime refuses a newer one.
+    return helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
+
+
+Candidates = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def run_candidates(scorer: Any) -> Candidates:
+    """The graph of :func:`candidates_graph` in a bundle.Scorer, as a function."""
+    def run(user: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        scores, group_max, top_items = scorer.session.run(None, {"user": user, "k": np.array([k], np.int64)})
+        return scores, group_max, top_items
+    return run
 
 
 class ItemTopK:
-    """Scores and exact top-k for user vectors against a fixed item table.
+    """Exact top-k of ``users @ rows.T`` (``rows`` from :func:`item_rows`; row 0 and the padded tail are
+    never ranked). ``candidates(user_u8, mask, k)`` runs the graph of :func:`candidates_graph`."""
 
-    ``matmul(users)`` returns the ``[B, G * GROUP]`` scores of ``n_items`` items (the padded tail and row 0,
-    padding, are never ranked): a bundle's ``item_scores.onnx`` under ONNX Runtime, whose single-threaded
-    sgemm is about twice numpy's here, or numpy (:meth:`from_table`). ``workers`` > 1 runs blocks of users
-    on that many threads (ONNX Runtime and numpy release the GIL in every step).
-    """
-
-    def __init__(self, n_items: int, matmul: Callable[[np.ndarray], np.ndarray], workers: int = 1) -> None:
-        self.n_items, self.matmul = n_items, matmul
-        self.groups = -(-n_items // GROUP)
-        self.block = max(8, BLOCK_FLOATS // (self.groups * GROUP))
-        self.workers = max(1, workers)
-        self.pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
+    def __init__(self, rows: np.ndarray, n_items: int, candidates: Candidates) -> None:
+        self.rows, self.n_items, self.candidates = rows, n_items, candidates
+        q, scale = quantize_items(rows)
+        rounded = q.astype(np.float64) * scale
+        self.scale = scale
+        self.rounding = float(np.sqrt(((rows - rounded) ** 2).sum(1)).max())  # R
+        self.reach = float(np.sqrt((rounded ** 2).sum(1)).max())              # M
+        self.norm = float(np.sqrt((rows.astype(np.float64) ** 2).sum(1)).max())
+        self.groups = len(rows) // GROUP
+        self.block = int(np.clip(BLOCK_BYTES // (4 * len(rows)), 4, 256))
+        self.counted = [0, 0]  # users, candidates scored exactly (benchmarks/predict_bench.py --profile)
+        # Never ranked: item 0 (padding) and the padded tail of the last group.
+        self.never = np.concatenate([[0], np.arange(n_items, len(rows))]).astype(np.int64)
 
     @classmethod
-    def from_table(cls, table: np.ndarray, bias: np.ndarray | None = None, workers: int = 1) -> ItemTopK:
-        """``table`` ``[n_items, H]`` (row 0 is padding), ``bias`` ``[n_items]`` or None; numpy scores."""
-        t = padded_table(table, bias)
+    def from_table(cls, table: np.ndarray, bias: np.ndarray | None = None) -> ItemTopK:
+        """From an item table (``[n_items, H]``, row 0 padding) with the graph built in memory (tests)."""
+        from mlconnect.deploy.bundle import Scorer
 
-        def matmul(users: np.ndarray) -> np.ndarray:
-            if bias is not None:
-                users = np.concatenate([users, np.ones((len(users), 1), dtype=np.float32)], axis=1)
-            return users @ t
-        return cls(len(table), matmul, workers)
+        rows = item_rows(table, bias)
+        return cls(rows, len(table), run_candidates(Scorer(candidates_graph(rows).SerializeToString(), threads=1,
+                                                           cpu=True)))
 
     def topk(self, users: np.ndarray, seen: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores [B, k] float32, item ids [B, k] int64), best first. ``seen`` [B, S] ids score -inf
-        (0 is padding); a row with fewer than k rankable items ends in -inf entries."""
-        users = np.asarray(users, dtype=np.float32)
+        """(scores [B, k] float32, item ids [B, k] int64), best first. ``seen`` [B, S] ids are never
+        ranked (0 is padding); a row with fewer than k rankable items ends in -inf entries."""
+        users = np.ascontiguousarray(users, dtype=np.float32)
         k = min(k, self.n_items)
-        b = len(users)
-        scores, ids = np.empty((b, k), dtype=np.float32), np.empty((b, k), dtype=np.int64)
-        spans = [(lo, min(lo + self.block, b)) for lo in range(0, b, self.block)]
+        out_s = np.full((len(users), k), -np.inf, dtype=np.float32)
+        out_i = np.zeros((len(users), k), dtype=np.int64)
+        if seen is None:
+            seen = np.zeros((len(users), 1), dtype=np.int64)
+        mask = np.concatenate([seen, np.broadcast_to(self.never, (len(users), len(self.never)))], axis=1)
+        for lo in range(0, len(users), self.block):
+            hi = min(lo + self.block, len(users))
+            self._block(users[lo:hi], seen.shape[1], mask[lo:hi], k, out_s[lo:hi], out_i[lo:hi])
+        return out_s, out_i
 
-        def one(span: tuple[int, int]) -> None:
-            lo, hi = span
-            s, i = self._block(users[lo:hi], None if seen is None else seen[lo:hi], k)
-            scores[lo:hi], ids[lo:hi] = s, i
+    def _block(self, u: np.ndarray, seen_width: int, mask: np.ndarray, k: int, out_s: np.ndarray,
+               out_i: np.ndarray) -> None:
+        n, big_g = len(u), self.groups
+        step = np.abs(u).max(axis=1) / USER_LEVELS
+        step[step == 0] = 1.0
+        q = np.round(u / step[:, None])
+        u64 = u.astype(np.float64)
+        error = (np.sqrt((u64 ** 2).sum(1)) * self.rounding
+                 + np.sqrt(((u64 - q * step[:, None]) ** 2).sum(1)) * self.reach)       # E, per user
+        # The best groups: k, plus as many as the excluded items can spoil (the seen ones, item 0's group
+        # and the padded tail's).
+        scores, group_max, top_items = self.candidates((q + USER_ZERO).astype(np.uint8),
+                                                       min(k + seen_width + 2, big_g))
+        np.put_along_axis(scores, mask, MASKED, axis=1)  # ranked out; group_max keeps them: more candidates
+        floor = self._floor(u, scores, mask[:, :seen_width], top_items, step * self.scale, error, k)
+        by_group = scores.reshape(n, big_g, GROUP)
+        # Candidate groups, then the candidates in them: row-major, so rows come out sorted, items ascending.
+        g_row, g_col = np.nonzero(group_max >= floor[:, None])
+        hits = np.flatnonzero(by_group[g_row, g_col] >= floor[g_row][:, None])
+        row = g_row[hits // GROUP]
+        item = g_col[hits // GROUP].astype(np.int64) * GROUP + hits % GROUP
+        exact = np.einsum("ij,ij->i", np.take(u, row, axis=0), np.take(self.rows, item, axis=0))
+        self.counted[0] += n
+        self.counted[1] += len(row)
+        # Each row's candidates side by side ([B, most candidates], -inf after its own), then a per-row sort.
+        counts = np.bincount(row, minlength=n)
+        rank = np.arange(len(row)) - np.repeat(np.cumsum(counts) - counts, counts)
+        width = max(int(counts.max(initial=0)), k)
+        s = np.full((n, width), -np.inf, dtype=np.float32)
+        ids = np.zeros((n, width), dtype=np.int64)
+        s[row, rank], ids[row, rank] = exact, item
+        order = np.argsort(-s, axis=1, kind="stable")[:, :k]  # ties: the lower item id first
+        out_s[:] = np.take_along_axis(s, order, 1)
+        out_i[:] = np.where(np.isfinite(out_s), np.take_along_axis(ids, order, 1), 0)
 
-        if self.pool is not None and len(spans) > 1:
-            list(self.pool.map(one, spans))
+    def _floor(self, u: np.ndarray, scores: np.ndarray, seen: np.ndarray, top_items: np.ndarray,
+               unit: np.ndarray, error: np.ndarray, k: int) -> np.ndarray:
+        """Per user, the integer score at or above which every item of the true top-k lies.
+
+        ``top_items``: the best item of each of the best groups, distinct items; the k-th best exact score
+        of the rankable ones, ``L``, is at most the true k-th best score. An item whose rounded score is
+        below ``L - E`` is below it exactly, so it is not in the top-k. ``unit``: one integer step of a
+        user's scores; ``error``: E. The slack covers float32 sums of D terms (D * 2^-23 * |u| * max |v|)
+        and the rounding to an integer. Fewer than k rankable items there: no floor."""
+        n, top = top_items.shape
+        if top < k:  # fewer groups than k (a tiny catalog): every rankable item is a candidate
+            return np.full(n, MASKED + 1, dtype=np.int32)
+        exact = np.einsum("btd,bd->bt", np.take(self.rows, top_items, axis=0), u)
+        if seen.shape[1] <= 64:  # excluded: padding, the padded tail, seen (compared: no reads of `scores`)
+            excluded = (top_items == 0) | (top_items >= self.n_items) | (top_items[:, :, None] == seen[:, None]).any(2)
         else:
-            for span in spans:
-                one(span)
-        return scores, ids
-
-    def _block(self, users: np.ndarray, seen: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
-        rows, g, big_g = len(users), GROUP, self.groups
-        width = g * big_g
-        s = self.matmul(users)                       # [rows, width]
-        s[:, self.n_items:] = -np.inf
-        s[:, 0] = -np.inf                            # padding, as the engine's full_scores
-        if seen is not None:
-            np.put_along_axis(s, seen, -np.inf, axis=1)
-        if k < big_g:
-            best = s.reshape(rows, g, big_g).max(axis=1)                   # [rows, G] group maxima
-            kth = np.partition(best, big_g - k, axis=1)[:, big_g - k]      # the k-th best: a floor under the top-k
-        else:                                                              # tiny catalogs: no floor
-            kth = np.full(rows, -np.inf, dtype=np.float32)
-        # Every item at or above its row's floor (at least k, typically k + a few): flat positions, then
-        # sorted by row and score, best first; the first k of each row are its top-k.
-        pos = np.flatnonzero(s >= kth[:, None])
-        row, item = np.divmod(pos, width)
-        val = s.reshape(-1)[pos]
-        order = np.lexsort((-val, row))
-        row, item, val = row[order], item[order], val[order]
-        rank = np.arange(len(row)) - np.searchsorted(row, np.arange(rows))[row]
-        keep = rank < k
-        scores = np.full((rows, k), -np.inf, dtype=np.float32)
-        ids = np.zeros((rows, k), dtype=np.int64)
-        scores[row[keep], rank[keep]] = val[keep]
-        ids[row[keep], rank[keep]] = item[keep]
-        return scores, ids
+            excluded = np.take_along_axis(scores, top_items, axis=1) == MASKED
+        exact[excluded] = -np.inf
+        least = np.partition(exact, top - k, axis=1)[:, top - k].astype(np.float64)
+        sums = u.shape[1] * 2.0 ** -23 * np.sqrt((u.astype(np.float64) ** 2).sum(1)) * self.norm
+        floor = np.floor((least - error - 2 * sums) / unit) - 1
+        return np.where(np.isfinite(floor), np.clip(floor, MASKED + 1, None), MASKED + 1).astype(np.int32)
 
 
 class EncoderTopK:
-    """A bundle's ``encoder.onnx`` (histories -> user vectors) and ``item_scores.onnx`` (user vectors ->
-    scores) under ONNX Runtime, selected by :class:`ItemTopK`: ``topk(items, seen, k)`` with the
-    interface of bundle.Scorer."""
+    """A bundle's ``encoder.onnx`` (histories -> user vectors), ``item_candidates.onnx`` and
+    ``item_table.npy`` under ONNX Runtime and numpy: ``topk(items, seen, k)`` with the interface of
+    bundle.Scorer. Thread-safe: predict runs one chunk of users per core on it."""
 
-    def __init__(self, root: Path, n_items: int, threads: int | None = None) -> None:
-        from mlconnect.deploy.bundle import ENCODER_MODEL, ITEM_SCORES_MODEL, Scorer
+    def __init__(self, root: Path, n_items: int, threads: int | None = 1) -> None:
+        from mlconnect.deploy.bundle import ENCODER_MODEL, ITEM_CANDIDATES_MODEL, ITEM_TABLE, Scorer
 
-        threads = threads or os.cpu_count() or 1
-        # No spinning: the encoder's idle pool threads would busy-wait on the cores the item blocks need
-        # (1,500-1,600 -> 1,800-2,000 users/s on the benchmark, A/B alternated, load ~10).
         self.encoder = Scorer(root / ENCODER_MODEL, threads=threads, spin=False)
         self.device = self.encoder.device
-        scores = Scorer(root / ITEM_SCORES_MODEL, threads=1)  # one thread per block, blocks on `threads` workers
-        self.items = ItemTopK(n_items, lambda u: scores.session.run(["scores"], {"user": u})[0], workers=threads)
+        # The integer graph stays on the CPU (CUDA has no MatMulInteger for uint8 x int8).
+        candidates = Scorer(root / ITEM_CANDIDATES_MODEL, threads=1, cpu=True)
+        rows = np.load(root / ITEM_TABLE, allow_pickle=False)
+        self.items = ItemTopK(rows, n_items, run_candidates(candidates))
 
     def user_vectors(self, items: np.ndarray) -> np.ndarray:
         return self.encoder.session.run(["user"], {"items": items})[0]
 
     def topk(self, items: np.ndarray, seen: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self.items.topk(self.user_vectors(items), seen, k)
+

@@ -33,5 +33,12 @@ class SASRec(SequentialRecommender):
         x = self.dropout(self.norm(self.item_embedding(items) + self.position_embedding(pos)))
         return self.encoder(x, causal=True)
 
+    def last_hidden(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        # Right padding and causal attention: the last real position sees every real item, and only its
+        # output is read, so the last layer runs there alone (the engine's scoring and the export alike).
+        pos = torch.arange(items.shape[1], device=items.device)
+        x = self.dropout(self.norm(self.item_embedding(items) + self.position_embedding(pos)))
+        return self.encoder.forward_at(x, (lengths - 1).clamp(min=0), causal=True)
+
     def item_table(self) -> torch.Tensor:
         return self.item_embedding.weight
