@@ -103,8 +103,8 @@ _GRAPH = ("import mlconnect.deploy.predict as p\n"  # predict through the whole 
           "from mlconnect.deploy.bundle import Bundle, Scorer\n"
           "def whole(root, threads=None):\n"
           "    b = Bundle.load(root); sc = Scorer(b.root / b.card['model_file'], threads=threads)\n"
-          "    return p.Source(b.user_ids, b.item_ids, b.history, b.max_len, sc.topk, 'onnxruntime graph',\n"
-          "                    trim=b.trim)\n"
+          "    return p.Source(b.user_ids, b.item_ids, b.batch, b.lengths, sc.topk, 'onnxruntime graph',\n"
+          "                    ordered=b.trim)\n"
           "p.Source.from_bundle = classmethod(lambda cls, root, threads=None: whole(root, threads))\n")
 
 
@@ -115,13 +115,13 @@ def profile(bundle: Path, k: int, n: int = 8192) -> None:
     import pyarrow as pa
 
     from mlconnect.deploy import topk
-    from mlconnect.deploy.bundle import Bundle, pad_batch
+    from mlconnect.deploy.bundle import Bundle
     from mlconnect.deploy.predict import _Writer
 
     b = Bundle.load(bundle)
     scorer = topk.EncoderTopK(b.root, len(b.item_ids))
     it, users = scorer.items, np.arange(1, min(n, b.n_users - 1) + 1)
-    users = users[np.argsort([len(b.history(int(u))) for u in users], kind="stable")]  # as predict orders them
+    users = users[np.argsort(b.lengths(users), kind="stable")]  # as predict orders them
     t = dict.fromkeys(("histories", "encoder", "integer pass (ONNX Runtime)", "floor, candidates, exact top-k",
                        "Parquet"), 0.0)
     integer_pass = it.candidates
@@ -138,7 +138,7 @@ def profile(bundle: Path, k: int, n: int = 8192) -> None:
     for lo in range(0, len(users), 1024):
         part = users[lo: lo + 1024]
         c = [time.perf_counter()]
-        items, _ = pad_batch([b.history(int(u)) for u in part], b.max_len, trim=True)
+        items, _ = b.batch(part)
         c.append(time.perf_counter())
         vecs = scorer.user_vectors(items)
         c.append(time.perf_counter())

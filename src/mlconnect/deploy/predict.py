@@ -36,6 +36,8 @@ from mlconnect.errors import UsageError
 from mlconnect.fileio import fsync_dir
 
 TopK = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+Batch = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # internal users -> pad_batch's (items, seen)
+Lengths = Callable[[np.ndarray], np.ndarray]                   # internal users -> history lengths
 SCORE_BUDGET = 1 << 24  # floats in one chunk's [users, items] score matrix (64 MB)
 ROW_GROUP_ROWS = 1 << 19  # rows per Parquet row group: fewer, larger groups write ~2x faster, read better
 
@@ -43,11 +45,11 @@ ROW_GROUP_ROWS = 1 << 19  # rows per Parquet row group: fewer, larger groups wri
 class Source:
     """Users, histories and a top-k function: from a bundle (ONNX Runtime) or an experiment (engine)."""
 
-    def __init__(self, user_ids: list[str], item_ids: list[str], history: Callable[[int], np.ndarray],
-                 max_len: int, topk: TopK, device: str, trim: bool = False, chunk: int | None = None,
-                 workers: int = 1) -> None:
-        self.user_ids, self.item_ids, self.history = user_ids, item_ids, history
-        self.max_len, self.topk, self.device, self.trim = max_len, topk, device, trim
+    def __init__(self, user_ids: list[str], item_ids: list[str], batch: Batch, lengths: Lengths, topk: TopK,
+                 device: str, ordered: bool = False, chunk: int | None = None, workers: int = 1) -> None:
+        self.user_ids, self.item_ids, self.batch, self.lengths = user_ids, item_ids, batch, lengths
+        self.topk, self.device = topk, device
+        self.ordered = ordered  # the scorer takes any history length: users go in order of length (less padding)
         self.chunk = chunk  # users per topk call; None: sized by SCORE_BUDGET (the scorer holds [B, n_items])
         self.workers = workers  # chunks scored at once, on threads (topk must be thread-safe when > 1)
 
@@ -59,12 +61,12 @@ class Source:
             runtime = "torch.export"
         elif ITEM_CANDIDATES_MODEL in b.card["files"]:  # encoder + candidate graphs, numpy selection (topk.py)
             workers = threads or cpu_count()
-            return cls(b.user_ids, b.item_ids, b.history, b.max_len, EncoderTopK(b.root, len(b.item_ids)).topk,
-                       f"onnxruntime+numpy cpu x{workers}", trim=b.trim, chunk=1024, workers=workers)
+            return cls(b.user_ids, b.item_ids, b.batch, b.lengths, EncoderTopK(b.root, len(b.item_ids)).topk,
+                       f"onnxruntime+numpy cpu x{workers}", ordered=b.trim, chunk=1024, workers=workers)
         else:  # a bundle from before item_candidates.onnx: the whole graph, TopK included
             scorer, runtime = Scorer(b.root / b.card["model_file"], threads=threads), "onnxruntime"
-        return cls(b.user_ids, b.item_ids, b.history, b.max_len, scorer.topk, f"{runtime} {scorer.device}",
-                   trim=b.trim)
+        return cls(b.user_ids, b.item_ids, b.batch, b.lengths, scorer.topk, f"{runtime} {scorer.device}",
+                   ordered=b.trim)
 
     @classmethod
     def from_experiment(cls, experiment_dir: str | os.PathLike[str]) -> Source:
@@ -86,8 +88,9 @@ class Source:
 
         # trim: right padding past the longest history in a chunk changes no model's answer (export checks
         # the same for the traced graphs); it cut predict's encoder cost ~8x on 5-item histories.
-        return cls(rec.user_ids, rec.item_ids, lambda u: np.asarray(hist[u], dtype=np.int64), rec.max_len,
-                   topk, f"torch {device}", trim=True)
+        return cls(rec.user_ids, rec.item_ids, lambda us: pad_batch([hist[u] for u in us], rec.max_len, trim=True),
+                   lambda us: np.array([len(hist[u]) for u in us], dtype=np.int64), topk, f"torch {device}",
+                   ordered=True)
 
 
 def read_users(spec: str, source: Source) -> np.ndarray:
@@ -136,7 +139,7 @@ def scored(source: Source, parts: Iterable[np.ndarray], k: int, exclude_seen: bo
     """Each chunk of users with its top-k, in order; ``source.workers`` chunks are scored at once and at
     most one more waits, so memory stays a few chunks whatever the number of users."""
     def score(part: np.ndarray) -> Scored:
-        items, seen = pad_batch([source.history(int(u)) for u in part], source.max_len, trim=source.trim)
+        items, seen = source.batch(part)
         scores, ids = source.topk(items, seen if exclude_seen else np.zeros((len(part), 1), np.int64), k)
         return part, scores, ids
 
@@ -243,8 +246,8 @@ def predict(source: Source, out: str | os.PathLike[str], *, users: str = "all", 
     if not 1 <= k <= len(source.item_ids) - 1:
         raise UsageError(f"--k {k} is out of range", f"use 1..{len(source.item_ids) - 1} (the number of items)")
     wanted = read_users(users, source)
-    if source.trim:  # similar lengths share a chunk, so most chunks are padded to far less than max_len
-        wanted = wanted[np.argsort([len(source.history(int(u))) for u in wanted], kind="stable")]
+    if source.ordered:  # similar lengths share a chunk, so most chunks are padded to far less than max_len
+        wanted = wanted[np.argsort(source.lengths(wanted), kind="stable")]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     item_ids, user_ids = pa.array(source.item_ids), pa.array(source.user_ids)
