@@ -275,6 +275,12 @@ def test_predict_long_wide_csv_and_exclude_seen(base: Path, tmp_path: Path) -> N
         assert not set(items) & seen[u]
         assert all(a["score"] >= b["score"] for a, b in zip(recs, recs[1:]))
 
+    # Chunks scored on two threads at once, written in order: the same table, row for row.
+    two = Source.from_bundle(deploy.bundle(base, "SASRec"), threads=2)
+    assert two.workers == 2
+    predict(two, tmp_path / "two.parquet", k=25, exclude_seen=True, chunk_users=16, progress=False)
+    assert pq.read_table(tmp_path / "two.parquet").equals(t)
+
     # The experiment (engine) and the bundle (ONNX Runtime) write the same table.
     predict(Source.from_experiment(deploy.trained(base, "SASRec")), tmp_path / "eng.parquet", k=25,
             exclude_seen=True, progress=False)

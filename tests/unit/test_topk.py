@@ -100,3 +100,16 @@ def test_rows_with_fewer_rankable_items_than_k_end_in_minus_inf() -> None:
     scores, ids = ItemTopK.from_table(table).topk(np.ones((2, 4), np.float32), np.array([[1, 2], [0, 0]]), 3)
     assert np.isneginf(scores[0, 1:]).all() and ids[0, 0] == 3  # items 1, 2 seen; 0 is padding
     assert np.isfinite(scores[1]).all() and set(ids[1].tolist()) == {1, 2, 3}
+
+
+def test_a_long_seen_list_is_ranked_out_too() -> None:
+    """More than 64 seen items per row take the other exclusion check (a read of the integer scores)."""
+    rng = np.random.default_rng(11)
+    n_items = 3_000
+    table = rng.standard_normal((n_items, 12)).astype(np.float32)
+    users = rng.standard_normal((40, 12)).astype(np.float32)
+    full = users @ table.T
+    seen = np.argsort(-full, axis=1)[:, :150]  # each user's 150 best items, all seen
+    seen[:3, 100:] = 0
+    got = ItemTopK.from_table(table).topk(users, seen, 30)
+    _check(got, _reference(users, table, None, seen), seen, 30, n_items)
