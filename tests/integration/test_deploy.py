@@ -275,11 +275,15 @@ def test_predict_long_wide_csv_and_exclude_seen(base: Path, tmp_path: Path) -> N
         assert not set(items) & seen[u]
         assert all(a["score"] >= b["score"] for a, b in zip(recs, recs[1:]))
 
-    # Chunks scored on two threads at once, written in order: the same table, row for row.
+    # Chunks scored on two threads at once, written in order: the same table, row for row (scores to float
+    # noise: other chunk sizes pad to other widths, and the matmuls sum in another order).
     two = Source.from_bundle(deploy.bundle(base, "SASRec"), threads=2)
     assert two.workers == 2
     predict(two, tmp_path / "two.parquet", k=25, exclude_seen=True, chunk_users=16, progress=False)
-    assert pq.read_table(tmp_path / "two.parquet").equals(t)
+    t2 = pq.read_table(tmp_path / "two.parquet")
+    for column in ("user_id", "rank", "item_id"):
+        assert t2.column(column).equals(t.column(column)), column
+    assert np.allclose(t2.column("score").to_numpy(), t.column("score").to_numpy(), rtol=0, atol=1e-5)
 
     # The experiment (engine) and the bundle (ONNX Runtime) write the same table.
     predict(Source.from_experiment(deploy.trained(base, "SASRec")), tmp_path / "eng.parquet", k=25,

@@ -8,9 +8,9 @@ import pytest
 from mlconnect.deploy.bundle import pad_batch, pad_ragged
 
 
-def _loop(histories: list[list[int]], max_len: int, trim: bool) -> tuple[np.ndarray, np.ndarray]:
+def _loop(histories: list[list[int]], max_len: int, trim: bool, slot: int = 1) -> tuple[np.ndarray, np.ndarray]:
     longest = max((len(h) for h in histories), default=1)
-    items = np.zeros((len(histories), min(max_len, longest + 1) if trim else max_len), dtype=np.int64)
+    items = np.zeros((len(histories), min(max_len, max(1, longest + slot)) if trim else max_len), dtype=np.int64)
     seen = np.zeros((len(histories), max(1, longest)), dtype=np.int64)
     for row, h in enumerate(histories):
         tail = h[-max_len:]
@@ -19,14 +19,14 @@ def _loop(histories: list[list[int]], max_len: int, trim: bool) -> tuple[np.ndar
     return items, seen
 
 
-@pytest.mark.parametrize("trim", [False, True])
-def test_pad_batch_equals_the_loop(trim: bool) -> None:
-    rng = np.random.default_rng(int(trim))
+@pytest.mark.parametrize(("trim", "slot"), [(False, 1), (True, 1), (True, 0)])
+def test_pad_batch_equals_the_loop(trim: bool, slot: int) -> None:
+    rng = np.random.default_rng(int(trim) + 2 * slot)
     cases = [[], [[]], [[], []], [[5]], [[1, 2, 3]] * 3]
     cases += [[list(rng.integers(1, 99, rng.integers(0, 15))) for _ in range(rng.integers(1, 7))] for _ in range(300)]
     for histories in cases:
         for max_len in (1, 3, 8, 20):
-            got, want = pad_batch(histories, max_len, trim), _loop(histories, max_len, trim)
+            got, want = pad_batch(histories, max_len, trim, slot), _loop(histories, max_len, trim, slot)
             for g, w in zip(got, want):
                 assert g.dtype == np.int64 and g.shape == w.shape and np.array_equal(g, w), (histories, max_len)
 

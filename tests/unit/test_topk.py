@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlconnect.deploy.topk import GROUP, ItemTopK, quantize_items
+from mlconnect.deploy.topk import GROUP, ItemTopK, best_first, quantize_items
 
 
 def _reference(users: np.ndarray, table: np.ndarray, bias: np.ndarray | None, seen: np.ndarray) -> np.ndarray:
@@ -113,3 +113,13 @@ def test_a_long_seen_list_is_ranked_out_too() -> None:
     seen[:3, 100:] = 0
     got = ItemTopK.from_table(table).topk(users, seen, 30)
     _check(got, _reference(users, table, None, seen), seen, 30, n_items)
+
+
+def test_best_first_is_the_stable_sort_under_heavy_ties() -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(500):
+        n, w = rng.integers(1, 6), rng.integers(1, 30)
+        k = int(rng.integers(1, w + 1))
+        s = rng.integers(-3, 4, (n, w)).astype(np.float32)  # few distinct values: ties everywhere
+        s[rng.random((n, w)) < 0.2] = -np.inf
+        assert np.array_equal(best_first(s, k), np.argsort(-s, axis=1, kind="stable")[:, :k])

@@ -108,6 +108,7 @@ class Bundle:
             json.loads(items_path.read_text(encoding="utf-8")) if items_path.is_file() else {})
         self.max_len = int(card["max_len"])
         self.trim = bool(card.get("dynamic_length"))  # see pad_batch
+        self.slot = int(card.get("length_slot", 1))    # positions past the longest history (BERT4Rec's mask)
 
     @classmethod
     def load(cls, root: str | os.PathLike[str], *, check: bool = True) -> Bundle:
@@ -133,32 +134,34 @@ class Bundle:
 
     def batch(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """:func:`pad_batch` of these internal users' histories, as the bundle's graphs take them."""
-        return pad_ragged(self.flat, self.offsets, users, self.max_len, self.trim)
+        return pad_ragged(self.flat, self.offsets, users, self.max_len, self.trim, self.slot)
 
 
 def pad_batch(histories: list[np.ndarray] | list[list[int]], max_len: int,
-              trim: bool = False) -> tuple[np.ndarray, np.ndarray]:
+              trim: bool = False, slot: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """The graph's two inputs: the last ``max_len`` ids right-padded (as the engine feeds them), and the
     whole history to rank last (``exclude_seen``), 0-padded; padding id 0 is never ranked anyway.
 
-    ``trim`` (a graph with a dynamic length): pad only to the longest history plus one instead of
+    ``trim`` (a graph with a dynamic length): pad only to the longest history plus ``slot`` instead of
     ``max_len``. Right padding is never attended to, so the answer is the same and short histories
-    cost a fraction of the compute (the +1 is BERT4Rec's mask slot after the last item).
+    cost a fraction of the compute (``slot`` 1 is BERT4Rec's mask position after the last item; the
+    bundle's card says which its model needs, ``length_slot``).
     """
     lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
     flat = (np.concatenate([np.asarray(h, dtype=np.int64) for h in histories]) if lengths.sum()
             else np.zeros(0, dtype=np.int64))
-    return pad_ragged(flat, np.concatenate([[0], np.cumsum(lengths)]), np.arange(len(histories)), max_len, trim)
+    return pad_ragged(flat, np.concatenate([[0], np.cumsum(lengths)]), np.arange(len(histories)), max_len, trim,
+                      slot)
 
 
 def pad_ragged(flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray, max_len: int,
-               trim: bool = False) -> tuple[np.ndarray, np.ndarray]:
+               trim: bool = False, slot: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """:func:`pad_batch` of the histories ``flat[offsets[r]:offsets[r + 1]]`` for each ``r`` in ``rows``,
     with array indexing rather than a Python loop per history (predict pads a million of them)."""
     start, end = offsets[rows], offsets[rows + 1]
     lengths = end - start
     longest = int(lengths.max()) if len(rows) else 1
-    width = min(max_len, longest + 1) if trim else max_len
+    width = min(max_len, max(1, longest + slot)) if trim else max_len
     tail = np.minimum(lengths, max_len)
     items = _gather(flat, (end - tail)[:, None] + np.arange(width), np.arange(width) < tail[:, None])
     seen_width = max(1, longest)

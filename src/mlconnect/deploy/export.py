@@ -188,7 +188,8 @@ def verify(rec: Recommender, root: Path, fmt: str, users: np.ndarray) -> dict[st
     """The exported program against the engine, read back from ``root`` as a consumer reads it."""
     # No card yet (it will record this result). ONNX graphs take any length up to max_len: check them
     # the way they are fed, trimmed to each chunk's longest history (see pad_batch).
-    bundle = Bundle(root, {"max_len": rec.max_len, "dynamic_length": fmt == "onnx"})
+    bundle = Bundle(root, {"max_len": rec.max_len, "dynamic_length": fmt == "onnx",
+                           "length_slot": rec.model.length_slot})
     run = _exported_runner(root, fmt)
     histories = sorted((bundle.history(int(u)) for u in users), key=len)  # chunks of every trimmed width
     k = min(VERIFY_K, len(bundle.item_ids) - 1)
@@ -197,7 +198,7 @@ def verify(rec: Recommender, root: Path, fmt: str, users: np.ndarray) -> dict[st
     parts: list[tuple[np.ndarray, ...]] = []
     for lo in range(0, len(histories), 256):
         chunk = histories[lo: lo + 256]
-        items, seen = pad_batch(chunk, bundle.max_len, trim=bundle.trim)
+        items, seen = pad_batch(chunk, bundle.max_len, trim=bundle.trim, slot=bundle.slot)
         parts.append((*engine_topk(rec, chunk, min(k + 5, len(bundle.item_ids) - 1)), *run(items, seen, k),
                       *(fast(items, seen, k) if fast else ())))
     es, ei, xs, xi, *fs = (np.concatenate([p[n] for p in parts]) for n in range(len(parts[0])))
@@ -222,7 +223,7 @@ def build_card(rec: Recommender, fmt: str, verification: dict[str, Any], files: 
     return {"format_version": FORMAT_VERSION, "format": fmt, "model_file": ONNX_MODEL if fmt == "onnx" else TORCH_MODEL,
             "experiment": rec.paths.name, "model": rec.info["model"], "dataset": rec.info["dataset"],
             "n_items": rec.info["n_items"], "n_users": len(rec.user_ids) - 1, "max_len": rec.max_len,
-            "dynamic_length": fmt == "onnx",
+            "dynamic_length": fmt == "onnx", "length_slot": rec.model.length_slot,
             "created": rec.info["created"], "metrics": rec.info["metrics"], "config": dict(rec.cfg.items()),
             "mlconnect_version": __version__, "git_commit": meta.get("git_commit") or _git_commit(),
             "torch_version": torch.__version__, "inputs": list(INPUTS), "outputs": list(OUTPUTS), "opset": OPSET,

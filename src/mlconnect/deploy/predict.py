@@ -88,7 +88,9 @@ class Source:
 
         # trim: right padding past the longest history in a chunk changes no model's answer (export checks
         # the same for the traced graphs); it cut predict's encoder cost ~8x on 5-item histories.
-        return cls(rec.user_ids, rec.item_ids, lambda us: pad_batch([hist[u] for u in us], rec.max_len, trim=True),
+        slot = rec.model.length_slot
+        return cls(rec.user_ids, rec.item_ids,
+                   lambda us: pad_batch([hist[u] for u in us], rec.max_len, trim=True, slot=slot),
                    lambda us: np.array([len(hist[u]) for u in us], dtype=np.int64), topk, f"torch {device}",
                    ordered=True)
 

@@ -55,7 +55,7 @@ class BundleRecommender:
         """Raw item ids in, ``[(item_id, score), ...]`` per history out (best first), like the engine."""
         index = self.bundle.item_index
         internal = [[index[str(i)] for i in h] for h in histories]
-        items, seen = pad_batch(internal, self.max_len, trim=self.bundle.trim)
+        items, seen = pad_batch(internal, self.max_len, trim=self.bundle.trim, slot=self.bundle.slot)
         if not exclude_seen:
             seen = np.zeros((len(internal), 1), dtype=np.int64)  # padding only: it scores -inf anyway
         k = min(k, len(self.item_ids) - 1)

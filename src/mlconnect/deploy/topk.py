@@ -162,10 +162,11 @@ class ItemTopK:
         floor = self._floor(u, scores, mask[:, :seen_width], top_items, step * self.scale, error, k)
         by_group = scores.reshape(n, big_g, GROUP)
         # Candidate groups, then the candidates in them: row-major, so rows come out sorted, items ascending.
-        g_row, g_col = np.nonzero(group_max >= floor[:, None])
-        hits = np.flatnonzero(by_group[g_row, g_col] >= floor[g_row][:, None])
+        groups = np.flatnonzero(group_max >= floor[:, None])                       # row * G + group
+        g_row = groups // big_g
+        hits = np.flatnonzero(np.take(by_group.reshape(-1, GROUP), groups, axis=0) >= floor[g_row][:, None])
         row = g_row[hits // GROUP]
-        item = g_col[hits // GROUP].astype(np.int64) * GROUP + hits % GROUP
+        item = (groups[hits // GROUP] - row * big_g) * GROUP + hits % GROUP
         exact = np.einsum("ij,ij->i", np.take(u, row, axis=0), np.take(self.rows, item, axis=0))
         self.counted[0] += n
         self.counted[1] += len(row)
@@ -176,7 +177,7 @@ class ItemTopK:
         s = np.full((n, width), -np.inf, dtype=np.float32)
         ids = np.zeros((n, width), dtype=np.int64)
         s[row, rank], ids[row, rank] = exact, item
-        order = np.argsort(-s, axis=1, kind="stable")[:, :k]  # ties: the lower item id first
+        order = best_first(s, k)
         out_s[:] = np.take_along_axis(s, order, 1)
         out_i[:] = np.where(np.isfinite(out_s), np.take_along_axis(ids, order, 1), 0)
 
@@ -202,6 +203,20 @@ class ItemTopK:
         sums = u.shape[1] * 2.0 ** -23 * np.sqrt((u.astype(np.float64) ** 2).sum(1)) * self.norm
         floor = np.floor((least - error - 2 * sums) / unit) - 1
         return np.where(np.isfinite(floor), np.clip(floor, MASKED + 1, None), MASKED + 1).astype(np.int32)
+
+
+def best_first(s: np.ndarray, k: int) -> np.ndarray:
+    """Column positions of each row's k largest values, best first; equal values in column order (the
+    stable sort's answer, from a partition plus a sort of k: the full sort of every candidate cost more)."""
+    part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+    values = np.take_along_axis(s, part, 1)
+    order = np.take_along_axis(part, np.lexsort((part, -values), axis=1), 1)
+    # A tie across the k-th place (or fewer than k finite values) is where a partition may pick other
+    # columns than the stable sort: those rows are sorted whole.
+    tied = (s >= values.min(axis=1, keepdims=True)).sum(axis=1) > k
+    if tied.any():
+        order[tied] = np.argsort(-s[tied], axis=1, kind="stable")[:, :k]
+    return order
 
 
 class EncoderTopK:

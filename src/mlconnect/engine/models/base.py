@@ -18,6 +18,9 @@ class SequentialRecommender(nn.Module):
     """Base class: subclasses implement ``encode`` and ``item_table``."""
 
     n_items: int  # embedding rows for real items, padding (0) included
+    # Positions scoring needs past a history's last item (BERT4Rec reads out at a mask token there): how
+    # far predict and the bundle may trim right padding (deploy.bundle.pad_batch).
+    length_slot = 0
     loss_options = LossOptions()  # build_model sets the config's (gbce_t, loss_chunk_size, ...)
 
     def encode(self, items: torch.Tensor) -> torch.Tensor:

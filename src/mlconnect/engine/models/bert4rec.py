@@ -18,6 +18,7 @@ from mlconnect.engine.models.transformer import ACTIVATIONS, encoder_from
 
 
 class BERT4Rec(SequentialRecommender):
+    length_slot = 1  # the mask token after the last item
     def __init__(self, cfg: Mapping[str, Any], n_items: int) -> None:
         super().__init__()
         h = cfg["hidden_size"]
