@@ -40,7 +40,7 @@ def main() -> None:
         out = exp.parent / f"{exp.name}-bundle"
         if not (exp / "checkpoints" / "best.pt").is_file():
             subprocess.run([sys.executable, "-m", "mlconnect", "train", "--config", str(REPO / "configs" / cfg),
-                            "--experiment", str(exp), "--data-path", str(datasets_dir()), "--set", "epochs=1"],
+                            "--experiment", exp.name, "--data-path", str(datasets_dir()), "--set", "epochs=1"],
                            check=True, cwd=REPO, stdout=subprocess.DEVNULL)
         t = time.perf_counter()
         if not (out / "card.json").is_file():
@@ -63,11 +63,14 @@ def main() -> None:
                      (out / "model.onnx").stat().st_size / 2**20))
         print(f"{model}: {same}/{total} identical", file=sys.stderr)
     print("\n`mlconnect export` on ml-100k, 1-epoch models (configs/*.yaml), top-10 for every user\n")
-    print("| model | users | export's own check (ids identical, max score diff) | independent: identical lists "
-          "(with and without exclude_seen) | max score diff | export s | model.onnx MB |")
-    print("|---|---:|---|---:|---:|---:|---:|")
+    print("| model | users | export's own check (ids identical, max score diff) | predict's path (same check) "
+          "| independent: identical lists (with and without exclude_seen) | max score diff | export s "
+          "| model.onnx MB |")
+    print("|---|---:|---|---|---:|---:|---:|---:|")
     for model, n, v, same, total, worst, took, mb in rows:
+        p = v.get("predict_path", {})
         print(f"| {model} | {n} | {v['users']} users, {v['identical_ids']}, {v['max_abs_score_diff']:.1e} | "
+              f"{p.get('users')} users, {p.get('identical_ids')}, {p.get('max_abs_score_diff', float('nan')):.1e} | "
               f"{same}/{total} | {worst:.1e} | {took:.1f} | {mb:.2f} |")
 
 

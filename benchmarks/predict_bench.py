@@ -43,7 +43,7 @@ def ensure(args: argparse.Namespace) -> tuple[Path, Path]:
         t = time.perf_counter()
         if args.train:
             subprocess.run([sys.executable, "-m", "mlconnect", "train", "--model", "SASRec", "--dataset", name,
-                            "--data-path", str(data), "--experiment", str(exp), "--set", "epochs=1",
+                            "--data-path", str(data), "--experiment", exp.name, "--set", "epochs=1",
                             "--set", "MAX_ITEM_LIST_LENGTH=50", "--set", "sampled_negatives=256"],
                            check=True, cwd=REPO, stdout=subprocess.DEVNULL)
         else:

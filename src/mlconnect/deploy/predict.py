@@ -60,9 +60,9 @@ class Source:
             scorer: Any = TorchProgram(b.root / b.card["model_file"])
             runtime = "torch.export"
         elif ITEM_CANDIDATES_MODEL in b.card["files"]:  # encoder + candidate graphs, numpy selection (topk.py)
-            workers = threads or cpu_count()
-            return cls(b.user_ids, b.item_ids, b.batch, b.lengths, EncoderTopK(b.root, len(b.item_ids)).topk,
-                       f"onnxruntime+numpy cpu x{workers}", ordered=b.trim, chunk=1024, workers=workers)
+            workers, scorer = threads or cpu_count(), EncoderTopK(b.root, len(b.item_ids))
+            return cls(b.user_ids, b.item_ids, b.batch, b.lengths, scorer.topk,
+                       f"onnxruntime+numpy {scorer.device} x{workers}", ordered=b.trim, chunk=1024, workers=workers)
         else:  # a bundle from before item_candidates.onnx: the whole graph, TopK included
             scorer, runtime = Scorer(b.root / b.card["model_file"], threads=threads), "onnxruntime"
         return cls(b.user_ids, b.item_ids, b.batch, b.lengths, scorer.topk, f"{runtime} {scorer.device}",

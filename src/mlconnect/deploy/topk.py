@@ -3,20 +3,22 @@
 The score of item ``i`` for user vector ``u`` is ``u · v_i`` (a bias rides as one more dimension). Most of
 the cost is that product for every item, so it is done twice, cheaply then exactly:
 
-1. **Candidates, in 8-bit integers** (``item_candidates.onnx`` under ONNX Runtime, whose int8 matmul is
-   about 3x its float32 one here): ``u`` and the item table are rounded to integers, ``S_i = q(u) · q(v_i)``.
-   The graph also ranks out the excluded items (padding, seen), takes the maximum of each group of
-   ``GROUP`` consecutive items, and the ``k`` best group maxima: those are ``k`` distinct items, so the
-   k-th of them is a floor under the k-th best approximate score.
-2. **A proven margin**: the rounding changes any score by at most ``E = |u|·R + |u - û|·M`` (Cauchy-Schwarz;
-   ``R`` the largest rounding error of an item vector, ``M`` the largest rounded item norm). An item of the
-   true top-k therefore has an approximate score of at least the floor minus ``2E``; every item that does
-   (typically a few hundred of tens of thousands) is a candidate.
+1. **Every item in 8-bit integers** (``item_candidates.onnx`` under ONNX Runtime, whose int8 matmul is
+   about 3x its float32 one here): ``u`` and the item table are rounded, ``S_i = q(u) · q(v_i)``, and the
+   graph also gives each group of ``GROUP`` consecutive items' maximum and the best item of each of the
+   best groups (distinct items, most of them among the true top-k).
+2. **A floor with a proven margin**: rounding moves any score by at most ``E = |u|·R + |u - û|·M``
+   (Cauchy-Schwarz on both sides; ``R`` the largest rounding error of an item vector, ``M`` the largest
+   rounded item norm). The exact scores of those best items give ``L``, at most the true k-th best
+   score; an item whose rounded score is below ``L - E`` cannot be in the top-k. Excluded items (padding,
+   seen) are ranked out in numpy, and the groups whose maximum reaches the floor are searched for the
+   items that do: about 100 candidates of a 45k-item catalog (benchmarks/predict_bench.py --profile).
 3. **Exact scores** (float32) for the candidates only, sorted: the top-k of those is the exact top-k.
 
 Integers are 7-bit on the user side (-63..63) and 8-bit on the item side: no pair of products can
 saturate the 16-bit sums of x86's AVX2 kernel (2 * 127 * 127 < 32768), so the bound holds on every CPU.
-Tests compare the result with a full float32 sort. Imports numpy (and onnxruntime through bundle.Scorer).
+Tests compare the result with a full float32 sort, near-ties and a coarse scale included. Imports numpy
+(and onnxruntime through bundle.Scorer; ``candidates_graph`` needs ``onnx``, which export has).
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from typing import Any
 import numpy as np
 
 GROUP = 32               # items per group: the graph's maxima are a [B, n_items / GROUP] table
-BLOCK_BYTES = 64 << 20    # one ONNX Runtime call's [B, n_items] int32 scores: in L2/L3 for the selection
+# Users per ONNX Runtime call, by the size of its [B, n_items] int32 scores: large calls measured fastest
+# end to end (4 MB: ~9.4k users/s, 64 MB: ~13.4k, same run; benchmarks/predict_bench.py), capped at 256.
+BLOCK_BYTES = 64 << 20
 ITEM_LEVELS = 127        # item side: int8
 USER_LEVELS = 63         # user side: uint8 around USER_ZERO, 7 bits (see the docstring)
 USER_ZERO = 64
@@ -105,7 +109,7 @@ def run_candidates(scorer: Any) -> Candidates:
 
 class ItemTopK:
     """Exact top-k of ``users @ rows.T`` (``rows`` from :func:`item_rows`; row 0 and the padded tail are
-    never ranked). ``candidates(user_u8, mask, k)`` runs the graph of :func:`candidates_graph`."""
+    never ranked). ``candidates(user_u8, k)`` runs the graph of :func:`candidates_graph`."""
 
     def __init__(self, rows: np.ndarray, n_items: int, candidates: Candidates) -> None:
         self.rows, self.n_items, self.candidates = rows, n_items, candidates
@@ -114,7 +118,7 @@ class ItemTopK:
         self.scale = scale
         self.rounding = float(np.sqrt(((rows - rounded) ** 2).sum(1)).max())  # R
         self.reach = float(np.sqrt((rounded ** 2).sum(1)).max())              # M
-        self.norm = float(np.sqrt((rows.astype(np.float64) ** 2).sum(1)).max())
+        self.norm = float(np.sqrt((rows.astype(np.float64) ** 2).sum(1)).max())  # for float32 sums' slack
         self.groups = len(rows) // GROUP
         self.block = int(np.clip(BLOCK_BYTES // (4 * len(rows)), 4, 256))
         self.counted = [0, 0]  # users, candidates scored exactly (benchmarks/predict_bench.py --profile)
