@@ -29,9 +29,10 @@ BASE = REPO / "experiments"
 
 
 def ensure(args: argparse.Namespace) -> tuple[Path, Path]:
-    tag = f"{args.users // 1000}k-{args.items // 1000}k"
+    size = f"{args.users // 1000}k-{args.items // 1000}k"
+    tag = size + ("-trained" if args.train else "")
     data, exp, bundle = BASE / "bench-predict-data", BASE / f"bench-predict-{tag}", BASE / f"bench-predict-{tag}-bundle"
-    name = f"synth-{tag}"
+    name = f"synth-{size}"
     if not (data / name / f"{name}.inter").is_file():
         from mlconnect.data.synth import generate  # the one place this benchmark reads the generator from
 
