@@ -189,7 +189,7 @@ class Scorer:
         if not spin:  # a server: idle pool threads must not busy-wait on the cores the event loop needs
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         wanted = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
-                  if p in ort.get_available_providers() and not (cpu and p != "CPUExecutionProvider")]
+                  if p in ort.get_available_providers() and (p == "CPUExecutionProvider" or not cpu)]
         try:
             source = model_path if isinstance(model_path, bytes) else str(model_path)
             self.session = ort.InferenceSession(source, opts, providers=wanted)

@@ -156,14 +156,14 @@ class ItemTopK:
         step[step == 0] = 1.0
         q = np.round(u / step[:, None])
         u64 = u.astype(np.float64)
-        error = (np.sqrt((u64 ** 2).sum(1)) * self.rounding
-                 + np.sqrt(((u64 - q * step[:, None]) ** 2).sum(1)) * self.reach)       # E, per user
+        length = np.sqrt((u64 ** 2).sum(1))                                            # |u|
+        error = length * self.rounding + np.sqrt(((u64 - q * step[:, None]) ** 2).sum(1)) * self.reach  # E
         # The best groups: k, plus as many as the excluded items can spoil (the seen ones, item 0's group
         # and the padded tail's).
         scores, group_max, top_items = self.candidates((q + USER_ZERO).astype(np.uint8),
                                                        min(k + seen_width + 2, big_g))
         np.put_along_axis(scores, mask, MASKED, axis=1)  # ranked out; group_max keeps them: more candidates
-        floor = self._floor(u, scores, mask[:, :seen_width], top_items, step * self.scale, error, k)
+        floor = self._floor(u, length, scores, mask[:, :seen_width], top_items, step * self.scale, error, k)
         by_group = scores.reshape(n, big_g, GROUP)
         # Candidate groups, then the candidates in them: row-major, so rows come out sorted, items ascending.
         groups = np.flatnonzero(group_max >= floor[:, None])                       # row * G + group
@@ -185,15 +185,16 @@ class ItemTopK:
         out_s[:] = np.take_along_axis(s, order, 1)
         out_i[:] = np.where(np.isfinite(out_s), np.take_along_axis(ids, order, 1), 0)
 
-    def _floor(self, u: np.ndarray, scores: np.ndarray, seen: np.ndarray, top_items: np.ndarray,
-               unit: np.ndarray, error: np.ndarray, k: int) -> np.ndarray:
+    def _floor(self, u: np.ndarray, length: np.ndarray, scores: np.ndarray, seen: np.ndarray,
+               top_items: np.ndarray, unit: np.ndarray, error: np.ndarray, k: int) -> np.ndarray:
         """Per user, the integer score at or above which every item of the true top-k lies.
 
         ``top_items``: the best item of each of the best groups, distinct items; the k-th best exact score
         of the rankable ones, ``L``, is at most the true k-th best score. An item whose rounded score is
         below ``L - E`` is below it exactly, so it is not in the top-k. ``unit``: one integer step of a
-        user's scores; ``error``: E. The slack covers float32 sums of D terms (D * 2^-23 * |u| * max |v|)
-        and the rounding to an integer. Fewer than k rankable items there: no floor."""
+        user's scores; ``length``: |u|; ``error``: E. The slack covers float32 sums of D terms
+        (D * 2^-23 * |u| * max |v|) and the rounding to an integer. Fewer than k rankable items there: no
+        floor."""
         n, top = top_items.shape
         if top < k:  # fewer groups than k (a tiny catalog): every rankable item is a candidate
             return np.full(n, MASKED + 1, dtype=np.int32)
@@ -204,7 +205,7 @@ class ItemTopK:
             excluded = np.take_along_axis(scores, top_items, axis=1) == MASKED
         exact[excluded] = -np.inf
         least = np.partition(exact, top - k, axis=1)[:, top - k].astype(np.float64)
-        sums = u.shape[1] * 2.0 ** -23 * np.sqrt((u.astype(np.float64) ** 2).sum(1)) * self.norm
+        sums = u.shape[1] * 2.0 ** -23 * length * self.norm
         floor = np.floor((least - error - 2 * sums) / unit) - 1
         return np.where(np.isfinite(floor), np.clip(floor, MASKED + 1, None), MASKED + 1).astype(np.int32)
 

@@ -28,17 +28,17 @@ class SASRec(SequentialRecommender):
         self.encoder = encoder_from(cfg)
         self.apply(lambda m: init_normal_(m, cfg["initializer_range"]))
 
-    def encode(self, items: torch.Tensor) -> torch.Tensor:
+    def embed(self, items: torch.Tensor) -> torch.Tensor:
         pos = torch.arange(items.shape[1], device=items.device)
-        x = self.dropout(self.norm(self.item_embedding(items) + self.position_embedding(pos)))
-        return self.encoder(x, causal=True)
+        return self.dropout(self.norm(self.item_embedding(items) + self.position_embedding(pos)))
+
+    def encode(self, items: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self.embed(items), causal=True)
 
     def last_hidden(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         # Right padding and causal attention: the last real position sees every real item, and only its
         # output is read, so the last layer runs there alone (the engine's scoring and the export alike).
-        pos = torch.arange(items.shape[1], device=items.device)
-        x = self.dropout(self.norm(self.item_embedding(items) + self.position_embedding(pos)))
-        return self.encoder.forward_at(x, (lengths - 1).clamp(min=0), causal=True)
+        return self.encoder.forward_at(self.embed(items), (lengths - 1).clamp(min=0), causal=True)
 
     def item_table(self) -> torch.Tensor:
         return self.item_embedding.weight
