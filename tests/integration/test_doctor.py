@@ -74,7 +74,10 @@ def test_doctor_passes_against_loopback_sshd_with_gpu_as_warn(box):
     assert "mlconnect 0" in checks["versions"]["detail"] or "mlconnect" in checks["versions"]["detail"]
     assert "comes from mlconnect sync" in checks["git"]["detail"]  # clean repo here, rsync copy there
     if not torch.cuda.is_available():
-        assert checks["gpu"]["status"] == "WARN" and "CUDA is not available" in checks["gpu"]["detail"]
+        # The loopback box shares this venv: a CPU-only build (CI's torch==2.13.0) or a CUDA build on a
+        # machine with no GPU (`make quickstart`'s default torch spec, then `make test`) each get their words.
+        said = "CUDA is not available" if torch.version.cuda is None else "build but sees no GPU"
+        assert checks["gpu"]["status"] == "WARN" and said in checks["gpu"]["detail"], checks["gpu"]
         assert checks["gpu"]["fix"]
     assert checks["nvidia-smi"]["status"] in ("PASS", "WARN")
     assert checks["ports"]["status"] in ("PASS", "WARN")
