@@ -59,12 +59,17 @@ class Source:
         if b.card["format"] == "torch":
             scorer: Any = TorchProgram(b.root / b.card["model_file"])
             runtime = "torch.export"
-        elif ITEM_CANDIDATES_MODEL in b.card["files"]:  # encoder + candidate graphs, numpy selection (topk.py)
-            workers, scorer = threads or cpu_count(), EncoderTopK(b.root, len(b.item_ids))
-            return cls(b.user_ids, b.item_ids, b.batch, b.lengths, scorer.topk,
-                       f"onnxruntime+numpy {scorer.device} x{workers}", ordered=b.trim, chunk=1024, workers=workers)
-        else:  # a bundle from before item_candidates.onnx: the whole graph, TopK included
-            scorer, runtime = Scorer(b.root / b.card["model_file"], threads=threads), "onnxruntime"
+        else:
+            # Bundles from before item_candidates.onnx have only the whole graph (scores for every item, TopK).
+            newer = ITEM_CANDIDATES_MODEL in b.card["files"]
+            scorer = _whole_graph_on_gpu(b, threads) if newer else Scorer(b.root / b.card["model_file"],
+                                                                           threads=threads)
+            if scorer is None:  # the CPU: encoder + candidate graphs, numpy selection (topk.py), a chunk per core
+                workers, items = threads or cpu_count(), EncoderTopK(b.root, len(b.item_ids))
+                return cls(b.user_ids, b.item_ids, b.batch, b.lengths, items.topk,
+                           f"onnxruntime+numpy {items.device} x{workers}", ordered=b.trim, chunk=1024,
+                           workers=workers)
+            runtime = "onnxruntime"
         return cls(b.user_ids, b.item_ids, b.batch, b.lengths, scorer.topk, f"{runtime} {scorer.device}",
                    ordered=b.trim)
 
@@ -93,6 +98,18 @@ class Source:
                    lambda us: pad_batch([hist[u] for u in us], rec.max_len, trim=True, slot=slot),
                    lambda us: np.array([len(hist[u]) for u in us], dtype=np.int64), topk, f"torch {device}",
                    ordered=True)
+
+
+def _whole_graph_on_gpu(b: Bundle, threads: int | None) -> Scorer | None:
+    """The whole graph (scores for every item, TopK) on CUDA when this onnxruntime has it: a GPU scores
+    every item faster than the CPU's integer pass prunes them. None on a CPU-only onnxruntime, or when CUDA
+    fails to load (Scorer then falls back to the CPU, where topk.py's path is the faster one)."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return None
+    scorer = Scorer(b.root / b.card["model_file"], threads=threads)
+    return scorer if scorer.device == "cuda" else None
 
 
 def read_users(spec: str, source: Source) -> np.ndarray:
