@@ -87,16 +87,24 @@ def test_overlapping_windows_give_every_target_long_context() -> None:
                 assert j + 1 >= 16
 
 
-def test_split_skips_users_without_enough_history(tmp_path: Path) -> None:
-    body = rows([("u1", "a", 1, 1), ("u1", "b", 1, 2), ("u1", "c", 1, 3), ("u1", "d", 1, 4), ("u2", "a", 1, 1),
-                 ("u2", "b", 1, 2)])
+def test_split_gives_short_histories_recboles_rows(tmp_path: Path) -> None:
+    """RecBole keeps min(2, rows - 1) of a user's n - 1 augmented rows for evaluation: 4 interactions give
+    valid and test, 3 a test row only (its input: the first two), 2 a training row only."""
+    body = rows([("u1", "a", 1, 1), ("u1", "b", 1, 2), ("u1", "c", 1, 3), ("u1", "d", 1, 4),
+                 ("u2", "a", 1, 1), ("u2", "b", 1, 2), ("u2", "c", 1, 3),
+                 ("u3", "a", 1, 1), ("u3", "b", 1, 2)])
     ds = load_dataset(cfg_for(write(tmp_path, body)))
     sp = split_leave_one_out(ds, 50)
+    item = {c: ds.item_ids.index(c) for c in "abcd"}
     users, x, target = sp.eval_inputs("test")
     assert [ds.user_ids[u] for u in users] == ["u1", "u2"]
-    v_users, vx, _ = sp.eval_inputs("valid")
+    assert x[0, :4].tolist() == [item[c] for c in "abc"] + [0] and target[0] == item["d"]
+    assert x[1, :3].tolist() == [item["a"], item["b"], 0] and target[1] == item["c"]
+    v_users, vx, v_target = sp.eval_inputs("valid")
     assert [ds.user_ids[u] for u in v_users] == ["u1"]
-    assert x[0, :3].tolist() == [ds.item_ids.index(c) for c in "abc"]
+    assert vx[0, :3].tolist() == [item["a"], item["b"], 0] and v_target[0] == item["c"]
+    train = {ds.user_ids[u]: [ds.item_ids[i] for i in sp.train[u]] for u in range(1, ds.n_users + 1)}
+    assert train == {"u1": ["a", "b"], "u2": ["a", "b"], "u3": ["a", "b"]}
 
 
 @pytest.mark.parametrize("header,body,needle", [

@@ -171,8 +171,8 @@ class Split:
     """RecBole's LS valid_and_test split, per user (arrays of internal item ids).
 
     ``train[u]`` is the whole training sequence; the valid input is its last ``max_len`` items and
-    the test input the last ``max_len`` items of ``train[u] + [valid[u]]``. Users with fewer than
-    three interactions are skipped for evaluation (RecBole gives them no valid/test row).
+    the test input the last ``max_len`` items of ``train[u] + [valid[u]]``. As in RecBole, a user needs
+    four interactions for a valid row and three for a test row; fewer only train.
     ``train`` is a view into the dataset's flat array: the valid target follows it there.
     """
 
@@ -207,13 +207,14 @@ def split_leave_one_out(ds: Dataset, max_len: int) -> Split:
     """Last item -> test, second to last -> valid, the rest -> train (the first item is never a target)."""
     seqs = Ragged.from_list(ds.sequences)
     n_rows = seqs.lengths - 1
-    # RecBole's augmentation gives a user with n interactions n-1 target rows; leave-one-out takes
-    # the last row as test and the one before as valid, when there are enough rows.
-    train_len = np.where(n_rows >= 2, seqs.lengths - 2, np.where(n_rows == 1, seqs.lengths - 1, seqs.lengths))
+    # RecBole's augmentation gives a user with n interactions n-1 target rows; its leave-one-out keeps
+    # min(2, rows - 1) of them for evaluation (Dataset._split_index_by_leave_one_out): 3+ rows give a valid
+    # and a test row, 2 rows a test row only, 1 row a training row only.
+    train_len = np.where(n_rows >= 3, seqs.lengths - 2, np.where(n_rows == 2, seqs.lengths - 1, seqs.lengths))
     last = seqs.starts + seqs.lengths - 1
     flat = seqs.flat
-    valid_t = np.where(n_rows >= 2, flat[np.clip(last - 1, 0, None)] if len(flat) else 0, 0).astype(np.int64)
-    test_t = np.where(n_rows >= 1, flat[np.clip(last, 0, None)] if len(flat) else 0, 0).astype(np.int64)
+    valid_t = np.where(n_rows >= 3, flat[np.clip(last - 1, 0, None)] if len(flat) else 0, 0).astype(np.int64)
+    test_t = np.where(n_rows >= 2, flat[np.clip(last, 0, None)] if len(flat) else 0, 0).astype(np.int64)
     return Split(train=Ragged(flat, seqs.starts, train_len), valid_target=valid_t, test_target=test_t,
                  max_len=max_len)
 
