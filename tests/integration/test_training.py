@@ -21,7 +21,7 @@ from mlconnect.engine.data import load_dataset, split_leave_one_out
 from mlconnect.engine.inference import Recommender
 from mlconnect.engine.metrics import MetricAccumulator
 from mlconnect.engine.trainer import train
-from mlconnect.errors import ExperimentError
+from mlconnect.errors import ExperimentError, MlconnectError
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -185,3 +185,17 @@ def test_quickstart_falls_back_to_synthetic_offline(tmp_path: Path) -> None:
     assert "ndcg@10" in proc.stdout and "mlconnect tensorboard qs" in proc.stdout
     results = json.loads((tmp_path / "experiments" / "qs" / "results" / "metrics.json").read_text())
     assert results["dataset"] == "synthetic" and results["epochs"] == 1
+
+
+def test_no_user_with_a_valid_target_is_one_error_before_training(tmp_path: Path) -> None:
+    """Every user with 3 interactions: RecBole's split gives them train and test targets but no valid one,
+    so no epoch could be chosen as the best; the run refuses at once instead of keeping epoch 1."""
+    d = tmp_path / "three"
+    d.mkdir()
+    body = "".join(f"u{u}\ti{(u + j) % 7}\t{j}\n" for u in range(30) for j in range(3))
+    (d / "three.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n" + body)
+    cfg = load_config(None, {"data_path": str(tmp_path), "dataset": "three", "epochs": 1, "hidden_size": 16,
+                             "num_threads": 1, "load_col": {"inter": ["user_id", "item_id", "timestamp"]}})
+    with pytest.raises(MlconnectError, match="has no user with a valid target") as err:
+        train(cfg, tmp_path / "exp")
+    assert "4 interactions" in err.value.hint

@@ -82,9 +82,13 @@ class Trainer:
         # BERT4Rec reads whole windows both ways, so its windows never overlap.
         stride = cfg.max_len if cfg["model"] == "BERT4Rec" else cfg["window_stride"]
         self.windows = window_index(self.split.train, cfg.max_len, stride)  # gathered per batch
-        if not len(self.windows):
-            raise MlconnectError(f"dataset {self.ds.name} has no training interactions",
-                                 "each user needs at least 4 interactions (train, valid and test targets)")
+        if not len(self.windows) or not self.split.valid_target.any():
+            # RecBole's split: 2 interactions give a training target, 4 a valid and a test one too.
+            # Without a valid target there is no best epoch to keep (nor early stopping).
+            what = "training interactions" if not len(self.windows) else "user with a valid target"
+            raise MlconnectError(f"dataset {self.ds.name} has no {what}",
+                                 "a user needs 4 interactions for train, valid and test targets (RecBole's split): "
+                                 "add interactions, or import again with lower --min-*-inter filters")
         self.data_s = time.perf_counter() - t0
         self.window_tokens = self.windows.tokens()
         self.per_batch = max(1, cfg["train_batch_size"] // cfg.max_len)
