@@ -11,6 +11,7 @@ import typer
 
 from mlconnect.cli.common import JsonOpt, SshConfigOpt, info, print_json
 from mlconnect.errors import MlconnectError, UsageError
+from mlconnect.interrupt import signals_interrupt
 
 
 def _require(*modules: str) -> None:
@@ -59,7 +60,8 @@ def register(app: typer.Typer) -> None:
         from mlconnect.deploy.export import export_bundle
         from mlconnect.layout import experiment_paths
 
-        card = export_bundle(experiment_paths(name).root, out, fmt=fmt, docker=docker, log=info)
+        with signals_interrupt():  # kill/timeout/stop clean up the half-written bundle as Ctrl-C does
+            card = export_bundle(experiment_paths(name).root, out, fmt=fmt, docker=docker, log=info)
         v = card["verification"]
         if as_json:
             print_json({"out": str(out), "verification": v, "files": card["files"], "mlflow": card.get("mlflow")})
@@ -108,7 +110,9 @@ def register(app: typer.Typer) -> None:
         from mlconnect.layout import experiment_paths
 
         src = Source.from_bundle(bundle, threads) if bundle else Source.from_experiment(experiment_paths(name).root)
-        res = predict(src, out, users=users, k=k, exclude_seen=exclude_seen, wide=wide, chunk_users=chunk_users)
+        with signals_interrupt():  # kill/timeout/`mlconnect stop` remove the temp file as Ctrl-C does
+            res = predict(src, out, users=users, k=k, exclude_seen=exclude_seen, wide=wide,
+                          chunk_users=chunk_users)
         if as_json:
             print_json(res)
             return

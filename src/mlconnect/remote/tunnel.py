@@ -19,13 +19,12 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from mlconnect.errors import RemoteError
+from mlconnect.interrupt import signals_interrupt
 from mlconnect.ports import free_port_from, port_listening
 from mlconnect.remote.failures import classify_ssh_failure
 from mlconnect.remote.ssh import Target
@@ -145,24 +144,6 @@ def open_tunnel(target: Target, remote_ports: list[int], local_ports: list[int] 
                                "check that AllowTcpForwarding is enabled in the host's sshd_config",
                                command=argv, returncode=proc.returncode, stderr=err)
     raise RemoteError("could not bind a local port for the tunnel", "close other tunnels or pass --port")
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def signals_interrupt(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
-    """SIGTERM / SIGHUP raise KeyboardInterrupt while inside, so cleanup runs as for Ctrl-C."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread can set handlers; the kernel-side guard still holds
-        return
-    old = {s: signal.signal(s, _raise_interrupt) for s in signums}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def hold_tunnel(target: Target, tunnel: Tunnel, log: Callable[[str], None],

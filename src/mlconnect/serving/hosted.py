@@ -134,7 +134,8 @@ def serve_remote(target: Any, name: str, *, port: int, remote_port: int | None, 
     """
     import subprocess
 
-    from mlconnect.remote.tunnel import open_tunnel, signals_interrupt
+    from mlconnect.interrupt import signals_interrupt
+    from mlconnect.remote.tunnel import open_tunnel
 
     spec = ServeSpec(experiment=name, port=remote_port or 0, device=device, api_key=api_key,
                      access_log=access_log, limits=dict(limits))
