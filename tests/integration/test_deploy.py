@@ -300,7 +300,7 @@ def test_predict_long_wide_csv_and_exclude_seen(base: Path, tmp_path: Path) -> N
     users.write_text("user_id\n3\n5\n")
     predict(src, tmp_path / "wide.csv", users=str(users), k=5, wide=True, progress=False)
     wide = pcsv.read_csv(tmp_path / "wide.csv").to_pylist()
-    assert sorted(str(r["user_id"]) for r in wide) == ["3", "5"] and len(str(wide[0]["item_ids"]).split()) == 5
+    assert sorted(str(r["user_id"]) for r in wide) == ["3", "5"] and len(json.loads(wide[0]["item_ids"])) == 5
     predict(src, tmp_path / "wide.parquet", k=5, wide=True, progress=False)
     assert pq.read_table(tmp_path / "wide.parquet").num_rows == deploy.N_USERS
 
@@ -332,14 +332,13 @@ def test_predict_reads_a_bundle_made_before_the_encoder_graphs(base: Path, tmp_p
     assert np.allclose(a.column("score").to_numpy(), b.column("score").to_numpy(), atol=1e-4)
 
 
-def test_predict_killed_mid_write_leaves_the_old_file(base: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
+def test_predict_killed_mid_write_leaves_the_old_file(base: Path, tmp_path: Path, signum: int) -> None:
     out = tmp_path / "recs.parquet"
     out.write_bytes(b"yesterday's table")
-    users = tmp_path / "users.txt"
-    users.write_text("".join(f"{u}\n" for u in range(1, deploy.N_USERS + 1)) * 40)  # 16,000 rows of work
     bundle = deploy.bundle(base, "SASRec")
-    proc = subprocess.Popen([sys.executable, "-m", "mlconnect", "predict", "--bundle", str(bundle),
-                             "--out", str(out), "--users", str(users), "--chunk-users", "8", "--threads", "1"],
+    proc = subprocess.Popen([sys.executable, "-m", "mlconnect", "predict", "--bundle", str(bundle), "--out", str(out),
+                             "--k", "200", "--chunk-users", "1", "--threads", "1"],  # 400 chunks of work
                             env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     partial: list[Path] = []
@@ -347,9 +346,11 @@ def test_predict_killed_mid_write_leaves_the_old_file(base: Path, tmp_path: Path
         partial = [p for p in tmp_path.glob(".recs.parquet.partial-*") if p.stat().st_size > 0]
         time.sleep(0.01)
     assert partial, f"predict finished before it could be killed: {proc.stderr.read() if proc.stderr else ''}"
-    proc.kill()
-    proc.wait(10)
+    proc.send_signal(signum)
+    proc.wait(30)
     assert out.read_bytes() == b"yesterday's table"
+    if signum == signal.SIGTERM:  # kill, timeout, `mlconnect stop`: unwinds as Ctrl-C does, temp file removed
+        assert proc.returncode == 130 and not list(tmp_path.glob(".recs.parquet.partial-*"))
     # And run to the end, the table replaces it whole.
     r = _cli("predict", "--bundle", str(deploy.bundle(base, "SASRec")), "--out", str(out), "--k", "3", "--json")
     assert r.returncode == 0, r.stderr

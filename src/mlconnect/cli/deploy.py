@@ -76,7 +76,9 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", "-o", help="recs.parquet, or .csv"),
         bundle: Path | None = typer.Option(None, "--bundle",
                                            help="Score with this bundle folder (with --host: uploaded to the box)."),
-        users: str = typer.Option("all", "--users", help="'all', or a file with one user id per line."),
+        users: str = typer.Option("all", "--users",
+                                  help="'all', or a file with one user id per line (or a CSV with a user_id "
+                                       "column). Rows come grouped by user, not in the file's order."),
         k: int = typer.Option(50, "--k", min=1, help="Items per user."),
         exclude_seen: bool = typer.Option(False, "--exclude-seen", help="Leave out items the user already has."),
         wide: bool = typer.Option(False, "--wide", help="One row per user with item_ids and scores lists."),

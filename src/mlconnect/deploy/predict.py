@@ -9,8 +9,9 @@ rows (or CSV rows) in a hidden temp file next to the output, which is renamed ov
 once complete: a killed job leaves the old file (or none), never half of one.
 
 Long format: ``user_id, rank, item_id, score`` (rank 1 is best); ``wide``: one row per user with
-``item_ids`` and ``scores`` lists. A user's rows are contiguous; users come in order of history
-length where the scorer takes any length (shorter padding, see bundle.pad_batch), else as asked.
+``item_ids`` and ``scores`` lists (JSON arrays in a CSV's cells). A user's rows are contiguous; users
+come in order of history length where the scorer takes any length (shorter padding, see
+bundle.pad_batch), else as asked.
 The scorer is an ONNX bundle's encoder and candidate graphs under ONNX Runtime with numpy's exact
 top-k (topk.EncoderTopK; the whole graph for bundles made before those files), a torch bundle's
 program, or, for an experiment, the engine itself (on the GPU when there is one).
@@ -19,6 +20,8 @@ program, or, for an experiment, the engine itself (on the GPU when there is one)
 from __future__ import annotations
 
 import contextlib
+import csv
+import json
 import os
 import sys
 from collections import deque
@@ -113,21 +116,25 @@ def _whole_graph_on_gpu(b: Bundle, threads: int | None) -> Scorer | None:
 
 
 def read_users(spec: str, source: Source) -> np.ndarray:
-    """Internal user ids: ``all``, or a file with one raw user id per line (a ``user_id`` header is allowed)."""
+    """Internal user ids, each once, in the order first listed: ``all``, or a file with one raw user id per
+    line (a ``user_id`` header is allowed; an id with a comma may be quoted CSV-style), or a CSV file with a
+    ``user_id`` column. A UTF-8 byte-order mark (Excel's "CSV UTF-8") is ignored."""
     if spec == "all":
         return np.arange(1, len(source.user_ids), dtype=np.int64)
     path = Path(spec)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"--users {spec}: cannot read it ({exc})",
-                         "give a file with one user id per line, or all") from None
+                         "give a UTF-8 file with one user id per line, or all") from None
     index = {raw: i for i, raw in enumerate(source.user_ids) if i > 0}
+    header = [h.strip() for h in next(csv.reader(lines[:1]), [])]
+    column = header.index("user_id") if "user_id" in header else None
     out, unknown = [], []
     for n, line in enumerate(lines, 1):
-        raw = line.strip().split(",")[0].strip()
-        if not raw or (n == 1 and raw == "user_id"):
+        if (n == 1 and column is not None) or not line.strip():
             continue
+        raw = _listed_user(line, column, index)
         if raw in index:
             out.append(index[raw])
         else:
@@ -137,7 +144,21 @@ def read_users(spec: str, source: Source) -> np.ndarray:
         raise UsageError(f"{path}: unknown user ids {shown}", "list only users of the model's training data")
     if not out:
         raise UsageError(f"{path} lists no users", "one raw user id per line, or --users all")
-    return np.asarray(out, dtype=np.int64)
+    ids = np.asarray(out, dtype=np.int64)
+    _, first = np.unique(ids, return_index=True)  # a user listed twice gets one set of rows
+    return ids[np.sort(first)]
+
+
+def _listed_user(line: str, column: int | None, index: dict[str, int]) -> str:
+    """The raw id on one line: the ``user_id`` field of a CSV row, else the line as written, without its
+    surrounding spaces, or unquoted (the first one that is a known user; else the line, for the error)."""
+    fields = next(csv.reader([line]), [""])
+    if column is not None:
+        return fields[column].strip() if column < len(fields) else ""
+    for raw in (line, line.strip(), fields[0].strip() if len(fields) == 1 else None):
+        if raw is not None and raw in index:
+            return raw
+    return line.strip()
 
 
 def cpu_count() -> int:
@@ -188,7 +209,7 @@ class _Writer:
         self.csv = out.suffix.lower() == ".csv"
         if wide and not self.csv:
             fields = [("user_id", pa.string()), ("item_ids", pa.list_(pa.string())), ("scores", pa.list_(pa.float32()))]
-        elif wide:  # CSV has no lists: space-separated ids and scores
+        elif wide:  # CSV has no lists: JSON arrays in the cells (ids may hold spaces or commas)
             fields = [("user_id", pa.string()), ("item_ids", pa.string()), ("scores", pa.string())]
         else:
             fields = [("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()), ("score", pa.float32())]
@@ -217,8 +238,9 @@ class _Writer:
         if self.wide:
             offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
             if self.csv:
-                id_lists = [" ".join(x) for x in pa.ListArray.from_arrays(offsets, items).to_pylist()]
-                sc_lists = [" ".join(f"{v:.6g}" for v in x) for x in
+                id_lists = [json.dumps(x, ensure_ascii=False) for x in
+                            pa.ListArray.from_arrays(offsets, items).to_pylist()]
+                sc_lists = ["[" + ",".join(f"{v:.7g}" for v in x) + "]" for x in
                             pa.ListArray.from_arrays(offsets, pa.array(vals)).to_pylist()]
                 cols = [users, pa.array(id_lists), pa.array(sc_lists)]
             else:
@@ -267,20 +289,24 @@ def predict(source: Source, out: str | os.PathLike[str], *, users: str = "all", 
     wanted = read_users(users, source)
     if source.ordered:  # similar lengths share a chunk, so most chunks are padded to far less than max_len
         wanted = wanted[np.argsort(source.lengths(wanted), kind="stable")]
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     item_ids, user_ids = pa.array(source.item_ids), pa.array(source.user_ids)
     started = time.monotonic()
-    bar = _progress(len(wanted)) if progress else None
+    writer = _open_out(out, tmp, wide)  # before any scoring: a bad --out is an error now, not in an hour
+    bar = None
     try:
-        writer = _Writer(tmp, out, wide)
+        bar = _progress(len(wanted)) if progress else None
         parts = chunks(wanted, len(source.item_ids), chunk_users or source.chunk)
         for part, scores, ids in scored(source, parts, k, exclude_seen):
             writer.write(user_ids.take(pa.array(part)), scores, ids, item_ids)
             if bar is not None:
                 bar[0].update(bar[1], advance=len(part))
         writer.close()
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)
+        except OSError as exc:
+            raise UsageError(f"--out {out}: cannot write it ({exc.strerror or exc})",
+                             "choose a file path in a folder you can write") from None
         fsync_dir(out.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -292,6 +318,20 @@ def predict(source: Source, out: str | os.PathLike[str], *, users: str = "all", 
     elapsed = time.monotonic() - started
     return {"out": str(out), "users": len(wanted), "rows": writer.rows, "k": k, "seconds": round(elapsed, 3),
             "users_per_s": round(len(wanted) / elapsed, 1) if elapsed else None, "device": source.device}
+
+
+def _open_out(out: Path, tmp: Path, wide: bool) -> _Writer:
+    """The writer of the temp file next to ``out``; a path that cannot be written is one line."""
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder", "give a file name ending in .parquet or .csv")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return _Writer(tmp, out, wide)
+    except OSError as exc:  # a parent that is a file, a read-only or full disk, no permission
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise UsageError(f"--out {out}: cannot write there ({exc.strerror or exc})",
+                         "choose a file path in a folder you can write") from None
 
 
 def _progress(total: int) -> tuple[Any, Any]:
@@ -309,7 +349,8 @@ def _progress(total: int) -> tuple[Any, Any]:
         def render(self, task: Any) -> Any:  # users/s, which rich has no column for
             from rich.text import Text
 
-            return Text(f"{task.finished_speed or task.speed or 0:,.0f} users/s")
+            rate = task.completed / task.elapsed if task.elapsed else 0  # rich's own speed needs many samples
+            return Text(f"{rate:,.0f} users/s")
 
     p = Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(), _Rate(""),
                  TextColumn("ETA"), TimeRemainingColumn(), console=Console(file=sys.stderr), transient=False)
