@@ -74,3 +74,55 @@ def test_keep_names_that_collide_are_refused(tmp_path: Path) -> None:
     assert r.returncode != 0 and r.stderr.count("\n") == 1 and "error: --keep timestamp" in r.stderr
     out, _ = import_events(tmp_path / "k.csv", tmp_path / "d", "k", keep=["price", "cost=timestamp2"])
     assert inter(out)[0] == ["user_id:token", "item_id:token", "timestamp:float", "price:float", "timestamp2:float"]
+
+
+def test_csv_with_quoted_newlines_past_the_first_block(tmp_path: Path) -> None:
+    # Over Arrow's 8 MB block: its fast chunker would cut inside a quoted review.
+    # Most line breaks are inside quotes, so the block boundary surely falls inside a value.
+    text = '"great\nproduct, would buy' + "\nreally" * 12 + '"'
+    body = "".join(f"u{k % 500},i{k % 170},{1600000000 + k},{text if k % 3 else 'ok'}\n" for k in range(100_000))
+    (tmp_path / "reviews.csv").write_text("user_id,item_id,timestamp,text\n" + body)
+    assert (tmp_path / "reviews.csv").stat().st_size > 9 << 20
+    out, card = import_events(tmp_path / "reviews.csv", tmp_path / "d", "r", keep=["text"])
+    assert card["rows_kept"] == 100_000 and inter(out)[2][3].startswith("great product, would buy really")
+    # A real short row is still named by its line.
+    (tmp_path / "short.csv").write_text('user_id,item_id,timestamp\n1,"a\nb",1\n1,a\n')
+    r = cli(tmp_path / "short.csv", "-o", tmp_path / "d")
+    assert r.returncode == 1 and "line 4: expected 3 columns, found 2" in r.stderr
+
+
+def test_parquet_parts_in_natural_order_with_differing_id_types(tmp_path: Path) -> None:
+    (tmp_path / "dask").mkdir()
+    for p in range(12):
+        pq.write_table(pa.table({"session_id": ["s1", "s1"], "item_id": [f"p{p}_0", f"p{p}_1"]}),
+                       tmp_path / "dask" / f"part.{p}.parquet")
+    out, _ = import_events(tmp_path / "dask", tmp_path / "d", "dask")
+    assert [r[1] for r in inter(out)[1:]] == [f"p{p}_{k}" for p in range(12) for k in range(2)]
+    (tmp_path / "parts").mkdir()
+    pq.write_table(pa.table({"user_id": [1, 2], "item_id": [10, 11], "timestamp": [100, 200]}),
+                   tmp_path / "parts" / "part-0.parquet")
+    pq.write_table(pa.table({"user_id": ["3", "4"], "item_id": ["B1", "B2"], "timestamp": [300, 400]}),
+                   tmp_path / "parts" / "part-1.parquet")
+    out, _ = import_events(tmp_path / "parts", tmp_path / "d", "parts")
+    assert [r[:2] for r in inter(out)[1:]] == [["1", "10"], ["2", "11"], ["3", "B1"], ["4", "B2"]]
+
+
+def test_jsonl_with_a_long_first_record_and_only_needed_fields(tmp_path: Path) -> None:
+    with open(tmp_path / "long.jsonl", "w") as f:
+        for k in range(10):  # a 70 KB review in each record; 'style' changes shape (never read)
+            style = {"size": "L"} if k % 2 else ["L"]
+            f.write(json.dumps({"user_id": f"u{k % 3}", "item_id": f"i{k}", "timestamp": 1600000000 + k,
+                                "reviewText": "x" * 70_000, "style": style}) + "\n")
+    out, card = import_events(tmp_path / "long.jsonl", tmp_path / "d", "long")
+    assert card["rows_kept"] == 10 and len(inter(out)) == 11
+    (tmp_path / "arr.json").write_text('[{"user_id": "u1", "item_id": "a"}]\n')
+    with pytest.raises(MlconnectError, match="a JSON array, not JSON Lines"):
+        import_events(tmp_path / "arr.json", tmp_path / "d", "arr")
+
+
+def test_repeated_header_name_picked_by_position(tmp_path: Path) -> None:
+    (tmp_path / "dup.csv").write_text("user_id,item_id,item_id,timestamp\n1,a,b,100\n2,c,d,200\n")
+    out, card = import_events(tmp_path / "dup.csv", tmp_path / "d", "dup", item="2")
+    assert [r[1] for r in inter(out)[1:]] == ["b", "d"] and card["columns"]["item"] == "item_id.1"
+    out, _ = import_events(tmp_path / "dup.csv", tmp_path / "d", "dup", item="item_id", overwrite=True)
+    assert [r[1] for r in inter(out)[1:]] == ["a", "c"]

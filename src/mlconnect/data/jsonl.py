@@ -26,12 +26,13 @@ _TYPES = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_
 def _head_records(src: Source) -> list[dict[str, object]]:
     records = []
     for lineno, line in enumerate(head_lines(src.path, src.compression, n=50), start=1):
+        if lineno == 1 and line.lstrip().startswith("["):
+            raise DataError(str(src.path), "a JSON array, not JSON Lines", line=1,
+                            hint="write one JSON object per line (pandas: to_json(orient='records', lines=True))")
         try:
             rec = json.loads(line)
         except ValueError as exc:
-            what = "a JSON array, not JSON Lines" if lineno == 1 and line.lstrip().startswith("[") else \
-                f"not JSON Lines: {exc}"
-            raise DataError(str(src.path), what, line=lineno, hint=JSON_HINT) from None
+            raise DataError(str(src.path), f"not JSON Lines: {exc}", line=lineno, hint=JSON_HINT) from None
         if not isinstance(rec, dict):
             raise DataError(str(src.path), "not JSON Lines: a record is not an object", line=lineno, hint=JSON_HINT)
         records.append(rec)
@@ -64,8 +65,9 @@ def read_jsonl(src: Source, columns: list[str]) -> pa.Table:
     schema = _schema(src, columns) if set(columns) <= set(src.names) else None
     if schema is not None:
         try:
-            return pajson.read_json(src.stream(), parse_options=pajson.ParseOptions(
-                explicit_schema=schema, unexpected_field_behavior="ignore"))
+            # open_json streams blocks; read_json would first hold the whole file in memory
+            return pajson.open_json(src.stream(), parse_options=pajson.ParseOptions(
+                explicit_schema=schema, unexpected_field_behavior="ignore")).read_all()
         except pa.ArrowInvalid:
             pass  # a type the first records did not show (an int id turning float): read as before
     try:
