@@ -126,3 +126,42 @@ def test_repeated_header_name_picked_by_position(tmp_path: Path) -> None:
     assert [r[1] for r in inter(out)[1:]] == ["b", "d"] and card["columns"]["item"] == "item_id.1"
     out, _ = import_events(tmp_path / "dup.csv", tmp_path / "d", "dup", item="item_id", overwrite=True)
     assert [r[1] for r in inter(out)[1:]] == ["a", "c"]
+
+
+def test_time_zone_words_category_times_and_time_format(tmp_path: Path) -> None:
+    (tmp_path / "rees.csv").write_text("user_id,item_id,event_time\n1,2,2019-10-01 00:00:00 UTC\n"
+                                       "1,3,2019-10-01 00:00:05 +01:00\n")
+    out, _ = import_events(tmp_path / "rees.csv", tmp_path / "d", "rees")
+    assert sorted(r[2] for r in inter(out)[1:]) == ["1569884405", "1569888000"]
+    times = pa.array(["2017-07-14T03:46:02+00:00", "2017-07-15T03:46:02+00:00"]).dictionary_encode()
+    pq.write_table(pa.table({"user_id": ["1", "1"], "item_id": ["a", "b"], "timestamp": times}), tmp_path / "c.parquet")
+    out, _ = import_events(tmp_path / "c.parquet", tmp_path / "d", "c")
+    assert [r[2] for r in inter(out)[1:]] == ["1500003962", "1500090362"]
+    (tmp_path / "f.csv").write_text("user_id,item_id,t\n1,2,2019/10/01 00:00:00\n1,3,2019/10/01 00:00:07\n")
+    out, card = import_events(tmp_path / "f.csv", tmp_path / "d", "f", time="t", time_format="%Y/%m/%d %H:%M:%S")
+    assert [r[2] for r in inter(out)[1:]] == ["1569888000", "1569888007"] and "--time-format" in card["time_order"]
+    (tmp_path / "f.csv").write_text("user_id,item_id,t\n1,2,2019/10/01 00:00:00\n1,3,01/10/2019 00:00\n")
+    r = cli(tmp_path / "f.csv", "--time", "t", "--time-format", "%Y/%m/%d %H:%M:%S", "-o", tmp_path / "d")
+    assert r.returncode == 1 and "line 3, column 't': not a time in --time-format" in r.stderr
+    (tmp_path / "z.csv").write_text("user_id,item_id,timestamp\n1,a,1433221332117\n1,b,0\n")
+    r = cli(tmp_path / "z.csv", "-o", tmp_path / "d")
+    assert r.returncode == 1 and "(value 0.0)" in r.stderr and "np." not in r.stderr
+
+
+def test_header_detection_and_override(tmp_path: Path) -> None:
+    # Last.fm 1K: no header; a track named "1979" on line 2 must not turn line 1 into one.
+    (tmp_path / "lfm.tsv").write_text("user_000001\t2009-05-04T23:08:57Z\tf1b1\tDeep Dish\t\tFuck Me\n"
+                                      "user_000001\t2009-05-04T13:54:10Z\ta7f7\tSakamoto\t\t1979\n"
+                                      "user_000002\t2009-05-04T13:42:52Z\ta7f7\tSakamoto\t\tX\n")
+    _, card = import_events(tmp_path / "lfm.tsv", tmp_path / "d", "lfm", user="0", item="2", time="1")
+    assert card["rows_read"] == 3
+    (tmp_path / "h.csv").write_text("visitor,article\nA1x,B0a\nA1x,B0b\nA2y,B0a\n")
+    out, card = import_events(tmp_path / "h.csv", tmp_path / "d", "h", user="visitor", item="article")
+    assert card["rows_read"] == 3
+    out, card = import_events(tmp_path / "h.csv", tmp_path / "d", "h", user="0", item="1", header=True,
+                              overwrite=True)
+    assert card["rows_read"] == 3 and ["visitor", "article"] not in inter(out)
+    (tmp_path / "n.csv").write_text("user_id,item_id\nu1,a\nu1,b\n")
+    r = cli(tmp_path / "n.csv", "--no-header", "--user", "0", "--item", "1", "-o", tmp_path / "d", "--name", "my data")
+    assert r.returncode == 0 and "rows read        3" in r.stdout
+    assert f"train -c '{tmp_path / 'd' / 'my data' / 'suggested.yaml'}'" in r.stdout

@@ -35,7 +35,7 @@ from mlconnect.data.columns import (
     user_candidates,
 )
 from mlconnect.data.filters import kcore_mask
-from mlconnect.data.readers import Source, open_source, row_location
+from mlconnect.data.readers import Source, norm, open_source, row_location
 from mlconnect.data.synth import staging_dir
 from mlconnect.data.timeparse import TimeError, to_seconds
 from mlconnect.errors import DataError, UsageError
@@ -49,7 +49,8 @@ __all__ = ["KNOWN", "import_events", "parse_where", "resolve"]
 def _fail(src: Source, row: int, column: str, problem: str) -> DataError:
     path, line, where = row_location(src, row)
     return DataError(path + (f", {where}" if where else ""), problem, line=line, column=column,
-                     hint="fix the value in the file, or pick the column with --time / --time-unit")
+                     hint="fix the value in the file, or say how to read it with --time / --time-unit / "
+                     "--time-format")
 
 
 def _clean(col: pa.Array) -> pa.Array:
@@ -139,14 +140,17 @@ def _field(col: pa.Array) -> tuple[str, pa.Array]:
 
 def import_events(path: str | Path, out_dir: str | Path, name: str | None = None, *, user: str | None = None,
                   item: str | None = None, time: str | None = None, time_unit: str | None = None,
-                  sep: str | None = None, where: list[str] | None = None, keep: list[str] | None = None,
+                  time_format: str | None = None, header: bool | None = None, sep: str | None = None,
+                  where: list[str] | None = None, keep: list[str] | None = None,
                   items_file: str | Path | None = None, min_user_inter: int = 0, min_item_inter: int = 0,
                   dedup: bool = True, overwrite: bool = False) -> tuple[Path, dict[str, Any]]:
     """Import ``path`` into ``out_dir/<name>/`` (``.inter``, ``.item``, ``card.json``, a suggested config).
 
     Returns the dataset folder and its card. ``keep`` entries are ``COL`` or ``COL=NAME``.
     """
-    src = open_source(Path(path), sep=sep, known=KNOWN)
+    # A column named on the command line and found in the first line makes that line the header.
+    named = {norm(n) for n in (user, item, time) if n is not None and not n.isdigit()}
+    src = open_source(Path(path), sep=sep, header=header, known=KNOWN | named)
     name = name or re.sub(r"\.(csv|tsv|txt|data|parquet|jsonl|ndjson|json|gz|zst)$", "", src.path.name,
                           flags=re.I).split(".")[0] or "dataset"
     ucol = resolve(src, user, USER_NAMES, "user id", "--user")
@@ -196,7 +200,7 @@ def import_events(path: str | Path, out_dir: str | Path, name: str | None = None
     seconds, time_order = None, "row order within each user (no time column)"
     if tcol:
         try:
-            seconds, how = to_seconds(table.column(tcol), time_unit)
+            seconds, how = to_seconds(table.column(tcol), time_unit, time_format)
         except TimeError as exc:
             raise _fail(src, exc.row, tcol, str(exc)) from None
         time_order = f"column {tcol!r}, read as {how}"

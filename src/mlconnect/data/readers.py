@@ -105,13 +105,16 @@ def sniff_separator(lines: list[str]) -> str:
     return max(agree, key=lambda sep: agree[sep]) if agree else ","
 
 
-def looks_like_header(first: list[str], second: list[str] | None, known: set[str]) -> bool:
-    """A header names columns: a known name, or text above a row that has numbers."""
+def looks_like_header(first: list[str], rest: list[list[str]], known: set[str]) -> bool:
+    """A header names columns: a known name, or text above a column that is numbers in every sampled row.
+
+    Every row, not just the second: a Last.fm track named "1979" on line 2 must not make line 1 a header.
+    """
     if any(norm(f) in known for f in first):
         return True
-    if any(_NUMBER.match(f) for f in first):
+    if any(_NUMBER.match(f) for f in first) or not rest:
         return False
-    return second is not None and any(_NUMBER.match(f) for f in second)
+    return any(all(k < len(row) and _NUMBER.match(row[k]) for row in rest) for k in range(len(first)))
 
 
 def norm(name: str) -> str:
@@ -155,9 +158,9 @@ def open_source(path: Path, *, sep: str | None = None, header: bool | None = Non
         return next(csv.reader([line], delimiter=sep))
 
     first = [f.strip() for f in split(lines[0])]
-    second = [f.strip() for f in split(lines[1])] if len(lines) > 1 else None
     if header is None:
-        header = looks_like_header(first, second, known or set())
+        rest = [[f.strip() for f in split(line)] for line in lines[1:]]
+        header = looks_like_header(first, rest, known or set())
     names = _unique([f.split(":")[0] for f in first]) if header else [str(i) for i in range(len(first))]
     return Source(path, "csv", names, compression=compression, sep=sep, header=header)
 
