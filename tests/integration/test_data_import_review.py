@@ -165,3 +165,34 @@ def test_header_detection_and_override(tmp_path: Path) -> None:
     r = cli(tmp_path / "n.csv", "--no-header", "--user", "0", "--item", "1", "-o", tmp_path / "d", "--name", "my data")
     assert r.returncode == 0 and "rows read        3" in r.stdout
     assert f"train -c '{tmp_path / 'd' / 'my data' / 'suggested.yaml'}'" in r.stdout
+
+
+@pytest.mark.parametrize(("name", "data", "args", "want"), [
+    ("l1.csv", b"user_id,item_id,timestamp\n1,a,1\n1,caf\xe9,100\n", [],
+     "line 3: the file is not UTF-8 text — save it as UTF-8"),
+    ("q.csv", b'user_id,artist,timestamp\n1,x,100\n2,"Weird Al,200\n3,x,300\n', ["--item", "artist"],
+     "line 3: expected 3 columns, found 2"),
+    ("semi.csv", b"user_id;item_id;timestamp\n1;a;100\n", ["--sep", ","], "--sep ',' does not split the first line"),
+])
+def test_messages_name_the_line_and_the_fix(tmp_path: Path, name: str, data: bytes, args: list[str],
+                                            want: str) -> None:
+    (tmp_path / name).write_bytes(data)
+    r = cli(tmp_path / name, *args, "-o", tmp_path / "d")
+    assert r.returncode == 1 and want in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_truncated_gzip_says_it_once(tmp_path: Path) -> None:
+    import gzip
+    body = "user_id,item_id,timestamp\n" + "".join(f"u{k},i{k},{k}\n" for k in range(50_000))
+    packed = gzip.compress(body.encode())
+    (tmp_path / "t.csv.gz").write_bytes(packed[:len(packed) // 2])  # cut past the sniffed head
+    r = cli(tmp_path / "t.csv.gz", "-o", tmp_path / "d")
+    assert r.returncode == 1 and "truncated or corrupt" in r.stderr and r.stderr.count("again") == 1, r.stderr
+
+
+def test_import_movielens_reads_a_quoted_header(tmp_path: Path) -> None:
+    from mlconnect.data.movielens import import_movielens
+
+    (tmp_path / "ratings.csv").write_text('"userId","movieId","rating","timestamp"\n1,2,3.5,100\n1,3,4,200\n')
+    out = import_movielens(tmp_path / "ratings.csv", tmp_path / "d", "mlq")
+    assert len((out / "mlq.inter").read_text().splitlines()) == 3

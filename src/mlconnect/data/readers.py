@@ -65,6 +65,9 @@ class Source:
                 raise DataError(str(self.path), f"expected {m.group(1)} columns, found {m.group(2)}",
                                 line=_line_of(self, m.group(3).encode()),
                                 hint="fix that line, or pass the right --sep") from None
+            if "invalid UTF8" in str(exc):  # Latin-1 / Windows-1252 exports
+                raise DataError(str(self.path), "the file is not UTF-8 text", line=_first_non_utf8(self),
+                                hint="save it as UTF-8 (e.g. iconv -f latin1 -t utf-8) and import again") from None
             raise DataError(str(self.path), _arrow_problem(exc, self.compression),
                             hint="fix the file, or export it again") from None
 
@@ -77,9 +80,21 @@ _BAD_ROW = re.compile(r"Expected (\d+) columns, got (\d+): (.*)$", re.S)
 
 def _line_of(src: Source, text: bytes) -> int | None:
     """1-based line number of the first line that reads ``text`` (Arrow quotes the row, not its line)."""
+    # A row with an unbalanced quote runs on over several lines: match its first line.
+    first = text.split(b"\n", 1)[0].rstrip(b"\r")
     with src.stream() as f:
         for lineno, raw in enumerate(_lines(f), start=1):
-            if raw.rstrip(b"\r") == text.rstrip(b"\r\n"):
+            if raw.rstrip(b"\r") == first:
+                return lineno
+    return None
+
+
+def _first_non_utf8(src: Source) -> int | None:
+    with src.stream() as f:
+        for lineno, raw in enumerate(_lines(f), start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
                 return lineno
     return None
 
@@ -151,6 +166,7 @@ def open_source(path: Path, *, sep: str | None = None, header: bool | None = Non
         src = Source(path, "jsonl", [], compression=compression)
         src.names = jsonl_names(src)
         return src
+    given_sep = sep
     sep = {"tab": "\t", "\\t": "\t", "space": " "}.get(sep or "", sep) or sniff_separator(lines)
     def split(line: str) -> list[str]:  # the csv module only to read the header's quoting
         if sep == " " or len(sep) > 1 or sep == "\t":
@@ -158,6 +174,9 @@ def open_source(path: Path, *, sep: str | None = None, header: bool | None = Non
         return next(csv.reader([line], delimiter=sep))
 
     first = [f.strip() for f in split(lines[0])]
+    if given_sep and len(first) == 1:  # else the whole line becomes one column named "0"
+        raise DataError(str(path), f"--sep {given_sep!r} does not split the first line", line=1,
+                        hint="pass the separator the file uses, or leave --sep out to detect it")
     if header is None:
         rest = [[f.strip() for f in split(line)] for line in lines[1:]]
         header = looks_like_header(first, rest, known or set())

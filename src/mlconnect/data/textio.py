@@ -16,7 +16,7 @@ HEAD_MAX = 64 << 20  # the longest first line looked at to find the format and c
 def arrow_problem(exc: Exception, compression: str | None) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if compression and ("runcated" in text or "inflate" in text or "compressed" in text.lower()):
-        return f"the {compression} stream is truncated or corrupt ({text}); export or download it again"
+        return f"the {compression} stream is truncated or corrupt ({text})"
     return f"cannot be read: {text}"
 
 
@@ -32,7 +32,7 @@ def head_lines(path: Path, compression: str | None, n: int = 20) -> list[str]:
                 eof = len(more) < len(head)
                 head += more
     except (OSError, pa.ArrowInvalid) as exc:
-        raise DataError(str(path), arrow_problem(exc, compression)) from None
+        raise DataError(str(path), arrow_problem(exc, compression), hint="export or download it again") from None
     head = head.removeprefix(BOM)
     lines = head.decode("utf-8", errors="replace").splitlines()
     if not eof and lines:
