@@ -196,3 +196,10 @@ def test_import_movielens_reads_a_quoted_header(tmp_path: Path) -> None:
     (tmp_path / "ratings.csv").write_text('"userId","movieId","rating","timestamp"\n1,2,3.5,100\n1,3,4,200\n')
     out = import_movielens(tmp_path / "ratings.csv", tmp_path / "d", "mlq")
     assert len((out / "mlq.inter").read_text().splitlines()) == 3
+
+
+def test_time_none_ignores_a_found_time_column(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text("user_id,item_id,timestamp\nu1,b,9\nu1,a,1\n")
+    out, card = import_events(tmp_path / "t.csv", tmp_path / "d", "t", time="none")
+    assert inter(out) == [["user_id:token", "item_id:token"], ["u1", "b"], ["u1", "a"]]
+    assert card["columns"]["time"] is None

@@ -106,7 +106,7 @@ def import_cmd(
     item: str | None = typer.Option(None, "--item", help="Item column: a header name or 0-based position "
                                       "(default: a common name: item_id, movieId, itemid, parent_asin, asin, ...)."),
     time: str | None = typer.Option(None, "--time", help="Time column: Unix s/ms/us/ns, ISO-8601 or a native timestamp "
-                                      "(default: timestamp, time, ...; none found: row order is time order)."),
+                                      "(default: timestamp, time, ...; 'none', or none found: row order)."),
     time_unit: str | None = typer.Option(None, "--time-unit", help="Numeric time unit: s, ms, us, ns (by magnitude)."),
     time_format: str | None = typer.Option(None, "--time-format", help="strptime format of a text time column, e.g. "
                                              "'%Y/%m/%d %H:%M:%S' (default: ISO-8601 or Unix time; UTC unless %z)."),

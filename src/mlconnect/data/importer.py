@@ -149,14 +149,15 @@ def import_events(path: str | Path, out_dir: str | Path, name: str | None = None
     Returns the dataset folder and its card. ``keep`` entries are ``COL`` or ``COL=NAME``.
     """
     # A column named on the command line and found in the first line makes that line the header.
-    named = {norm(n) for n in (user, item, time) if n is not None and not n.isdigit()}
+    named = {norm(n) for n in (user, item, time) if n not in (None, "none") and not n.isdigit()}
     src = open_source(Path(path), sep=sep, header=header, known=KNOWN | named)
     name = name or re.sub(r"\.(csv|tsv|txt|data|parquet|jsonl|ndjson|json|gz|zst)$", "", src.path.name,
                           flags=re.I).split(".")[0] or "dataset"
     ucol = resolve(src, user, USER_NAMES, "user id", "--user")
     ucands = user_candidates(src, ucol) if user is None else [ucol]
     icol = resolve(src, item, ITEM_NAMES, "item id", "--item")
-    tcol = resolve(src, time, TIME_NAMES, "time", "--time")
+    # --time none: no time column even where one is found (row order is time order)
+    tcol = None if time == "none" and "none" not in src.names else resolve(src, time, TIME_NAMES, "time", "--time")
     for col, role, flag, cands in ((ucol, "user id", "--user", USER_NAMES), (icol, "item id", "--item", ITEM_NAMES)):
         if col is None:
             raise DataError(str(src.path), f"no {role} column: none of {', '.join(cands[:6])}, ... (the file has: "
