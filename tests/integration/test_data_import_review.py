@@ -203,3 +203,10 @@ def test_time_none_ignores_a_found_time_column(tmp_path: Path) -> None:
     out, card = import_events(tmp_path / "t.csv", tmp_path / "d", "t", time="none")
     assert inter(out) == [["user_id:token", "item_id:token"], ["u1", "b"], ["u1", "a"]]
     assert card["columns"]["time"] is None
+
+
+def test_item_table_uses_the_same_missing_id_rule(tmp_path: Path) -> None:
+    (tmp_path / "e.csv").write_text("user_id,item_id,timestamp\nu1,a,1\nu1,b,2\n")
+    pq.write_table(pa.table({"item_id": ["a", "", "NA", "b"], "title": ["A", "x", "y", "B"]}), tmp_path / "i.parquet")
+    out, card = import_events(tmp_path / "e.csv", tmp_path / "d", "e", items_file=tmp_path / "i.parquet")
+    assert (out / "e.item").read_text().splitlines() == ["item_id:token\ttitle:token", "a\tA", "b\tB"]

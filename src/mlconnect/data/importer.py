@@ -266,12 +266,12 @@ def _write_items(path: Path, item: str | None, dest: Path) -> int:
                         hint="name the item column the same as in the events, or item_id")
     others = [c for c in src.names if c != icol]
     table = src.read([icol, *others])
-    ids = strings(table.column(icol))
-    valid = np.flatnonzero(~ids.is_null().to_numpy(zero_copy_only=False))
-    _, first_idx = np.unique(_codes(ids)[valid], return_index=True)  # one row per item id: its first
+    item_ids = ids(table.column(icol))  # the same missing-id rule as the events
+    valid = np.flatnonzero(~item_ids.is_null().to_numpy(zero_copy_only=False))
+    _, first_idx = np.unique(_codes(item_ids)[valid], return_index=True)  # one row per item id: its first
     rows = pa.array(np.sort(valid[first_idx]))
     header = ["item_id:token"]
-    cols = [ids.take(rows)]
+    cols = [item_ids.take(rows)]
     for c in others:
         ftype, text = _field(table.column(c).combine_chunks().take(rows))
         header.append(f"{re.sub(r'[^0-9A-Za-z_]', '_', c.split(':')[0])}:{ftype}")
