@@ -102,6 +102,10 @@ def _time_ordered(rows: np.ndarray, users: np.ndarray, seconds: np.ndarray) -> t
     """
     u, s = users[rows], seconds[rows]
     by_file = np.argsort(u, kind="stable")  # each user's slots, in file order
+    su, uu = s[by_file], u[by_file]
+    if np.all((su[1:] >= su[:-1]) | (uu[1:] != uu[:-1])):  # already in time order (the usual export)
+        return rows, 0
+    del su, uu
     # each user's rows by time, then file order (Arrow's sort is stable; twice as fast as np.lexsort)
     by_time = pc.sort_indices(pa.table({"u": u, "s": s}), sort_keys=[("u", "ascending"), ("s", "ascending")])
     by_time = by_time.to_numpy()

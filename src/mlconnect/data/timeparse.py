@@ -116,7 +116,6 @@ def to_seconds(col: pa.ChunkedArray, unit: str | None = None, fmt: str | None = 
     if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
         raise TimeError(0, None, f"a time column of type {t} cannot be read as a time")
     arr = pc.utf8_trim_whitespace(arr)
-    arr = pc.replace_substring_regex(pc.replace_substring_regex(arr, _ZONE_WORD, "Z"), _ZONE_SPACED, "\\1")
     is_num = pc.match_substring_regex(arr, _NUMBER)
     n_num = pc.sum(is_num).as_py() or 0
     n_valid = len(arr) - arr.null_count
@@ -126,6 +125,8 @@ def to_seconds(col: pa.ChunkedArray, unit: str | None = None, fmt: str | None = 
         a, b = sorted((_first(is_num), _first(pc.invert(is_num))))
         raise TimeError(b, arr[b].as_py(), f"mixed time formats: this row is {arr[b].as_py()!r}, row {a + 1} is "
                         f"{arr[a].as_py()!r} (one format per column: Unix time or ISO-8601)")
+    # after the numeric test: two regex passes over millions of Unix times would cost a second
+    arr = pc.replace_substring_regex(pc.replace_substring_regex(arr, _ZONE_WORD, "Z"), _ZONE_SPACED, "\\1")
     zoned = pc.match_substring_regex(arr, _ZONE)
     n_zoned = pc.sum(zoned).as_py() or 0
     if n_zoned and n_zoned != n_valid:
