@@ -173,7 +173,7 @@ def test_header_detection_and_override(tmp_path: Path) -> None:
     ("q.csv", b'user_id,artist,timestamp\n1,x,100\n2,"Weird Al,200\n3,x,300\n', ["--item", "artist"],
      "line 3: expected 3 columns, found 2"),
     ("semi.csv", b"user_id;item_id;timestamp\n1;a;100\n", ["--sep", ","], "--sep ',' does not split the first line"),
-])
+], ids=["latin1", "unbalanced-quote", "wrong-sep"])
 def test_messages_name_the_line_and_the_fix(tmp_path: Path, name: str, data: bytes, args: list[str],
                                             want: str) -> None:
     (tmp_path / name).write_bytes(data)
