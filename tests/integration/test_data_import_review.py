@@ -210,3 +210,9 @@ def test_item_table_uses_the_same_missing_id_rule(tmp_path: Path) -> None:
     pq.write_table(pa.table({"item_id": ["a", "", "NA", "b"], "title": ["A", "x", "y", "B"]}), tmp_path / "i.parquet")
     out, card = import_events(tmp_path / "e.csv", tmp_path / "d", "e", items_file=tmp_path / "i.parquet")
     assert (out / "e.item").read_text().splitlines() == ["item_id:token\ttitle:token", "a\tA", "b\tB"]
+
+
+def test_a_far_future_sentinel_is_a_time(tmp_path: Path) -> None:
+    (tmp_path / "s.csv").write_text("user_id,item_id,ts\n1,a,2019-10-01 00:00:00\n1,b,9999-12-31 00:00:00\n")
+    out, _ = import_events(tmp_path / "s.csv", tmp_path / "d", "s")
+    assert [r[2] for r in inter(out)[1:]] == ["1569888000", "253402214400"]

@@ -138,6 +138,11 @@ def to_seconds(col: pa.ChunkedArray, unit: str | None = None, fmt: str | None = 
     try:
         stamps = pc.cast(arr, target)
     except pa.ArrowInvalid:
+        try:  # a sentinel such as 9999-12-31 is past the ns range (year 2262); µs reach year 294,000
+            stamps = pc.cast(arr, pa.timestamp("us", target.tz))
+            return _with_nans(stamps, "us"), "ISO-8601" + (" with zone" if n_zoned else " (no zone: UTC)")
+        except pa.ArrowInvalid:
+            pass
         for fmt in _OTHER_FORMATS:
             try:
                 stamps = pc.strptime(arr, format=fmt, unit="s")
