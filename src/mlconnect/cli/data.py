@@ -5,14 +5,14 @@
 * ``data fetch-movielens [NAME]`` — download from GroupLens, then import.
 * ``data import PATH`` — your own event log (CSV / TSV / Parquet / JSON Lines), with a dataset card.
 
-Each prints the folder it wrote and its size (users, items, interactions); ``--json`` prints the
-same fields as one JSON object. The engine modules are imported inside the commands so that
-``mlconnect --help`` stays fast.
+Each prints the folder it wrote and its size; ``--json`` prints the same fields as one JSON object.
+Engine modules are imported inside the commands so that ``mlconnect --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import typer
@@ -106,9 +106,11 @@ def import_cmd(
     item: str | None = typer.Option(None, "--item", help="Item column: a header name or 0-based position "
                                       "(default: a common name: item_id, movieId, itemid, parent_asin, asin, ...)."),
     time: str | None = typer.Option(None, "--time", help="Time column: Unix s/ms/us/ns, ISO-8601 or a native timestamp "
-                                      "(default: timestamp, time, ...; none found: row order is time order)."),
-    time_unit: str | None = typer.Option(None, "--time-unit", help="Unit of a numeric time column: s, ms, us or ns "
-                                           "(default: by magnitude)."),
+                                      "(default: timestamp, time, ...; 'none', or none found: row order)."),
+    time_unit: str | None = typer.Option(None, "--time-unit", help="Numeric time unit: s, ms, us, ns (by magnitude)."),
+    time_format: str | None = typer.Option(None, "--time-format", help="strptime format of a text time column, e.g. "
+                                             "'%Y/%m/%d %H:%M:%S' (default: ISO-8601 or Unix time; UTC unless %z)."),
+    header: bool | None = typer.Option(None, "--header/--no-header", help="First line names the columns? (detected)"),
     sep: str | None = typer.Option(None, "--sep", help="Separator of a text file, one or more characters, e.g. ';' "
                                      "or '::' (default: detected; 'tab' for a tab). Tab-separated files are unquoted."),
     where: list[str] = typer.Option([], "--where", help="Keep rows where COLUMN OP VALUE holds (OP: == != < <= > "
@@ -130,16 +132,17 @@ def import_cmd(
 
     if time_unit not in (None, "s", "ms", "us", "ns"):
         raise typer.BadParameter("use s, ms, us or ns", param_hint="--time-unit")
-    folder, card = import_events(path, out, name, user=user, item=item, time=time, time_unit=time_unit, sep=sep,
+    folder, card = import_events(path, out, name, user=user, item=item, time=time, time_unit=time_unit,
+                                 time_format=time_format, header=header, sep=sep,
                                  where=where, keep=keep, items_file=items, min_user_inter=min_user,
                                  min_item_inter=min_item, dedup=dedup, overwrite=force)
     if as_json:
-        typer.echo(json.dumps({**_info(folder, {}), "card": card}, indent=2))
-        return
+        return typer.echo(json.dumps({**_info(folder, {}), "card": card}, indent=2))
     rows = card_rows(card)
     width = max(len(k) for k, _ in rows)
     typer.echo("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
-    typer.echo(f"wrote {folder} (card.json, suggested.yaml); train: mlconnect train -c {folder / 'suggested.yaml'}")
+    cfg = shlex.quote(str(folder / "suggested.yaml"))  # a --name with a space must survive copy-paste
+    typer.echo(f"wrote {folder} (card.json, suggested.yaml); train: mlconnect train -c {cfg}")
 
 
 def register(app: typer.Typer) -> None:

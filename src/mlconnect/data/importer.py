@@ -5,7 +5,8 @@ common names. Rows that cannot be used (a where-filter, a missing id or time, a 
 k-core filter) are dropped and counted by reason in the card; values that are *wrong* (a time that
 is not a time, times in mixed formats, a user column with no value at all) stop the import with
 one line naming the file, row and column. Output goes through ``staging_dir``: nothing is
-half-written. Rows keep their source order; the time column is written as Unix seconds.
+half-written. Rows keep their source order, except that each user's rows are put in time
+order (in that user's own slots); the time column is written as Unix seconds.
 """
 
 from __future__ import annotations
@@ -20,83 +21,36 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mlconnect.data.card import make_card
+from mlconnect.data.columns import (
+    ITEM_NAMES,
+    KNOWN,
+    TIME_NAMES,
+    USER_NAMES,
+    fullest,
+    ids,
+    keep_columns,
+    parse_where,
+    resolve,
+    strings,
+    user_candidates,
+)
 from mlconnect.data.filters import kcore_mask
 from mlconnect.data.readers import Source, norm, open_source, row_location
 from mlconnect.data.synth import staging_dir
 from mlconnect.data.timeparse import TimeError, to_seconds
 from mlconnect.errors import DataError, UsageError
 
-USER_NAMES = ("user_id", "userid", "user", "uid", "customer_id", "customer", "client_id", "visitor_id",
-              "account_id", "member_id", "session_id", "sessionid", "reviewer_id")
-ITEM_NAMES = ("item_id", "itemid", "item", "iid", "product_id", "product", "movie_id", "movieid", "sku",
-              "article_id", "track_id", "song_id", "content_id", "video_id", "book_id", "parent_asin", "asin", "isbn")
-TIME_NAMES = ("timestamp", "ts", "time", "event_time", "event_timestamp", "created_at", "datetime", "date",
-              "time_stamp", "unix_time", "event_ts", "unix_review_time", "date_added")
-KNOWN = {norm(n) for n in (*USER_NAMES, *ITEM_NAMES, *TIME_NAMES)}
-_WHERE = re.compile(r"^\s*(.+?)\s*(==|!=|>=|<=|>|<)\s*(.+?)\s*$")
 _OPS = {"==": pc.equal, "!=": pc.not_equal, ">=": pc.greater_equal, "<=": pc.less_equal, ">": pc.greater,
         "<": pc.less}
 WRITE_BATCH = 1 << 20
-
-
-def resolve(src: Source, given: str | None, candidates: tuple[str, ...], role: str, flag: str) -> str | None:
-    """The column ``given`` names (exact, loose or by 0-based position), or the first common name found."""
-    if given is not None:
-        if given in src.names:
-            return given
-        loose = [n for n in src.names if norm(n) == norm(given)]
-        if loose:
-            return loose[0]
-        if given.isdigit() and int(given) < len(src.names):
-            return src.names[int(given)]
-        raise DataError(str(src.path), f"no column {given!r} for the {role} (the file has: "
-                        f"{', '.join(src.names)})", line=1, hint=f"name an existing column with {flag}")
-    by_norm = {norm(n): n for n in reversed(src.names)}
-    for cand in candidates:
-        if norm(cand) in by_norm:
-            return by_norm[norm(cand)]
-    return None
-
-
-def user_candidates(src: Source, found: str | None) -> list[str]:
-    """Every column with a common user name (Diginetica: userId, mostly "NA", beside sessionId)."""
-    cands = list(dict.fromkeys(n for c in USER_NAMES for n in src.names if norm(n) == norm(c)))
-    return cands if len(cands) > 1 else [found] if found else []
-
-
-def fullest(table: pa.Table, cands: list[str]) -> str:
-    """The candidate with the most values (ties: name order): the first name alone could keep 3% of rows."""
-    return max(cands, key=lambda c: table.num_rows - table.column(c).null_count)
-
-
-def parse_where(text: str) -> tuple[str, str, Any]:
-    """``col OP value``: the value in quotes is a string, else a number when it reads as one."""
-    m = _WHERE.match(text)
-    if not m:
-        raise UsageError(f"--where {text!r} is not 'COLUMN OP VALUE'",
-                         "write e.g. --where 'event_type == \"purchase\"' (OP: == != < <= > >=)")
-    col, op, raw = m.groups()
-    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "\"'":
-        return col, op, raw[1:-1]
-    try:
-        return col, op, float(raw)
-    except ValueError:
-        return col, op, raw
+__all__ = ["KNOWN", "import_events", "parse_where", "resolve"]
 
 
 def _fail(src: Source, row: int, column: str, problem: str) -> DataError:
     path, line, where = row_location(src, row)
     return DataError(path + (f", {where}" if where else ""), problem, line=line, column=column,
-                     hint="fix the value in the file, or pick the column with --time / --time-unit")
-
-
-def _strings(col: pa.ChunkedArray) -> pa.Array:
-    arr = col.combine_chunks()
-    if pa.types.is_dictionary(arr.type):
-        arr = arr.dictionary_decode()
-    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
-        arr = pc.cast(arr, pa.string())
-    return arr
+                     hint="fix the value in the file, or say how to read it with --time / --time-unit / "
+                     "--time-format")
 
 
 def _clean(col: pa.Array) -> pa.Array:
@@ -138,6 +92,31 @@ def _drop_duplicates(mask: np.ndarray, users: np.ndarray, items: np.ndarray, sec
     return int(same.sum())
 
 
+def _time_ordered(rows: np.ndarray, users: np.ndarray, seconds: np.ndarray) -> tuple[np.ndarray, int]:
+    """``rows`` with each user's rows sorted by exact time (ties: file order), in the file's slots.
+
+    The engine (like RecBole) orders a user's rows by a min-max-normalised float32 time, which
+    cannot tell apart seconds on a year-long span: ties fall back to file order, so a log exported
+    newest-first would train on scrambled sequences. Each user keeps the slots its rows had in the
+    file (the layout does not change), filled with its rows in time order. Returns how many moved.
+    """
+    u, s = users[rows], seconds[rows]
+    by_file = np.argsort(u, kind="stable")  # each user's slots, in file order
+    su, uu = s[by_file], u[by_file]
+    if np.all((su[1:] >= su[:-1]) | (uu[1:] != uu[:-1])):  # already in time order (the usual export)
+        return rows, 0
+    del su, uu
+    # each user's rows by time, then file order (Arrow's sort is stable; twice as fast as np.lexsort)
+    by_time = pc.sort_indices(pa.table({"u": u, "s": s}), sort_keys=[("u", "ascending"), ("s", "ascending")])
+    by_time = by_time.to_numpy()
+    moved = int(np.count_nonzero(by_file != by_time))
+    if not moved:
+        return rows, 0
+    out = np.empty_like(rows)
+    out[by_file] = rows[by_time]
+    return out, moved
+
+
 def _codes(arr: pa.Array) -> np.ndarray:
     """int64 code per row (nulls get 0: callers mask them out)."""
     return pc.fill_null(pc.dictionary_encode(arr).indices, 0).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -153,7 +132,7 @@ def _field(col: pa.Array) -> tuple[str, pa.Array]:
     """(RecBole type, text) of a carried column: float when every value is a number."""
     if col.null_count == 0 and (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
         return "float", pc.cast(col, pa.string())
-    text = _strings(pa.chunked_array([col]))
+    text = strings(pa.chunked_array([col]))
     try:
         if text.null_count == 0 and len(text):
             pc.cast(text, pa.float64())
@@ -165,29 +144,29 @@ def _field(col: pa.Array) -> tuple[str, pa.Array]:
 
 def import_events(path: str | Path, out_dir: str | Path, name: str | None = None, *, user: str | None = None,
                   item: str | None = None, time: str | None = None, time_unit: str | None = None,
-                  sep: str | None = None, where: list[str] | None = None, keep: list[str] | None = None,
+                  time_format: str | None = None, header: bool | None = None, sep: str | None = None,
+                  where: list[str] | None = None, keep: list[str] | None = None,
                   items_file: str | Path | None = None, min_user_inter: int = 0, min_item_inter: int = 0,
                   dedup: bool = True, overwrite: bool = False) -> tuple[Path, dict[str, Any]]:
     """Import ``path`` into ``out_dir/<name>/`` (``.inter``, ``.item``, ``card.json``, a suggested config).
 
     Returns the dataset folder and its card. ``keep`` entries are ``COL`` or ``COL=NAME``.
     """
-    src = open_source(Path(path), sep=sep, known=KNOWN)
+    # A column named on the command line and found in the first line makes that line the header.
+    named = {norm(n) for n in (user, item, time) if n not in (None, "none") and not n.isdigit()}
+    src = open_source(Path(path), sep=sep, header=header, known=KNOWN | named)
     name = name or re.sub(r"\.(csv|tsv|txt|data|parquet|jsonl|ndjson|json|gz|zst)$", "", src.path.name,
                           flags=re.I).split(".")[0] or "dataset"
     ucol = resolve(src, user, USER_NAMES, "user id", "--user")
     ucands = user_candidates(src, ucol) if user is None else [ucol]
     icol = resolve(src, item, ITEM_NAMES, "item id", "--item")
-    tcol = resolve(src, time, TIME_NAMES, "time", "--time")
+    # --time none: no time column even where one is found (row order is time order)
+    tcol = None if time == "none" and "none" not in src.names else resolve(src, time, TIME_NAMES, "time", "--time")
     for col, role, flag, cands in ((ucol, "user id", "--user", USER_NAMES), (icol, "item id", "--item", ITEM_NAMES)):
         if col is None:
             raise DataError(str(src.path), f"no {role} column: none of {', '.join(cands[:6])}, ... (the file has: "
                             f"{', '.join(src.names)})", line=1, hint=f"name it with {flag} COLUMN")
-    kept = []
-    for spec in keep or []:
-        col, _, new = spec.partition("=")
-        kept.append((resolve(src, col, (), f"--keep {spec}", "--keep"), new or (col if not col.isdigit() else
-                                                                               f"col{col}")))
+    kept = keep_columns(src, keep or [], {"user_id", "item_id", *(["timestamp"] if tcol else [])})
     conds = [parse_where(w) for w in where or []]
     conds = [(resolve(src, c, (), f"--where {c}", "--where"), op, v) for c, op, v in conds]
     table = src.read([*ucands, icol, *([tcol] if tcol else []), *(c for c, _ in kept), *(c for c, _, _ in conds)])
@@ -206,16 +185,16 @@ def import_events(path: str | Path, out_dir: str | Path, name: str | None = None
                 raise UsageError(f"--where {col} {op} {value:g}: column {col!r} is not numeric ({exc})",
                                  "quote the value to compare as text") from None
         elif isinstance(value, str):
-            arr = _strings(arr)
+            arr = strings(arr)
         ok = _OPS[op](arr, value).fill_null(False).to_numpy(zero_copy_only=False)
         if op == "==" and not ok.any():  # a typo ("purchase" for "transaction") should not read as "no data"
-            seen = pc.unique(_strings(pa.chunked_array([arr])).drop_null()).to_pylist()
+            seen = pc.unique(strings(pa.chunked_array([arr])).drop_null()).to_pylist()
             raise UsageError(f"--where {col} == {value!r} matches no row ({col!r} has: "
                              f"{', '.join(map(repr, sorted(seen)[:8]))}{', ...' if len(seen) > 8 else ''})",
                              "use one of those values")
         dropped[f"--where {col} {op} {value!r}"] = int((mask & ~ok).sum())
         mask &= ok
-    users, items = _strings(table.column(ucol)), _strings(table.column(icol))
+    users, items = ids(table.column(ucol)), ids(table.column(icol))
     for col, arr, role in ((ucol, users, "user"), (icol, items, "item")):
         nulls = arr.is_null().to_numpy(zero_copy_only=False)
         if nulls.all():
@@ -226,7 +205,7 @@ def import_events(path: str | Path, out_dir: str | Path, name: str | None = None
     seconds, time_order = None, "row order within each user (no time column)"
     if tcol:
         try:
-            seconds, how = to_seconds(table.column(tcol), time_unit)
+            seconds, how = to_seconds(table.column(tcol), time_unit, time_format)
         except TimeError as exc:
             raise _fail(src, exc.row, tcol, str(exc)) from None
         time_order = f"column {tcol!r}, read as {how}"
@@ -244,12 +223,17 @@ def import_events(path: str | Path, out_dir: str | Path, name: str | None = None
         dropped[f"k-core (users >= {min_user_inter}, items >= {min_item_inter})"] = before - int(mask.sum())
     if not mask.any():
         raise DataError(str(src.path), "no rows left after filtering", hint="loosen --where / --min-*-inter")
-    take = pa.array(np.flatnonzero(mask))
+    rows = np.flatnonzero(mask)
+    if seconds is not None:
+        rows, moved = _time_ordered(rows, ucodes, seconds)
+        if moved:
+            time_order += f"; {moved:,} rows were out of time order: each user's rows are written sorted by time"
+    take = pa.array(rows)
     header = ["user_id:token", "item_id:token"]
     out_cols = [users.take(take), items.take(take)]
     extra: list[tuple[int, str, pa.Array]] = []  # time and kept columns, written in the source's column order
     if seconds is not None:
-        extra.append((src.names.index(tcol), "timestamp:float", _time_text(seconds[mask])))
+        extra.append((src.names.index(tcol), "timestamp:float", _time_text(seconds[rows])))
     for col, new in kept:
         ftype, text = _field(table.column(col).combine_chunks().take(take))
         extra.append((src.names.index(col), f"{new}:{ftype}", text))
@@ -265,8 +249,8 @@ def import_events(path: str | Path, out_dir: str | Path, name: str | None = None
         if items_file is not None:
             n_catalog = _write_items(Path(items_file), item, tmp / f"{name}.item")
         card = make_card(source=str(src.path), fmt=src.describe(), columns=columns, time_order=time_order,
-                         rows_read=n, dropped=dropped, users=ucodes[mask], items=icodes[mask],
-                         seconds=seconds[mask] if seconds is not None else None, n_catalog=n_catalog)
+                         rows_read=n, dropped=dropped, users=ucodes[rows], items=icodes[rows],
+                         seconds=seconds[rows] if seconds is not None else None, n_catalog=n_catalog)
         # Tabs / line breaks in ids become spaces (the .inter is a TSV); say how many, since
         # "a<TAB>b" and "a b" are now one id.
         touched = [int(pc.sum(pc.match_substring_regex(c, r"[\t\r\n]")).as_py() or 0) for c in out_cols[:2]]
@@ -286,12 +270,12 @@ def _write_items(path: Path, item: str | None, dest: Path) -> int:
                         hint="name the item column the same as in the events, or item_id")
     others = [c for c in src.names if c != icol]
     table = src.read([icol, *others])
-    ids = _strings(table.column(icol))
-    valid = np.flatnonzero(~ids.is_null().to_numpy(zero_copy_only=False))
-    _, first_idx = np.unique(_codes(ids)[valid], return_index=True)  # one row per item id: its first
+    item_ids = ids(table.column(icol))  # the same missing-id rule as the events
+    valid = np.flatnonzero(~item_ids.is_null().to_numpy(zero_copy_only=False))
+    _, first_idx = np.unique(_codes(item_ids)[valid], return_index=True)  # one row per item id: its first
     rows = pa.array(np.sort(valid[first_idx]))
     header = ["item_id:token"]
-    cols = [ids.take(rows)]
+    cols = [item_ids.take(rows)]
     for c in others:
         ftype, text = _field(table.column(c).combine_chunks().take(rows))
         header.append(f"{re.sub(r'[^0-9A-Za-z_]', '_', c.split(':')[0])}:{ftype}")

@@ -65,7 +65,7 @@ def _lines(path: Path, *, latin1_fallback: bool = False) -> Iterator[tuple[int, 
 def _sniff(path: Path) -> str:
     """Which layout a ratings file has: '100k' (tabs), '1m' ('::') or 'csv' (header userId,...)."""
     for _, first in _lines(path):
-        if first.replace(" ", "").lower().startswith("userid,movieid,rating"):
+        if first.replace(" ", "").replace('"', "").lower().startswith("userid,movieid,rating"):  # R / pyarrow quote it
             return "csv"
         if "::" in first:
             return "1m"
@@ -110,7 +110,7 @@ def _convert_ratings(path: Path, kind: str, out: IO[str]) -> tuple[int, int, int
     sep = {"100k": "\t", "1m": "::", "csv": ","}[kind]
     buf: list[str] = []
     for lineno, line in _lines(path):
-        if kind == "csv" and n == 0 and line.lower().startswith("userid"):
+        if kind == "csv" and n == 0 and line.lstrip('"').lower().startswith("userid"):
             continue  # the header
         parts = line.split(sep) if kind != "100k" else line.split()
         if len(parts) != 4:

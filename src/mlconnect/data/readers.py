@@ -9,9 +9,8 @@ keep their exact text ("007" stays "007"); Parquet and JSON keep their own types
 from __future__ import annotations
 
 import csv
-import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,10 +18,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from mlconnect.data.atomic import BOM
+from mlconnect.data.jsonl import jsonl_names, read_jsonl
+from mlconnect.data.textio import arrow_problem as _arrow_problem
+from mlconnect.data.textio import head_lines as _head_lines
+from mlconnect.data.textio import lines as _lines
 from mlconnect.errors import DataError, MlconnectError
 
 GZIP, ZSTD, PARQUET = b"\x1f\x8b", b"\x28\xb5\x2f\xfd", b"PAR1"
@@ -59,11 +60,14 @@ class Source:
         columns = list(dict.fromkeys(columns))
         try:
             return _READERS[self.kind](self, columns)
-        except (pa.ArrowInvalid, OSError, EOFError) as exc:
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, EOFError) as exc:
             if self.kind == "csv" and (m := _BAD_ROW.search(str(exc))):
                 raise DataError(str(self.path), f"expected {m.group(1)} columns, found {m.group(2)}",
                                 line=_line_of(self, m.group(3).encode()),
                                 hint="fix that line, or pass the right --sep") from None
+            if "invalid UTF8" in str(exc):  # Latin-1 / Windows-1252 exports
+                raise DataError(str(self.path), "the file is not UTF-8 text", line=_first_non_utf8(self),
+                                hint="save it as UTF-8 (e.g. iconv -f latin1 -t utf-8) and import again") from None
             raise DataError(str(self.path), _arrow_problem(exc, self.compression),
                             hint="fix the file, or export it again") from None
 
@@ -76,36 +80,28 @@ _BAD_ROW = re.compile(r"Expected (\d+) columns, got (\d+): (.*)$", re.S)
 
 def _line_of(src: Source, text: bytes) -> int | None:
     """1-based line number of the first line that reads ``text`` (Arrow quotes the row, not its line)."""
+    # A row with an unbalanced quote runs on over several lines: match its first line.
+    first = text.split(b"\n", 1)[0].rstrip(b"\r")
     with src.stream() as f:
         for lineno, raw in enumerate(_lines(f), start=1):
-            if raw.rstrip(b"\r") == text.rstrip(b"\r\n"):
+            if raw.rstrip(b"\r") == first:
                 return lineno
     return None
 
 
-def _arrow_problem(exc: Exception, compression: str | None) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if compression and ("runcated" in text or "inflate" in text or "compressed" in text.lower()):
-        return f"the {compression} stream is truncated or corrupt ({text}); export or download it again"
-    return f"cannot be read: {text}"
+def _first_non_utf8(src: Source) -> int | None:
+    with src.stream() as f:
+        for lineno, raw in enumerate(_lines(f), start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return lineno
+    return None
 
 
 def _magic(path: Path) -> bytes:
     with open(path, "rb") as f:
         return f.read(4)
-
-
-def _head_lines(path: Path, compression: str | None, n: int = 20) -> list[str]:
-    try:
-        with pa.input_stream(str(path), compression=compression) as f:
-            head = f.read(1 << 16)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise DataError(str(path), _arrow_problem(exc, compression)) from None
-    head = head.removeprefix(BOM)
-    lines = head.decode("utf-8", errors="replace").splitlines()
-    if len(head) == 1 << 16 and lines:
-        lines = lines[:-1]  # the last line may be cut
-    return [line for line in lines if line.strip()][:n]
 
 
 def sniff_separator(lines: list[str]) -> str:
@@ -124,13 +120,16 @@ def sniff_separator(lines: list[str]) -> str:
     return max(agree, key=lambda sep: agree[sep]) if agree else ","
 
 
-def looks_like_header(first: list[str], second: list[str] | None, known: set[str]) -> bool:
-    """A header names columns: a known name, or text above a row that has numbers."""
+def looks_like_header(first: list[str], rest: list[list[str]], known: set[str]) -> bool:
+    """A header names columns: a known name, or text above a column that is numbers in every sampled row.
+
+    Every row, not just the second: a Last.fm track named "1979" on line 2 must not make line 1 a header.
+    """
     if any(norm(f) in known for f in first):
         return True
-    if any(_NUMBER.match(f) for f in first):
+    if any(_NUMBER.match(f) for f in first) or not rest:
         return False
-    return second is not None and any(_NUMBER.match(f) for f in second)
+    return any(all(k < len(row) and _NUMBER.match(row[k]) for row in rest) for k in range(len(first)))
 
 
 def norm(name: str) -> str:
@@ -146,8 +145,8 @@ def open_source(path: Path, *, sep: str | None = None, header: bool | None = Non
         raise MlconnectError(f"{path} does not exist", "give a CSV, TSV, Parquet or JSON Lines file (or a folder "
                              "of Parquet parts)")
     if path.is_dir():
-        parts = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith((".", "_"))
-                       and p.suffix in (".parquet", ".parq", ".pq"))
+        parts = sorted((p for p in path.rglob("*") if p.is_file() and not p.name.startswith((".", "_"))
+                        and p.suffix in (".parquet", ".parq", ".pq")), key=natural_key)
         if not parts:
             raise MlconnectError(f"{path} holds no .parquet files", "give one file, or a folder of Parquet parts")
         return Source(path, "parquet", _parquet_names(parts), parts=parts)
@@ -167,6 +166,7 @@ def open_source(path: Path, *, sep: str | None = None, header: bool | None = Non
         src = Source(path, "jsonl", [], compression=compression)
         src.names = jsonl_names(src)
         return src
+    given_sep = sep
     sep = {"tab": "\t", "\\t": "\t", "space": " "}.get(sep or "", sep) or sniff_separator(lines)
     def split(line: str) -> list[str]:  # the csv module only to read the header's quoting
         if sep == " " or len(sep) > 1 or sep == "\t":
@@ -174,11 +174,26 @@ def open_source(path: Path, *, sep: str | None = None, header: bool | None = Non
         return next(csv.reader([line], delimiter=sep))
 
     first = [f.strip() for f in split(lines[0])]
-    second = [f.strip() for f in split(lines[1])] if len(lines) > 1 else None
+    if given_sep and len(first) == 1:  # else the whole line becomes one column named "0"
+        raise DataError(str(path), f"--sep {given_sep!r} does not split the first line", line=1,
+                        hint="pass the separator the file uses, or leave --sep out to detect it")
     if header is None:
-        header = looks_like_header(first, second, known or set())
-    names = [f.split(":")[0] for f in first] if header else [str(i) for i in range(len(first))]
+        rest = [[f.strip() for f in split(line)] for line in lines[1:]]
+        header = looks_like_header(first, rest, known or set())
+    names = _unique([f.split(":")[0] for f in first]) if header else [str(i) for i in range(len(first))]
     return Source(path, "csv", names, compression=compression, sep=sep, header=header)
+
+
+def _unique(names: list[str]) -> list[str]:
+    """A repeated header name gets pandas' suffix (item_id, item_id.1): Arrow selects columns by name,
+    so the second of two equal names, picked by position, would silently read the first."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        k = seen.get(name, 0)
+        seen[name] = k + 1
+        out.append(name if k == 0 else f"{name}.{k}")
+    return out
 
 
 def _parquet_names(parts: list[Path]) -> list[str]:
@@ -191,6 +206,21 @@ def _parquet_names(parts: list[Path]) -> list[str]:
 def _read_csv(src: Source, columns: list[str]) -> pa.Table:
     if len(src.sep) > 1:
         return _read_multichar(src, columns)
+    try:
+        return _csv_table(src, columns, newlines_in_values=False)
+    except pa.ArrowInvalid as exc:
+        # Quoted values with line breaks (reviews saved by pandas or Excel): Arrow's fast chunker
+        # cuts blocks at any newline, so past the first 8 MB block a continuation line reads as a
+        # short row. Read again with quote-aware chunking (slower, so only on that error).
+        if src.sep == "\t" or not _BAD_ROW.search(str(exc)):
+            raise
+        try:
+            return _csv_table(src, columns, newlines_in_values=True)
+        except pa.ArrowInvalid:
+            raise exc from None  # a real short row: report it as the fast path found it
+
+
+def _csv_table(src: Source, columns: list[str], *, newlines_in_values: bool) -> pa.Table:
     return pacsv.read_csv(
         src.stream(),
         read_options=pacsv.ReadOptions(column_names=src.names, skip_rows=1 if src.header else 0,
@@ -198,7 +228,8 @@ def _read_csv(src: Source, columns: list[str]) -> pa.Table:
         # Tab-separated files are not quoted (Last.fm 1K, MovieLens u.data): a track named
         # '"Weird Al" Yankovic - ...' must keep its quotes, not lose them to CSV quoting.
         parse_options=pacsv.ParseOptions(delimiter=src.sep, ignore_empty_lines=True,
-                                         quote_char=False if src.sep == "\t" else '"'),
+                                         quote_char=False if src.sep == "\t" else '"',
+                                         newlines_in_values=newlines_in_values),
         convert_options=pacsv.ConvertOptions(include_columns=columns, null_values=NULLS, strings_can_be_null=True,
                                              column_types={c: pa.string() for c in columns}))
 
@@ -225,60 +256,34 @@ def _read_multichar(src: Source, columns: list[str]) -> pa.Table:
     return pa.table(out)
 
 
+def natural_key(path: Path) -> list[tuple[int, int | str]]:
+    """Numbers in a path compare as numbers: dask's part.2 comes before part.10 (file order is time order)."""
+    return [(0, int(t)) if t.isdigit() else (1, t) for t in re.split(r"(\d+)", str(path))]
+
+
 def _read_parquet(src: Source, columns: list[str]) -> pa.Table:
     tables = [pq.read_table(p, columns=columns) for p in src.parts]
-    return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    if len(tables) == 1:
+        return tables[0]
+    # Parts written by different jobs may disagree on a column's type (ids as int64 in one part,
+    # strings in the next): such a column is read as text in every part (ids are tokens anyway;
+    # a time column then goes through the text parser).
+    for c in columns:
+        types = {t.schema.field(c).type for t in tables}
+        if len(types) > 1:
+            tables = [t.set_column(t.schema.get_field_index(c), c, _as_text(t.column(c), p, c))
+                      for t, p in zip(tables, src.parts, strict=True)]
+    return pa.concat_tables(tables, promote_options="permissive")
 
 
-def _read_jsonl(src: Source, columns: list[str]) -> pa.Table:
+def _as_text(col: pa.ChunkedArray, part: Path, name: str) -> pa.ChunkedArray:
     try:
-        table = pajson.read_json(src.stream())
-    except pa.ArrowInvalid as exc:
-        if "changed from" not in str(exc):
-            raise
-        table = _read_jsonl_mixed(src, columns)  # ids that are numbers in some records, text in others
-    missing = [c for c in columns if c not in table.column_names]
-    if missing:  # names are only known after reading: report like a missing CSV column
-        raise DataError(str(src.path), f"no column {missing[0]!r} (the records have: "
-                        f"{', '.join(table.column_names)})", line=1)
-    return table.select(columns)
-
-
-def _read_jsonl_mixed(src: Source, columns: list[str]) -> pa.Table:
-    """The slow path (Python's json): a column whose values change type is read as text."""
-    values: dict[str, list[object]] = {c: [] for c in columns}
-    with src.stream() as f:
-        for lineno, raw in enumerate(_lines(f), start=1):
-            if not raw.strip():
-                continue
-            try:
-                rec = json.loads(raw)
-            except ValueError as exc:
-                raise DataError(str(src.path), f"not JSON: {exc}", line=lineno, hint=JSON_HINT) from None
-            for c in columns:
-                values[c].append(rec.get(c) if isinstance(rec, dict) else None)
-    out = {}
-    for c, vals in values.items():
-        kinds = {type(v) for v in vals if v is not None}
-        out[c] = pa.array(vals) if len(kinds) <= 1 else pa.array([None if v is None else str(v) for v in vals])
-    return pa.table(out)
-
-
-JSON_HINT = "fix the file: one JSON object per line"
-
-
-def jsonl_names(src: Source) -> list[str]:
-    """Field names of a JSON Lines file, from its first records (Python's json: types may vary)."""
-    names: dict[str, None] = {}
-    for lineno, line in enumerate(_head_lines(src.path, src.compression, n=50), start=1):
-        try:
-            rec = json.loads(line)
-        except ValueError as exc:
-            raise DataError(str(src.path), f"not JSON Lines: {exc}", line=lineno, hint=JSON_HINT) from None
-        if not isinstance(rec, dict):
-            raise DataError(str(src.path), "not JSON Lines: a record is not an object", line=lineno, hint=JSON_HINT)
-        names.update(dict.fromkeys(rec))
-    return list(names)
+        if pa.types.is_dictionary(col.type):
+            col = pc.cast(col, col.type.value_type)
+        return pc.cast(col, pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise DataError(str(part), f"column {name!r} is {col.type} here and another type in other parts, "
+                        f"and cannot be read as text ({exc})", hint="write every part with one type") from None
 
 
 def row_location(src: Source, row: int) -> tuple[str, int | None, str]:
@@ -301,18 +306,5 @@ def row_location(src: Source, row: int) -> tuple[str, int | None, str]:
     return str(src.path), None, f"row {row + 1}"
 
 
-def _lines(f: pa.NativeFile) -> Iterator[bytes]:
-    rest = b""
-    while True:
-        chunk = f.read(1 << 20)
-        if not chunk:
-            if rest:
-                yield rest
-            return
-        parts = (rest + chunk).split(b"\n")
-        rest = parts.pop()
-        yield from parts
-
-
 _READERS: dict[str, Callable[[Source, list[str]], pa.Table]] = {
-    "csv": _read_csv, "parquet": _read_parquet, "jsonl": _read_jsonl}
+    "csv": _read_csv, "parquet": _read_parquet, "jsonl": read_jsonl}

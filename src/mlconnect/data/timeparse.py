@@ -27,6 +27,10 @@ _NUMBER = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
 # "Sun Jul 30 07:44:10 -0700 2017".
 _OTHER_FORMATS = ("%a %b %d %H:%M:%S %z %Y",)
 _ZONE = r"(Z|z|[+-]\d\d:?\d\d)\s*$"
+# A zone written as a word or after a space (REES46 / Kaggle eCommerce: "2019-10-01 00:00:00 UTC"):
+# rewritten to the ISO form Arrow parses.
+_ZONE_WORD = r"\s*(?:UTC|GMT|Z)$"
+_ZONE_SPACED = r"\s+([+-]\d\d:?\d\d)$"
 
 
 class TimeError(ValueError):
@@ -53,7 +57,7 @@ def numeric_seconds(values: np.ndarray, unit: str | None) -> tuple[np.ndarray, s
         if len(cls) and (cls != cls[0]).any():
             odd = int(np.flatnonzero(ok)[np.flatnonzero(cls != cls[0])[0]])
             first = int(np.flatnonzero(ok)[0])
-            raise TimeError(odd, values[odd], f"mixed time units: this row looks like Unix "
+            raise TimeError(odd, float(values[odd]), f"mixed time units: this row looks like Unix "
                             f"{_LIMITS[int(cls[np.flatnonzero(cls != cls[0])[0]])][0]}, row {first + 1} like "
                             f"Unix {_LIMITS[int(cls[0])][0]} (pass --time-unit to say which)")
         unit = _LIMITS[int(cls[0])][0] if len(cls) else "s"
@@ -90,10 +94,14 @@ def _bad_row(arr: pa.Array, target: pa.DataType) -> int:
     return lo
 
 
-def to_seconds(col: pa.ChunkedArray, unit: str | None = None) -> tuple[np.ndarray, str]:
-    """(seconds as float64 with NaN for nulls, how the column was read)."""
+def to_seconds(col: pa.ChunkedArray, unit: str | None = None, fmt: str | None = None) -> tuple[np.ndarray, str]:
+    """(seconds as float64 with NaN for nulls, how the column was read); ``fmt``: a strptime format."""
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if pa.types.is_dictionary(arr.type):  # pandas 'category' columns in Parquet
+        arr = arr.dictionary_decode()
     t = arr.type
+    if fmt is not None:
+        return _formatted(arr, fmt)
     if pa.types.is_timestamp(t):
         tz = f", zone {t.tz}" if t.tz else " (no zone: UTC)"
         ints = pc.cast(arr, pa.int64()).to_numpy(zero_copy_only=False)
@@ -117,6 +125,8 @@ def to_seconds(col: pa.ChunkedArray, unit: str | None = None) -> tuple[np.ndarra
         a, b = sorted((_first(is_num), _first(pc.invert(is_num))))
         raise TimeError(b, arr[b].as_py(), f"mixed time formats: this row is {arr[b].as_py()!r}, row {a + 1} is "
                         f"{arr[a].as_py()!r} (one format per column: Unix time or ISO-8601)")
+    # after the numeric test: two regex passes over millions of Unix times would cost a second
+    arr = pc.replace_substring_regex(pc.replace_substring_regex(arr, _ZONE_WORD, "Z"), _ZONE_SPACED, "\\1")
     zoned = pc.match_substring_regex(arr, _ZONE)
     n_zoned = pc.sum(zoned).as_py() or 0
     if n_zoned and n_zoned != n_valid:
@@ -128,6 +138,11 @@ def to_seconds(col: pa.ChunkedArray, unit: str | None = None) -> tuple[np.ndarra
     try:
         stamps = pc.cast(arr, target)
     except pa.ArrowInvalid:
+        try:  # a sentinel such as 9999-12-31 is past the ns range (year 2262); µs reach year 294,000
+            stamps = pc.cast(arr, pa.timestamp("us", target.tz))
+            return _with_nans(stamps, "us"), "ISO-8601" + (" with zone" if n_zoned else " (no zone: UTC)")
+        except pa.ArrowInvalid:
+            pass
         for fmt in _OTHER_FORMATS:
             try:
                 stamps = pc.strptime(arr, format=fmt, unit="s")
@@ -136,7 +151,27 @@ def to_seconds(col: pa.ChunkedArray, unit: str | None = None) -> tuple[np.ndarra
                 pass
         row = _bad_row(arr, target)
         raise TimeError(row, arr[row].as_py(), "not a time: expected ISO-8601 (2024-05-01T12:00:00Z) or Unix "
-                        "seconds/ms") from None
+                        "seconds/ms (or pass --time-format)") from None
     secs = _with_nans(stamps, "ns")
     return secs, "ISO-8601" + (" with zone" if n_zoned else " (no zone: UTC)")
 
+
+
+def _formatted(arr: pa.Array, fmt: str) -> tuple[np.ndarray, str]:
+    """Times written in one strptime ``fmt`` (``--time-format``); zone-less ones are UTC."""
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        raise TimeError(0, None, f"--time-format applies to text times, and this column is {arr.type}")
+    arr = pc.utf8_trim_whitespace(arr)
+    try:
+        stamps = pc.strptime(arr, format=fmt, unit="s")
+    except pa.ArrowInvalid:
+        lo, hi = 0, len(arr)  # bisect to the first value the format does not read
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            try:
+                pc.strptime(arr.slice(lo, mid - lo), format=fmt, unit="s")
+                lo = mid
+            except pa.ArrowInvalid:
+                hi = mid
+        raise TimeError(lo, arr[lo].as_py(), f"not a time in --time-format {fmt!r}") from None
+    return _with_nans(stamps, "s"), f"--time-format {fmt!r}"
