@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import httpx
@@ -319,6 +320,7 @@ def test_predict_reads_a_bundle_made_before_the_encoder_graphs(base: Path, tmp_p
     old = tmp_path / "old"
     shutil.copytree(new, old)
     card = json.loads((old / "card.json").read_text())
+    del card["card_sha256"]  # that release's cards had no digest of their own either
     for name in ("encoder.onnx", "item_candidates.onnx", "item_table.npy"):
         (old / name).unlink()
         del card["files"][name]
@@ -355,3 +357,199 @@ def test_predict_killed_mid_write_leaves_the_old_file(base: Path, tmp_path: Path
     r = _cli("predict", "--bundle", str(deploy.bundle(base, "SASRec")), "--out", str(out), "--k", "3", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["rows"] == pq.read_table(out).num_rows == deploy.N_USERS * 3
+
+
+# -- review fixes: --out checks, card integrity, Docker settings, long ids, server options ----------
+
+def _one_error_line(r: subprocess.CompletedProcess, *words: str) -> str:
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode != 0 and len(lines) == 1 and lines[0].startswith("error:"), r.stderr[-2000:]
+    assert " — " in lines[0] and all(w in lines[0] for w in words), lines[0]
+    return lines[0]
+
+
+def test_export_out_that_cannot_be_a_new_folder_is_one_line_before_any_work(base: Path, tmp_path: Path) -> None:
+    exp = deploy.trained(base, "GRU4Rec")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    start = time.monotonic()
+    _one_error_line(_cli("export", str(exp), "--out", str(a_file / "bundle")), "notes.txt is a file")
+    _one_error_line(_cli("export", str(exp), "--out", str(a_file)), "existing file")
+    assert time.monotonic() - start < 60  # no export ran (each call is a process start only)
+    with pytest.raises(UsageError, match="File name too long"):  # an OSError from the file system itself
+        export_bundle(exp, tmp_path / ("n" * 300))
+    if Path("/sys/kernel").is_dir():  # sysfs: no new folders there, even for root
+        with pytest.raises(UsageError, match=r"cannot create /sys/mlconnect-bundle: .* — choose an --out"):
+            export_bundle(exp, "/sys/mlconnect-bundle")
+    # A failure after the temp folder exists removes it and the parents this export made for it.
+    no_ckpt = tmp_path / "no-ckpt"
+    shutil.copytree(exp, no_ckpt, ignore=shutil.ignore_patterns("*.pt"))
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(Exception, match="checkpoint"):
+        export_bundle(no_ckpt, tmp_path / "new" / "deeper" / "b")
+    assert sorted(tmp_path.rglob("*")) == before and a_file.read_text() == "keep me"
+
+
+def _reseal(folder: Path, card: dict) -> None:
+    from mlconnect.deploy.bundle import seal_card
+
+    (folder / "card.json").write_text(json.dumps(seal_card(card), indent=1))
+
+
+def test_edited_card_is_refused_with_one_line_naming_card_json(base: Path, tmp_path: Path) -> None:
+    from mlconnect.deploy.bundle import card_digest
+
+    good = deploy.bundle(base, "SASRec")
+    card = json.loads((good / "card.json").read_text())
+    assert card["card_sha256"] == card_digest(card)
+
+    edited = tmp_path / "edited"
+    shutil.copytree(good, edited)
+    (edited / "card.json").write_text(json.dumps({**card, "max_len": 3}))  # changes every answer
+    r = _cli("predict", "--bundle", str(edited), "--out", str(tmp_path / "r.csv"), "--k", "3")
+    _one_error_line(r, "card.json", "card_sha256")
+    assert not (tmp_path / "r.csv").exists()
+
+    # Another layout of the same values is the same card; a bundle exported before the digest still loads.
+    shutil.copy(good / "card.json", edited / "card.json")
+    (edited / "card.json").write_text(json.dumps(card, indent=4, sort_keys=True))
+    assert Bundle.load(edited).max_len == card["max_len"]
+    legacy = {k: v for k, v in card.items() if k != "card_sha256"}
+    (edited / "card.json").write_text(json.dumps(legacy))
+    assert Bundle.load(edited).card == legacy
+    (edited / "card.json").write_text(json.dumps({**legacy, "max_len": 0}))  # was an ONNX Runtime traceback
+    with pytest.raises(BundleError, match=r"card.json: max_len 0"):
+        Bundle.load(edited)
+
+    # A digest dropped from card["files"] does not switch that file's check off, even in a card whose own
+    # digest was made again (or an old card without one): the modified model is refused by name.
+    dropped = tmp_path / "dropped"
+    shutil.copytree(good, dropped)
+    data = bytearray((dropped / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (dropped / "model.onnx").write_bytes(bytes(data))
+    files = {k: v for k, v in card["files"].items() if k != "model.onnx"}
+    (dropped / "card.json").write_text(json.dumps({**card, "files": files}))
+    with pytest.raises(BundleError, match="card_sha256"):
+        Bundle.load(dropped)
+    _reseal(dropped, {**card, "files": files})
+    r = subprocess.run([sys.executable, "-m", "mlconnect.deploy.server", "--bundle", str(dropped),
+                        "--port", str(free_port())], capture_output=True, text=True, timeout=60, env=ENV)
+    _one_error_line(r, "card.json", "model.onnx", "'files'")
+    for name in ("encoder.onnx", "histories.npz", "items.json"):  # predict's path, the histories, the metadata
+        _reseal(dropped, {**card, "files": {k: v for k, v in card["files"].items() if k != name}})
+        with pytest.raises(BundleError, match=f"no sha256 for {name}"):
+            Bundle.load(dropped)
+
+
+def test_docker_settings_may_be_edited_but_the_wheel_and_model_stay_checked(base: Path, tmp_path: Path) -> None:
+    src = deploy.bundle(base, "GRU4Rec", docker=True)
+    files = json.loads((src / "card.json").read_text())["files"]
+    wheel = next(src.glob("mlconnect-*.whl")).name
+    assert "Dockerfile" not in files and "requirements.txt" not in files
+    assert {wheel, "model.onnx", "vocab.json", "histories.npz"} <= set(files)
+
+    b = tmp_path / "b"
+    shutil.copytree(src, b)
+    dockerfile = (b / "Dockerfile").read_text()
+    assert "PORT=8000" in dockerfile
+    (b / "Dockerfile").write_text(dockerfile.replace("PORT=8000", "PORT=9000") + "LABEL team=recs\n")
+    with open(b / "requirements.txt", "a") as f:
+        f.write("# --index-url https://pypi.internal.example/simple\n")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mlconnect.deploy.server", "--bundle", str(b), "--port", str(port)],
+                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _healthy(f"http://127.0.0.1:{port}", proc), proc.stderr.read() if proc.stderr else ""
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    with open(b / wheel, "ab") as f:  # the server's own code is still part of the bundle's digests
+        f.write(b"\0")
+    with pytest.raises(BundleError, match=f"{wheel} does not match its sha256"):
+        Bundle.load(b)
+
+
+def _healthy(url: str, proc: subprocess.Popen, headers: dict | None = None) -> bool:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(url + "/health", headers=headers, timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    return False
+
+
+def test_serve_bundle_answers_ids_longer_than_256_characters(base: Path, tmp_path: Path) -> None:
+    """A user and an item whose raw ids are 400 and 300 characters (training accepts them): the same
+    bundle with only those ids renamed answers them exactly as it answers the original ids."""
+    good = deploy.bundle(base, "SASRec")
+    b = tmp_path / "long-ids"
+    shutil.copytree(good, b)
+    vocab = json.loads((b / "vocab.json").read_text())
+    user, item = "L" * 400, "x" * 300
+    vocab["user_ids"][vocab["user_ids"].index("1")] = user
+    vocab["item_ids"][vocab["item_ids"].index("5")] = item
+    (b / "vocab.json").write_text(json.dumps(vocab))
+    card = json.loads((b / "card.json").read_text())
+    _reseal(b, {**card, "files": {**card["files"], "vocab.json": sha256_file(b / "vocab.json")}})
+
+    ref = BundleRecommender(Bundle.load(good), threads=1)
+    want = ref.recommend([ref.user_history("1")], 10)[0]
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mlconnect", "serve", "--bundle", str(b), "--port", str(port)],
+                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert _healthy(url, proc), proc.stderr.read() if proc.stderr else ""
+        got = httpx.post(url + "/recommend", json={"user_id": user, "k": 10})
+        assert got.status_code == 200, got.text
+        assert [(i["item_id"], round(i["score"], 4)) for i in got.json()["items"]] == \
+            [(item if i == "5" else i, round(s, 4)) for i, s in want]
+        seq = [item if i == "5" else i for i in ref.user_history("1")]
+        assert httpx.post(url + "/recommend", json={"items": seq, "k": 10}).json() == got.json()
+        huge = httpx.post(url + "/recommend", json={"user_id": "u" * 5000})
+        assert huge.status_code == 422 and "string_too_long" in huge.text
+        assert httpx.post(url + "/recommend", json={"items": [item] * 4000}).status_code == 413  # 1.2 MB body
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+
+
+def test_server_options_out_of_range_are_one_line_before_listening(base: Path) -> None:
+    from mlconnect.errors import MlconnectError
+    from mlconnect.serving.listen import bind_socket
+
+    b = str(deploy.bundle(base, "SASRec"))
+    image = [sys.executable, "-m", "mlconnect.deploy.server", "--bundle", b]
+    for extra, words in ((["--port", "99999"], ("--port", "65535")), (["--port", ""], ("--port", "whole number")),
+                         (["--max-batch", "0"], ("--max-batch", "below 1")), (["--threads", "-1"], ("--threads",))):
+        r = subprocess.run([*image, *extra], capture_output=True, text=True, timeout=60, env=ENV)
+        assert r.returncode == 2 and "export it again" not in r.stderr
+        _one_error_line(r, *words)
+    with pytest.raises(MlconnectError, match="port 99999 is out of range"):
+        bind_socket("127.0.0.1", 99999)
+    for device, words in (("tpu", ("unknown device 'tpu'",)), ("mps", ("--device mps",))):
+        r = _cli("serve", "--bundle", b, "--port", "0", "--device", device, timeout=60)
+        assert r.returncode == 2 and "serving bundle" not in r.stderr
+        _one_error_line(r, *words)
+
+
+def test_compare_topk_of_a_user_who_has_seen_every_item_warns_nothing() -> None:
+    inf = float("-inf")
+    eng = (np.array([[2.0, 1.0, inf, inf], [inf, inf, inf, inf]]), np.array([[3, 4, 1, 2], [1, 2, 3, 4]]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same = compare_topk(eng, (np.array([[2.0, 1.0, inf], [inf, inf, inf]]), np.array([[3, 4, 1], [1, 2, 3]])))
+        assert same["ok"] and same["max_abs_score_diff"] == 0.0
+        lost = compare_topk(eng, (np.array([[2.0, inf, inf], [inf, inf, inf]]), np.array([[3, 4, 1], [1, 2, 3]])))
+        assert not lost["ok"]  # an exported -inf where the engine has a score is still a difference
+
+
+def test_export_torch_of_a_gru_warns_nothing(base: Path, tmp_path: Path) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        card = export_bundle(deploy.trained(base, "GRU4Rec"), tmp_path / "gru-torch", fmt="torch")
+    assert card["verification"]["ok"]
+    assert not [str(w.message) for w in caught if "register_buffer" in str(w.message)]

@@ -48,7 +48,9 @@ def register(app: typer.Typer) -> None:
                                  help="Port on this machine (the next free one when busy, with --host; "
                                       "0: any free port, local serving)."),
         bind: str = typer.Option("127.0.0.1", "--bind", help="Address to listen on (local serving)."),
-        device: str = typer.Option("cpu", "--device", help="cpu, cuda or mps."),
+        device: str | None = typer.Option(None, "--device",
+                                          help="cpu (default), cuda or mps; with --bundle: cpu or cuda "
+                                               "(default: CUDA when ONNX Runtime has it)."),
         api_key_env: str | None = typer.Option(None, "--api-key-env", metavar="VAR",
                                                help=f"Require X-API-Key equal to $VAR (default: "
                                                     f"${DEFAULT_KEY_ENV} when set)."),
@@ -77,9 +79,10 @@ def register(app: typer.Typer) -> None:
 
             if host not in (None, "local"):
                 raise UsageError("--bundle serves on this machine", "copy the bundle to the box and serve it there")
-            serve_bundle(bundle, bind=bind, port=port, api_key=read_api_key(api_key_env),
+            serve_bundle(bundle, bind=bind, port=port, api_key=read_api_key(api_key_env), device=device,
                          log=lambda m: typer.echo(m, err=True), **limits)
             return
+        device = device or "cpu"
         api_key = read_api_key(api_key_env)
         target = target_from(host, ssh_config)  # the one "is this host this machine" rule
         if target.is_local:

@@ -5,7 +5,10 @@ A bundle is a folder: ``model.onnx`` (the scoring graph), ``vocab.json`` (raw id
 order), ``histories.npz`` (every user's items, for ``user_id`` requests and ``--exclude-seen``),
 ``items.json`` (item metadata) and ``card.json``, which records where the model came from and a
 sha256 of every other file. Reading a bundle checks those digests first, so a changed byte or a
-missing file is one error line naming the file rather than a wrong answer later.
+missing file is one error line naming the file rather than a wrong answer later. The card is sealed
+too (``card_sha256``, over its own canonical JSON): its fields (``max_len``, the ``files`` list...)
+decide every answer, so an edited card is refused like an edited model. ``export --docker``'s
+Dockerfile and requirements.txt are deployment settings the user may edit: not checksummed.
 
 Imports numpy and onnxruntime only (never torch or the engine): this module runs in the slim
 serving image.
@@ -36,6 +39,14 @@ ITEMS = "items.json"
 # The graph's interface (export.py writes it, Scorer reads it).
 INPUTS = ("items", "seen", "k")  # [B, max_len] right-padded ids, [B, S] ids to rank last, [k] (only its length counts)
 OUTPUTS = ("scores", "ids")      # [B, k] best first
+CARD_DIGEST = "card_sha256"      # sha256 of the card's canonical JSON without this key (card_digest)
+DOCKERFILE, REQUIREMENTS = "Dockerfile", "requirements.txt"  # export --docker's build settings (docker.py)
+DOCKER_RECIPE = (DOCKERFILE, REQUIREMENTS)  # the user's to edit (port, index, a bumped pin): not checksummed
+# What a reader runs or reads: when one of these is in the folder, card["files"] must list it, so that
+# dropping its digest from the card cannot switch its check off.
+CONTENT_FILES = (ONNX_MODEL, TORCH_MODEL, ENCODER_MODEL, ITEM_CANDIDATES_MODEL, ITEM_TABLE, VOCAB, HISTORIES, ITEMS)
+ENCODER_FILES = (ENCODER_MODEL, ITEM_CANDIDATES_MODEL, ITEM_TABLE)  # predict's path: all three or none
+MODEL_FILE = {"onnx": ONNX_MODEL, "torch": TORCH_MODEL}
 
 
 class BundleError(MlconnectError):
@@ -51,13 +62,29 @@ def sha256_file(path: Path) -> str:
 
 
 def file_digests(folder: Path) -> dict[str, str]:
-    """sha256 of every file under ``folder`` except the card itself, by relative POSIX path."""
+    """sha256 of every file under ``folder`` except the card itself and the Docker build settings, by
+    relative POSIX path (the wheel stays in: it is the server's code)."""
     out = {}
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder).as_posix()
-        if p.is_file() and rel != CARD:
+        if p.is_file() and rel != CARD and rel not in DOCKER_RECIPE:
             out[rel] = sha256_file(p)
     return out
+
+
+def card_digest(card: dict[str, Any]) -> str:
+    """sha256 of the card without its ``card_sha256``, as sorted, compact JSON: the same however the file
+    is indented, and different after any change to a value."""
+    body = {k: v for k, v in card.items() if k != CARD_DIGEST}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def seal_card(card: dict[str, Any]) -> dict[str, Any]:
+    """The card as export writes it: plain JSON values (as a reader reads them back) plus its digest."""
+    plain = json.loads(json.dumps(card, default=str))
+    plain[CARD_DIGEST] = card_digest(plain)
+    return plain
 
 
 def read_card(root: Path) -> dict[str, Any]:
@@ -76,7 +103,34 @@ def read_card(root: Path) -> dict[str, Any]:
     if card.get("format_version") != FORMAT_VERSION:
         raise BundleError(f"{path} has format_version {card.get('format_version')!r}; this mlconnect reads "
                           f"{FORMAT_VERSION}", "export it again with this mlconnect version")
+    # A card without a digest is an export from before it existed: its fields are still checked below.
+    if CARD_DIGEST in card and card[CARD_DIGEST] != card_digest(card):
+        raise BundleError(f"{path} does not match its {CARD_DIGEST} (edited after export)",
+                          "copy the bundle again from its source, or export again")
+    check_card(root, card)
     return card
+
+
+def check_card(root: Path, card: dict[str, Any]) -> None:
+    """The card's fields a reader relies on: the model file its format runs, a positive ``max_len``,
+    and a digest in ``files`` for every file a reader opens (one error naming what is wrong)."""
+    path = root / CARD
+    fmt, model_file = card.get("format"), card.get("model_file")
+    if fmt not in MODEL_FILE or model_file != MODEL_FILE[fmt]:
+        raise BundleError(f"{path}: format {fmt!r} with model_file {model_file!r} is not a bundle this mlconnect "
+                          "reads", "export the bundle again")
+    for key, least in (("max_len", 1), ("length_slot", 0)):
+        value = card.get(key, least)
+        if type(value) is not int or value < least:
+            raise BundleError(f"{path}: {key} {value!r} is not a whole number >= {least}", "export the bundle again")
+    files = card["files"]
+    listed_encoder = [f for f in ENCODER_FILES if f in files]
+    needed = [model_file, VOCAB, HISTORIES, *(ENCODER_FILES if listed_encoder else ())]
+    needed += [f for f in CONTENT_FILES if (root / f).exists()]
+    for name in dict.fromkeys(needed):
+        if name not in files:
+            raise BundleError(f"{path} has no sha256 for {name} in 'files' (edited after export)",
+                              "copy the bundle again from its source, or export again")
 
 
 def verify_files(root: Path, card: dict[str, Any]) -> None:

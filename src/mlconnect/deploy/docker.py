@@ -3,7 +3,9 @@
 The image holds Python, ONNX Runtime, numpy, FastAPI and uvicorn, the mlconnect wheel installed
 without its dependencies (so no torch), and the bundle as its working directory. The pins are the
 versions installed where the export runs (the ones the export verified against), closed over their
-own dependencies, so a rebuild next month installs the same code.
+own dependencies, so a rebuild next month installs the same code. The Dockerfile and requirements.txt
+are the user's to edit (card.json has no digest for them, so the server still starts); the wheel,
+the server's code, keeps its digest.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 from mlconnect import __version__
+from mlconnect.deploy.bundle import DOCKERFILE, REQUIREMENTS
 from mlconnect.errors import MlconnectError
 from mlconnect.fileio import atomic_write_text
 
@@ -83,7 +86,7 @@ CMD {CMD}
 def write_docker_files(folder: Path, log: Callable[[str], None] = lambda _m: None) -> None:
     """requirements.txt, the mlconnect wheel (from this checkout; else pinned by version) and the Dockerfile."""
     pins = pinned_closure()
-    atomic_write_text(folder / "requirements.txt",
+    atomic_write_text(folder / REQUIREMENTS,
                       "# the bundle server's dependencies, pinned to the versions the export ran with\n"
                       + "".join(f"{n}=={v}\n" for n, v in pins.items()))
     from mlconnect.remote.wheel import build_wheel, find_source_root
@@ -95,4 +98,4 @@ def write_docker_files(folder: Path, log: Callable[[str], None] = lambda _m: Non
         (folder / wheel).write_bytes(path.read_bytes())
     else:
         log(f"installed from a wheel: the Dockerfile installs mlconnect=={__version__} from the package index")
-    atomic_write_text(folder / "Dockerfile", dockerfile(wheel))
+    atomic_write_text(folder / DOCKERFILE, dockerfile(wheel))

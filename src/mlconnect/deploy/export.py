@@ -13,6 +13,7 @@ dynamo exporter additionally needs onnxscript and re-traces per model with data-
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import subprocess
@@ -43,13 +44,14 @@ from mlconnect.deploy.bundle import (
     Scorer,
     file_digests,
     pad_batch,
+    seal_card,
 )
 from mlconnect.deploy.program import TorchProgram
 from mlconnect.deploy.topk import EncoderTopK, candidates_graph, item_rows
 from mlconnect.engine.inference import Recommender
 from mlconnect.engine.models import SequentialRecommender
-from mlconnect.errors import ExperimentError, UsageError
-from mlconnect.fileio import atomic_write_json, fsync_dir, read_json
+from mlconnect.errors import ExperimentError, MlconnectError, UsageError
+from mlconnect.fileio import atomic_write_json, fsync_dir, read_json, write_failed
 
 VERIFY_USERS = 1000
 VERIFY_K = 10
@@ -145,8 +147,12 @@ def export_torch(rec: Recommender, path: Path) -> None:
     graph = ScoringGraph(rec.model).eval()
     dim = torch.export.Dim
     batch, n_seen, k = dim("batch"), dim("n_seen"), dim("k", max=len(rec.item_ids))
-    program = torch.export.export(graph, _example(rec), dynamic_shapes={
-        "items": {0: batch}, "seen": {0: batch, 1: n_seen}, "k": {0: k}})
+    with warnings.catch_warnings():
+        # nn.GRU refreshes its cached `_flat_weights` list while traced; torch.export warns that they are
+        # not buffers, but they are the GRU's own parameters (verify() below checks the program's answers).
+        warnings.filterwarnings("ignore", message=r"The tensor attributes .*_flat_weights", category=UserWarning)
+        program = torch.export.export(graph, _example(rec), dynamic_shapes={
+            "items": {0: batch}, "seen": {0: batch, 1: n_seen}, "k": {0: k}})
     torch.export.save(program, str(path))
 
 
@@ -163,7 +169,9 @@ def compare_topk(eng: tuple[np.ndarray, np.ndarray], exp: tuple[np.ndarray, np.n
     (es, ei), (xs, xi) = eng, exp
     k = xs.shape[1]
     finite = np.isfinite(es[:, :k])
-    diff = np.where(finite, np.abs(es[:, :k] - xs), 0.0)
+    # Subtract where the engine's score is finite only: -inf - -inf (a user who has seen every item)
+    # is NaN plus a RuntimeWarning; an exported -inf against a finite score stays an inf difference.
+    diff = np.abs(np.where(finite, es[:, :k], 0.0) - np.where(finite, xs, 0.0))
     same_inf = np.array_equal(finite, np.isfinite(xs))
     swapped = (ei[:, :k] != xi) & finite
     ties = True
@@ -238,17 +246,16 @@ def export_bundle(experiment_dir: str | os.PathLike[str], out: str | os.PathLike
     if docker and fmt != "onnx":
         raise UsageError("--docker serves the ONNX model", "drop --format torch")
     out = Path(out)
-    if out.exists():
-        raise ExperimentError(f"{out} already exists", "choose another --out, or remove that folder first")
+    try:
+        check_out(out)
+    except OSError as exc:  # a name too long, a folder we may not look into
+        raise _out_error(out, exc) from None
     src = Path(experiment_dir)
     if not (src / "config.yaml").is_file():
         raise ExperimentError(f"no experiment at {src}", "check the name (ls experiments/)")
-    rec = Recommender.load(src)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp, made = _make_temp(out)  # before any slow work: an unwritable --out fails in a second
     try:
+        rec = Recommender.load(src)
         log(f"exporting {rec.info['model']} of {rec.paths.name} as {fmt}")
         (export_onnx if fmt == "onnx" else export_torch)(rec, tmp / (ONNX_MODEL if fmt == "onnx" else TORCH_MODEL))
         if fmt == "onnx":
@@ -271,18 +278,63 @@ def export_bundle(experiment_dir: str | os.PathLike[str], out: str | os.PathLike
                               f"written", "report this with the model's config; try --format torch")
         for p in tmp.rglob("*"):  # atomic writes make 0600 files; the image's non-root user must read them
             p.chmod(0o755 if p.is_dir() else 0o644)
-        card = build_card(rec, fmt, result, file_digests(tmp))
+        card = seal_card(build_card(rec, fmt, result, file_digests(tmp)))
         atomic_write_json(tmp / CARD, card)
         (tmp / CARD).chmod(0o644)
         Bundle.load(tmp)  # read back exactly as a server would, digests included
-        os.rename(tmp, out)  # fails, rather than merging, if someone created `out` meanwhile
+        try:
+            os.rename(tmp, out)  # fails, rather than merging, if someone created `out` meanwhile
+        except OSError as exc:
+            raise _out_error(out, exc) from None
         fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for folder in reversed(made):  # the parents this export created, if still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
     if rec.cfg.get("mlflow_tracking_uri"):
         card["mlflow"] = _register(rec, out, card, log)
     return card
+
+
+def check_out(out: Path) -> None:
+    """``--out`` must be a new folder whose nearest existing parent is a folder: one line otherwise."""
+    if out.is_dir():
+        raise ExperimentError(f"{out} already exists", "choose another --out, or remove that folder first")
+    if out.exists() or out.is_symlink():
+        raise UsageError(f"{out} is an existing file; a bundle is a new folder", "choose another --out")
+    for parent in out.parents:
+        if parent.is_dir():
+            return
+        if parent.exists() or parent.is_symlink():
+            raise UsageError(f"cannot create {out}: {parent} is a file, not a folder",
+                             "choose an --out under a folder")
+
+
+def _make_temp(out: Path) -> tuple[Path, list[Path]]:
+    """The hidden folder the bundle is built in, next to ``out``, and the parents created for it."""
+    made = [p for p in reversed(out.parents) if not p.exists()]
+    tmp = out.parent / f".{out.name[:200]}.partial-{os.getpid()}"  # a name `out` may have must fit here too
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as exc:
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise _out_error(out, exc) from None
+    return tmp, made
+
+
+def _out_error(out: Path, exc: OSError) -> MlconnectError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return write_failed(out, exc)  # names the free space
+    if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+        return ExperimentError(f"{out} already exists", "choose another --out, or remove that folder first")
+    return UsageError(f"cannot create {out}: {exc.strerror or exc}",
+                      "choose an --out in a folder you can write to")
 
 
 def _register(rec: Recommender, out: Path, card: dict[str, Any], log: Log) -> dict[str, Any]:

@@ -21,6 +21,8 @@ def bind_socket(bind: str, port: int, *, hint: str = "use --bind 127.0.0.1 and a
     # proto=IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted sockets only when the proto
     # says TCP. Without it, Nagle holds the response body behind its headers until the client's
     # delayed ACK: 40 ms per request on loopback.
+    if not 0 <= port <= 65535:  # bind() would raise OverflowError, a traceback
+        raise MlconnectError(f"port {port} is out of range", "use a port from 0 to 65535 (0: any free port)")
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:

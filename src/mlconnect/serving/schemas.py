@@ -16,7 +16,10 @@ DEFAULT_MAX_ITEMS = 1000        # ids in one `items` sequence (the model reads t
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 MAX_K = 100
 
-ItemId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+# Any id training accepts must be servable (URLs as item ids run past 256 characters); the body limit
+# (max_body_bytes, 413) is what bounds a request, this only stops one absurd string.
+MAX_ID_CHARS = 4096
+ItemId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
 
 
 # -- request / response models (they also make the OpenAPI schema) ------------------------------
