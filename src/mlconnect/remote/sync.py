@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlconnect.errors import RemoteError
+from mlconnect.remote.failures import classify_ssh_failure
 from mlconnect.remote.ssh import Target
 
 DEFAULT_EXCLUDES = (".git/", ".venv/", "venv/", "__pycache__/", "experiments/", "checkpoints/", "logs/",
@@ -21,6 +22,7 @@ DEFAULT_EXCLUDES = (".git/", ".venv/", "venv/", "__pycache__/", "experiments/", 
                     ".mlconnect-cache/",  # the loader's binary cache: rebuilt where the data is
                     "/sweeps/")  # a study lives on its box; never overwritten by the laptop's
 RETRY_RC = {10, 12, 30, 35, 255}  # socket I/O, protocol stream, timeout, daemon timeout, ssh
+SSH_RC = {12, 255}  # rsync's exits when ssh itself failed (its stderr then carries ssh's message)
 PROTECT = ("experiments/", "/sweeps/")  # never deleted on the host, even with --delete
 
 
@@ -96,12 +98,48 @@ def sync_project(target: Target, src: Path, *, dry_run: bool = False, checksum: 
             target.run(["mkdir", "-p", target.remote_root], cwd="~")  # no --mkpath on macOS rsync
             made_root = True
             continue
+        why = _rsync_failure(target, argv, cp.returncode, cp.stderr)
+        if why is not None:  # a wrong key, a changed host key, a full or read-only disk: retrying cannot help
+            raise why
         if cp.returncode in RETRY_RC and attempt < retries:
             time.sleep(delay)
             delay *= 2
             continue
         break
+    if cp.returncode in SSH_RC and (ssh := classify_ssh_failure(target, argv, 255, _ssh_words(cp.stderr))):
+        raise ssh  # still unreachable after the retries: ssh's words and the ssh test command
     raise RemoteError(f"rsync to {target.name} failed (exit {cp.returncode}): "
                       f"{(cp.stderr.strip().splitlines() or ['?'])[-1]}",
                       f"check the connection with `ssh {target.name} true`; nothing half-written was left",
                       command=argv, returncode=cp.returncode, stderr=cp.stderr)
+
+
+# rsync's own words about the host's disk, and what to do about each.
+_DISK_WORDS = (("No space left on device", "the host's disk is full",
+                "free space there (`mlconnect status` shows it) or point remote_root elsewhere in mlconnect.toml"),
+               ("Disc quota exceeded", "the disk quota on the host is used up",
+                "free space there or point remote_root elsewhere in mlconnect.toml"),
+               ("Read-only file system", "remote_root is on a read-only file system",
+                "point remote_root in mlconnect.toml at a writable folder"),
+               ("Permission denied (13)", "no permission to write under remote_root",
+                "point remote_root in mlconnect.toml at a folder you own"))
+
+
+def _ssh_words(stderr: str) -> str:
+    """stderr without rsync's own closing lines, so ssh's message is the last one."""
+    return "\n".join(ln for ln in stderr.splitlines()
+                     if not ln.startswith(("rsync error:", "rsync: connection unexpectedly closed")))
+
+
+def _rsync_failure(target: Target, argv: list[str], rc: int, stderr: str) -> RemoteError | None:
+    """A failure no retry can fix, as one line: ssh refused (key, host key) or the host's disk said no."""
+    ssh = classify_ssh_failure(target, argv, 255, _ssh_words(stderr)) if rc in SSH_RC else None
+    if ssh is not None and "cannot reach" not in ssh.message:  # unreachable: worth the retries
+        return ssh
+    for words, what, hint in _DISK_WORDS:
+        for line in stderr.splitlines():
+            if words in line:
+                return RemoteError(f"rsync to {target.name} failed: {what} ({line.strip()})",
+                                   f"{hint}; nothing half-written was left",
+                                   command=argv, returncode=rc, stderr=stderr)
+    return None
