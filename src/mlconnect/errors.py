@@ -84,6 +84,8 @@ class RemoteError(MlconnectError):
         self.command = command or []
         self.returncode = returncode
         self.stderr_tail = "\n".join(stderr.strip().splitlines()[-5:])
+        # ssh refused for good (a wrong key, a changed host key): waiting and retrying cannot fix it.
+        self.permanent = False
 
 
 AGENT_REFUSED_EXIT = 3  # the agent's exit status when it refuses on purpose (runs/agent.py)
@@ -96,8 +98,10 @@ class AgentError(RemoteError):
 
     @classmethod
     def from_remote(cls, err: RemoteError, message: str | None = None) -> AgentError:
-        return cls(message or err.message, err.hint, command=err.command, returncode=err.returncode,
-                   stderr=err.stderr_tail)
+        new = cls(message or err.message, err.hint, command=err.command, returncode=err.returncode,
+                  stderr=err.stderr_tail)
+        new.permanent = err.permanent
+        return new
 
 
 class AgentRefused(AgentError):

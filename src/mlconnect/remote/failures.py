@@ -30,6 +30,11 @@ def _fix_ssh(target: Target) -> str:
     return f"ssh{cfg} {target.name} true"
 
 
+def _permanent(err: RemoteError) -> RemoteError:
+    err.permanent = True  # `logs -f` retries a dropped connection, never a refusal like this one
+    return err
+
+
 def classify_ssh_failure(target: Target, argv: list[str], rc: int, stderr: str) -> MlconnectError | None:
     """An error for ssh's own failures (exit 255 + ssh's message); None when ssh itself was fine."""
     if rc != 255:
@@ -38,17 +43,17 @@ def classify_ssh_failure(target: Target, argv: list[str], rc: int, stderr: str) 
     where = f"{target.name} ({target.destination()}" + (
         f":{target.host.port})" if target.host and target.host.port else ")")
     if "REMOTE HOST IDENTIFICATION HAS CHANGED" in err or "Host key verification failed" in err:
-        return RemoteError(
+        return _permanent(RemoteError(
             f"the host key of {where} has changed; refusing to connect",
             "if the box was reinstalled, remove the old key with `ssh-keygen -R <host>` (or `-R '[host]:port'`) "
             "and retry; if not, someone may be intercepting the connection",
-            command=argv, returncode=rc, stderr=err)
+            command=argv, returncode=rc, stderr=err))
     if "Permission denied" in err or "Too many authentication failures" in err:
-        return RemoteError(
+        return _permanent(RemoteError(
             f"authentication to {where} failed (ssh: {_last_line(err)})",
             "add your public key to the host's ~/.ssh/authorized_keys (`mlconnect setup client` prints it) "
             f"and check IdentityFile; test with `{_fix_ssh(target)}`",
-            command=argv, returncode=rc, stderr=err)
+            command=argv, returncode=rc, stderr=err))
     if any(m in err for m in _UNREACHABLE):
         return RemoteError(
             f"cannot reach {where}: {_last_line(err)}",
