@@ -86,7 +86,10 @@ def reconcile(paths: ExperimentPaths, status: dict | None = None) -> dict | None
         fresh = read_json(paths.status) or {}
         if fresh.get("run_id") != st.get("run_id") or fresh.get("state") not in ACTIVE:
             return fresh
-        fresh.update(state="lost", lost_reason=verdict["reason"], ended=fresh.get("ended") or now_iso())
+        if _trainer_finished(paths, fresh):  # only the supervisor died (OOM killer, kill -9): the run finished
+            fresh.update(state="succeeded", supervisor_lost=verdict["reason"], ended=fresh.get("ended") or now_iso())
+        else:
+            fresh.update(state="lost", lost_reason=verdict["reason"], ended=fresh.get("ended") or now_iso())
         atomic_write_json(paths.status, fresh)
         return fresh
 
