@@ -41,5 +41,6 @@ def test_supervisor_killed_but_trainer_finished_is_succeeded(tmp_path):
         assert read_json(status)["supervisor_lost"]
         cp = mlc(["resume", "k1", *host], laptop, env, check=False)
         assert cp.returncode != 0 and "only stopped, lost or failed runs resume" in cp.stderr, cp.stderr
+        assert f"--force --host {sshd.alias}`" in cp.stderr  # the hint works as typed on the laptop
     finally:
         stop_sshd(sshd, env["MLCONNECT_CONTROL_DIR"])

@@ -61,3 +61,13 @@ def test_forward_argv_binds_loopback_and_owns_its_connection() -> None:
     assert "127.0.0.1:6007:127.0.0.1:6006" in argv and "-N" in argv
     opts = [argv[i + 1] for i, a in enumerate(argv) if a == "-o"]
     assert opts.index("ControlMaster=no") < opts.index("ControlMaster=auto")  # first value wins in ssh
+
+
+def test_agent_hints_get_the_host_flag() -> None:
+    from mlconnect.remote.argv import with_host_flag
+
+    hint = "it has finished: `mlconnect pull k1` fetches its results (see `mlconnect ps`)"
+    assert with_host_flag(hint, "gpubox") == ("it has finished: `mlconnect pull k1 --host gpubox` fetches its "
+                                              "results (see `mlconnect ps --host gpubox`)")
+    kept = "`mlconnect logs k1 -f --host other` follows it; `mlconnect setup client` prints it; `mlconnect psx`"
+    assert with_host_flag(kept, "gpubox") == kept  # already has a host / not a per-host command

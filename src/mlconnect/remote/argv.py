@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from pathlib import Path
 
@@ -110,3 +111,14 @@ def describe(argv: list[str], longest: int = 60) -> str:
     """The command for an error line: shell-quoted, with any long argument (a ``python -c`` program)
     shown as its size, so the line stays one line and is never cut inside a quote."""
     return shlex.join(a if len(a) <= longest else f"<{len(a)} characters>" for a in argv)
+
+
+# The host agent's hints name commands as if typed on the host (`mlconnect pull k1`); on the laptop
+# they need the host, or following them literally looks for the experiment here.
+_HOST_VERBS = re.compile(r"`(mlconnect (?:ps|logs|stop|resume|pull|train|tensorboard|status|exp)\b[^`]*)`")
+
+
+def with_host_flag(hint: str, host: str) -> str:
+    """``hint`` with ``--host HOST`` added to each per-host `mlconnect ...` command lacking one."""
+    return _HOST_VERBS.sub(lambda m: m.group(0) if "--host" in m.group(1)
+                           else f"`{m.group(1)} --host {host}`", hint)

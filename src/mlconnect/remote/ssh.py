@@ -35,6 +35,7 @@ from mlconnect.remote.argv import (  # noqa: F401  (re-exported: callers import 
     remote_quote,
     rsh_quote,
     ssh_options,
+    with_host_flag,
 )
 from mlconnect.remote.failures import classify_command_failure, classify_ssh_failure
 from mlconnect.remote.master import evict_if_wedged, probe_master  # noqa: F401  (re-exported)
@@ -198,8 +199,10 @@ class Target:
             self._note_remote_version(data)
         if cp.returncode == AGENT_REFUSED_EXIT and isinstance(data, dict) and data.get("error"):
             where = "" if self.is_local else f" (on {self.name})"
-            err = AgentRefused(f"{data['error']}{where}", str(data.get("hint", "")), command=argv,
-                               returncode=cp.returncode, stderr=cp.stderr)
+            hint = str(data.get("hint", ""))
+            hint = hint if self.is_local else with_host_flag(hint, self.name)
+            err = AgentRefused(f"{data['error']}{where}", hint, command=argv, returncode=cp.returncode,
+                               stderr=cp.stderr)
             err.remote_type = str(data.get("type") or "MlconnectError")
             if err.remote_type == "UsageError":
                 err.exit_code = 2
