@@ -1,11 +1,14 @@
 """A detached run on a real sshd host whose supervisor is SIGKILLed (the OOM killer's favourite target
 is any process; `kill -9` by hand): the trainer goes on and finishes, so ps must say ``succeeded``,
-not ``lost``, and ``resume`` must not start it again."""
+not ``lost``, and ``resume`` must not start it again. A pull taken while a run still goes says it is
+a snapshot."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import sys
 import tempfile
 
@@ -14,10 +17,12 @@ from runs_sshd import start_sshd, stop_sshd
 from runs_support import cli_env, mlc, ps_json, read_json, wait_for, write_project, write_tiny_dataset
 from tests.conftest import require_tool
 
+from mlconnect.expstate import now_iso
+
 pytestmark = pytest.mark.timeout(120)
 
 
-def test_supervisor_killed_but_trainer_finished_is_succeeded(tmp_path):
+def _box(tmp_path):
     require_tool("sshd", "ssh", "rsync", "ssh-keygen")
     sshd = start_sshd(tmp_path / "sshd")
     laptop, remote = tmp_path / "laptop", tmp_path / "remote_root"
@@ -27,7 +32,26 @@ def test_supervisor_killed_but_trainer_finished_is_succeeded(tmp_path):
         f'[hosts.{sshd.alias}]\nremote_root = "{remote}"\npython = "{sys.executable}"\n')
     env = cli_env(tmp_path)
     env["MLCONNECT_CONTROL_DIR"] = tempfile.mkdtemp(prefix="mlc-kill-", dir="/tmp")  # short socket paths
-    host = ["--host", sshd.alias, "--ssh-config", str(sshd.ssh_config)]
+    return sshd, laptop, remote, env, ["--host", sshd.alias, "--ssh-config", str(sshd.ssh_config)]
+
+
+def test_pull_of_a_queued_run_says_it_is_a_snapshot(tmp_path):
+    sshd, laptop, remote, env, host = _box(tmp_path)
+    try:
+        mlc(["sync", *host], laptop, env)
+        # A run waiting in the host's queue (just created: no supervisor pid to check yet).
+        exp = remote / "experiments" / "q1"
+        exp.mkdir(parents=True)
+        (exp / "status.json").write_text(json.dumps({"run_id": "abc", "state": "queued", "created": now_iso(),
+                                                     "host": socket.gethostname(), "queue": True}))
+        out = mlc(["pull", "q1", *host], laptop, env).stdout
+        assert f"q1 is still queued on {sshd.alias}: this is a snapshot; pull again" in out, out
+    finally:
+        stop_sshd(sshd, env["MLCONNECT_CONTROL_DIR"])
+
+
+def test_supervisor_killed_but_trainer_finished_is_succeeded(tmp_path):
+    sshd, laptop, remote, env, host = _box(tmp_path)
     try:
         mlc(["train", *host, "--config", "configs/tiny.yaml", "--experiment", "k1"], laptop, env)
         status = remote / "experiments" / "k1" / "status.json"

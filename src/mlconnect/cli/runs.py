@@ -115,6 +115,8 @@ def register(app: typer.Typer) -> None:
         from mlconnect.sweeps.client import pull_trial  # a sweep trial may live on another box (--hosts)
         target, dest = pull_trial(target_from(host, ssh_config), name, project_root(), checkpoints)
         typer.echo(f"pulled {name} from {target.name} into {dest}")
+        if state := client.pulled_while_active(dest):
+            typer.echo(f"  {name} is still {state} on {target.name}: this is a snapshot; pull again when it ends")
 
     @app.command("status")
     def status_cmd(host: str | None = HostOpt, ssh_config: str | None = SshConfigOpt,

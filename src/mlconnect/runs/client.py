@@ -198,6 +198,16 @@ def pull(target: Any, name: str, project_root: Path, checkpoints: str) -> Path:
     return dest
 
 
+def pulled_while_active(dest: Path) -> str | None:
+    """The state a pulled copy was taken in when the run was still going (queued/running), else None:
+    the copy is a snapshot, and the user should know to pull again."""
+    from mlconnect.expstate import ACTIVE
+    from mlconnect.fileio import read_json
+
+    state = (read_json(dest / "status.json") or {}).get("state")
+    return state if state in ACTIVE else None
+
+
 # ---------------------------------------------------------------------------------------- views
 
 
