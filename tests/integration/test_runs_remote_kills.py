@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 
@@ -66,5 +67,26 @@ def test_supervisor_killed_but_trainer_finished_is_succeeded(tmp_path):
         cp = mlc(["resume", "k1", *host], laptop, env, check=False)
         assert cp.returncode != 0 and "only stopped, lost or failed runs resume" in cp.stderr, cp.stderr
         assert f"--force --host {sshd.alias}`" in cp.stderr  # the hint works as typed on the laptop
+    finally:
+        stop_sshd(sshd, env["MLCONNECT_CONTROL_DIR"])
+
+
+def test_logs_follow_of_a_lost_run_says_so(tmp_path):
+    # Supervisor and trainer both SIGKILLed: nobody writes the log's last line, so `logs -f` used to
+    # end quietly as if all was well.
+    sshd, laptop, remote, env, host = _box(tmp_path)
+    try:
+        mlc(["sync", *host], laptop, env)
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        exp = remote / "experiments" / "l1"
+        exp.mkdir(parents=True)
+        (exp / "training.log").write_text("epoch 1/9\n")
+        (exp / "status.json").write_text(json.dumps({
+            "run_id": "abc", "state": "running", "created": "2026-01-01T00:00:00+00:00", "pid": dead.pid,
+            "supervisor_pid": dead.pid, "host": socket.gethostname()}))
+        cp = mlc(["logs", "l1", "-f", *host], laptop, env, timeout=30)
+        assert cp.stdout == "epoch 1/9\n"
+        assert "l1 was lost" in cp.stderr and f"`mlconnect resume l1 --host {sshd.alias}`" in cp.stderr, cp.stderr
     finally:
         stop_sshd(sshd, env["MLCONNECT_CONTROL_DIR"])

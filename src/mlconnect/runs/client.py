@@ -145,6 +145,11 @@ def follow_logs(target: Any, name: str, *, follow: bool, offset: int = 0, out: A
             out.flush()
         offset = res["offset"]
         if res.get("done") or (not follow and offset >= res.get("size", 0)):
+            if follow and res.get("state") == "lost":  # no supervisor was left to write a last line
+                host = "" if target.is_local else f" --host {target.name}"
+                print(f"[mlconnect] {name} was lost: its processes ended without a final record (killed, or "
+                      f"the host rebooted); `mlconnect resume {name}{host}` continues it from its last "
+                      "checkpoint", file=sys.stderr, flush=True)
             return offset
 
 
