@@ -1,7 +1,9 @@
-"""A detached run on a real sshd host whose supervisor is SIGKILLed (the OOM killer's favourite target
-is any process; `kill -9` by hand): the trainer goes on and finishes, so ps must say ``succeeded``,
-not ``lost``, and ``resume`` must not start it again. A pull taken while a run still goes says it is
-a snapshot."""
+"""Remote runs a demanding user breaks, over a real sshd on 127.0.0.1.
+
+A supervisor SIGKILLed (the OOM killer, `kill -9`) while its trainer goes on and finishes: ps says
+``succeeded``, not ``lost``, and ``resume`` does not start it again. Both killed: ``logs -f`` says
+the run was lost. A pull while a run still goes says it is a snapshot; a pull never overwrites
+another run of the same name here."""
 
 from __future__ import annotations
 
@@ -88,5 +90,27 @@ def test_logs_follow_of_a_lost_run_says_so(tmp_path):
         cp = mlc(["logs", "l1", "-f", *host], laptop, env, timeout=30)
         assert cp.stdout == "epoch 1/9\n"
         assert "l1 was lost" in cp.stderr and f"`mlconnect resume l1 --host {sshd.alias}`" in cp.stderr, cp.stderr
+    finally:
+        stop_sshd(sshd, env["MLCONNECT_CONTROL_DIR"])
+
+
+def test_pull_never_overwrites_another_run_of_the_same_name(tmp_path):
+    sshd, laptop, remote, env, host = _box(tmp_path)
+    try:
+        mlc(["sync", *host], laptop, env)
+        for name in ("same", "twice"):
+            exp = remote / "experiments" / name
+            exp.mkdir(parents=True)
+            (exp / "training.log").write_text("remote run\n")
+            (exp / "status.json").write_text(json.dumps({"run_id": "r", "state": "succeeded", "host": "gpubox"}))
+        mine = laptop / "experiments" / "same"
+        mine.mkdir(parents=True)
+        (mine / "training.log").write_text("trained here\n")  # a foreground run here: no status.json
+        cp = mlc(["pull", "same", *host], laptop, env, check=False)
+        assert cp.returncode == 1 and "experiments/same here holds another run (trained here)" in cp.stderr
+        assert (mine / "training.log").read_text() == "trained here\n"
+        for _ in range(2):  # a pulled copy is refreshed by the next pull
+            mlc(["pull", "twice", *host], laptop, env)
+        assert (laptop / "experiments" / "twice" / "training.log").read_text() == "remote run\n"
     finally:
         stop_sshd(sshd, env["MLCONNECT_CONTROL_DIR"])

@@ -191,8 +191,9 @@ def pull(target: Any, name: str, project_root: Path, checkpoints: str) -> Path:
         raise UsageError("pull needs a host: this experiment already lives here",
                          "pass --host NAME (or set a default host in mlconnect.toml)")
     check_experiment_name(name)
-    target.agent("show", "--experiment", name)  # one clear line for an unknown name
+    detail = target.agent("show", "--experiment", name)  # one clear line for an unknown name
     dest = project_root / EXPERIMENTS_DIR / name
+    _check_pull_dest(dest, target, detail.get("status") or {})
     dest.mkdir(parents=True, exist_ok=True)
     argv = pull_argv(target, name, dest, checkpoints)
     proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
@@ -200,7 +201,38 @@ def pull(target: Any, name: str, project_root: Path, checkpoints: str) -> Path:
         raise RemoteError(f"rsync from {target.name} failed (exit {proc.returncode})",
                           "check the connection with `mlconnect status`, then pull again (it resumes)",
                           command=argv, returncode=proc.returncode, stderr=proc.stderr)
+    from mlconnect.fileio import atomic_write_json
+    atomic_write_json(dest / PULL_MARK, {"host": target.name, "remote_root": target.remote_root})
     return dest
+
+
+PULL_MARK = ".pulled-from.json"  # which host a pulled folder mirrors: a later pull may refresh it
+
+
+def _check_pull_dest(dest: Path, target: Any, remote_status: dict) -> None:
+    """Refuse to pull over a folder holding another run (trained here, or pulled from another box):
+    rsync would overwrite its checkpoints, results and log with the host's."""
+    import socket
+
+    from mlconnect.fileio import read_json
+
+    if not dest.is_dir() or not any(dest.iterdir()):
+        return
+    mark = read_json(dest / PULL_MARK) or {}
+    if mark:
+        if mark.get("host") == target.name:
+            return
+        whose = f"pulled from {mark.get('host')}"
+    else:
+        # Pulled before pulls were marked: its status.json names the host's machine, not this one.
+        here = (read_json(dest / "status.json") or {}).get("host")
+        if here and here == remote_status.get("host") and here != socket.gethostname():
+            return
+        whose = "trained here"
+    raise MlconnectError(f"experiments/{dest.name} here holds another run ({whose}); pulling {dest.name} "
+                         f"from {target.name} would overwrite it",
+                         f"move it away first (`mv experiments/{dest.name} experiments/{dest.name}_here`), "
+                         "then pull again")
 
 
 def pulled_while_active(dest: Path) -> str | None:
