@@ -80,6 +80,17 @@ def read_json(path: str | os.PathLike[str], default: Any = None) -> Any:
         return default
 
 
+def read_json_object(path: str | os.PathLike[str]) -> dict | None:
+    """A JSON object from ``path``; None when missing, unreadable or not an object. For run records
+    (status/progress/results): one damaged file must not take down every listing of the host."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError):  # ValueError: bad JSON and bad UTF-8 alike
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 def fsync_dir(directory: str | os.PathLike[str]) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)

@@ -3,7 +3,7 @@
 A supervisor SIGKILLed (the OOM killer, `kill -9`) while its trainer goes on and finishes: ps says
 ``succeeded``, not ``lost``, and ``resume`` does not start it again. Both killed: ``logs -f`` says
 the run was lost. A pull while a run still goes says it is a snapshot; a pull never overwrites
-another run of the same name here."""
+another run of the same name here; one damaged record does not break `ps`."""
 
 from __future__ import annotations
 
@@ -112,5 +112,23 @@ def test_pull_never_overwrites_another_run_of_the_same_name(tmp_path):
         for _ in range(2):  # a pulled copy is refreshed by the next pull
             mlc(["pull", "twice", *host], laptop, env)
         assert (laptop / "experiments" / "twice" / "training.log").read_text() == "remote run\n"
+    finally:
+        stop_sshd(sshd, env["MLCONNECT_CONTROL_DIR"])
+
+
+def test_one_damaged_record_does_not_break_ps_for_the_host(tmp_path):
+    # A hand-edited or cut status.json used to crash the host agent: `ps` failed for every run there.
+    sshd, laptop, remote, env, host = _box(tmp_path)
+    try:
+        mlc(["sync", *host], laptop, env)
+        exps = remote / "experiments"
+        for name, text in (("cut", '{"state": "runn'), ("list", "[1, 2]"), ("good", '{"state": "succeeded"}')):
+            (exps / name).mkdir(parents=True)
+            (exps / name / "status.json").write_text(text)
+        (exps / "list" / "progress.json").write_bytes(b"\x00\xff")
+        rows = ps_json(laptop, env, host)
+        assert rows["good"]["state"] == "succeeded" and {"cut", "list"} <= set(rows)
+        cp = mlc(["stop", "list", *host], laptop, env, check=False)
+        assert cp.returncode == 1 and "Error:" not in cp.stderr and "has no run" in cp.stderr, cp.stderr
     finally:
         stop_sshd(sshd, env["MLCONNECT_CONTROL_DIR"])

@@ -25,7 +25,7 @@ from typing import Any
 from mlconnect import __version__, baked_build_id
 from mlconnect.engine.runspec import RunSpec
 from mlconnect.errors import AGENT_REFUSED_EXIT, ExperimentError, MlconnectError
-from mlconnect.fileio import atomic_write_bytes, read_json
+from mlconnect.fileio import atomic_write_bytes, read_json_object
 from mlconnect.layout import check_experiment_name, experiment_paths, remove_experiment
 from mlconnect.runs import launcher, store
 from mlconnect.runs.gpu import gpu_summary
@@ -100,7 +100,7 @@ def cmd_resume(a: argparse.Namespace) -> dict:
         raise ExperimentError(f"experiment {spec.experiment} has no checkpoint to resume from "
                               f"({paths.checkpoint('last')})",
                               f"start it over: `mlconnect train --experiment {spec.experiment} --force`")
-    world = (read_json(paths.progress) or {}).get("world_size")  # DDP: resume with as many ranks
+    world = (read_json_object(paths.progress) or {}).get("world_size")  # DDP: resume with as many ranks
     return _with_warnings(launcher.start_training(paths, replace(spec, nproc=world if world and world > 1 else None)))
 
 

@@ -214,18 +214,18 @@ def _check_pull_dest(dest: Path, target: Any, remote_status: dict) -> None:
     rsync would overwrite its checkpoints, results and log with the host's."""
     import socket
 
-    from mlconnect.fileio import read_json
+    from mlconnect.fileio import read_json_object
 
     if not dest.is_dir() or not any(dest.iterdir()):
         return
-    mark = read_json(dest / PULL_MARK) or {}
+    mark = read_json_object(dest / PULL_MARK) or {}
     if mark:
         if mark.get("host") == target.name:
             return
         whose = f"pulled from {mark.get('host')}"
     else:
         # Pulled before pulls were marked: its status.json names the host's machine, not this one.
-        here = (read_json(dest / "status.json") or {}).get("host")
+        here = (read_json_object(dest / "status.json") or {}).get("host")
         if here and here == remote_status.get("host") and here != socket.gethostname():
             return
         whose = "trained here"
@@ -239,9 +239,9 @@ def pulled_while_active(dest: Path) -> str | None:
     """The state a pulled copy was taken in when the run was still going (queued/running), else None:
     the copy is a snapshot, and the user should know to pull again."""
     from mlconnect.expstate import ACTIVE
-    from mlconnect.fileio import read_json
+    from mlconnect.fileio import read_json_object
 
-    state = (read_json(dest / "status.json") or {}).get("state")
+    state = (read_json_object(dest / "status.json") or {}).get("state")
     return state if state in ACTIVE else None
 
 

@@ -33,7 +33,7 @@ from typing import Any
 from mlconnect.engine.runspec import SPEC_FILE, RunSpec
 from mlconnect.errors import ExperimentError
 from mlconnect.expstate import ACTIVE, boot_id, now_iso, parse_iso, process_matches, state_of
-from mlconnect.fileio import atomic_write_bytes, atomic_write_json, locked, read_json
+from mlconnect.fileio import atomic_write_bytes, atomic_write_json, locked, read_json, read_json_object
 from mlconnect.layout import ExperimentPaths
 from mlconnect.runs.gpu import GpuSampler
 from mlconnect.runs.gpu_queue import gpu_slots, open_gpu_lock, queue_dir, take_free_gpu
@@ -50,7 +50,7 @@ QUEUE_POLL_S = 1.0
 
 
 def read_status(paths: ExperimentPaths) -> dict | None:
-    return read_json(paths.status)
+    return read_json_object(paths.status)
 
 
 @contextlib.contextmanager
@@ -64,7 +64,7 @@ def _status_lock(paths: ExperimentPaths):
 def update_status(paths: ExperimentPaths, **changes: Any) -> dict:
     """Atomically merge ``changes`` into status.json and return the new document."""
     with _status_lock(paths):
-        st = read_json(paths.status) or {}
+        st = read_json_object(paths.status) or {}
         st.update(changes)
         atomic_write_json(paths.status, st)
         return st
@@ -83,7 +83,7 @@ def reconcile(paths: ExperimentPaths, status: dict | None = None) -> dict | None
     if verdict["state"] != "lost":
         return st
     with _status_lock(paths):
-        fresh = read_json(paths.status) or {}
+        fresh = read_json_object(paths.status) or {}
         if fresh.get("run_id") != st.get("run_id") or fresh.get("state") not in ACTIVE:
             return fresh
         if _trainer_finished(paths, fresh):  # only the supervisor died (OOM killer, kill -9): the run finished
@@ -229,7 +229,7 @@ def _own_group() -> dict:
 def _final_state(rc: int, stop_requested: bool, paths: ExperimentPaths) -> str:
     if rc == 0:
         return "succeeded"
-    progress = read_json(paths.progress) or {}
+    progress = read_json_object(paths.progress) or {}
     # 143/130: the trainer caught SIGTERM/SIGINT and saved; negative: killed by that signal.
     if stop_requested or rc in (130, 143, -signal.SIGTERM, -signal.SIGINT) \
             or progress.get("state") == "stopped":
@@ -343,7 +343,7 @@ def stop_run(paths: ExperimentPaths, grace_s: float = 30.0) -> dict:
 
 
 def _trainer_finished(paths: ExperimentPaths, st: dict) -> bool:
-    progress = read_json(paths.progress) or {}
+    progress = read_json_object(paths.progress) or {}
     updated, started = parse_iso(progress.get("updated")), parse_iso(st.get("started"))
     return progress.get("state") == "finished" and bool(updated and started and updated >= started)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mlconnect.errors import ExperimentError
 from mlconnect.expstate import parse_iso, state_of
-from mlconnect.fileio import read_json
+from mlconnect.fileio import read_json_object
 from mlconnect.layout import EXPERIMENTS_DIR, ExperimentPaths, check_experiment_name, experiment_paths
 from mlconnect.runs.gpu import last_utilization
 from mlconnect.runs.launcher import reconcile
@@ -46,15 +46,15 @@ def _experiment_dirs(root: str | os.PathLike[str]) -> list[Path]:
 def experiment_row(paths: ExperimentPaths) -> dict:
     """One ``ps`` row: name, state, epoch, best metric, GPU utilisation, age (plus pid, exit code)."""
     status = reconcile(paths) or {}
-    progress = read_json(paths.progress) or {}
-    results = read_json(paths.results) or {}
+    progress = read_json_object(paths.progress) or {}
+    results = read_json_object(paths.results) or {}
     verdict = state_of(status, progress, results, paths.config.exists())
     state = verdict["state"]
     metric = progress.get("valid_metric") or results.get("valid_metric")
     best = progress.get("best_valid")
     if best is None and metric and isinstance(results.get("best_valid"), dict):
         best = results["best_valid"].get(metric)
-    started = status.get("started") or status.get("created") or (read_json(paths.meta) or {}).get("started")
+    started = status.get("started") or status.get("created") or (read_json_object(paths.meta) or {}).get("started")
     t0 = parse_iso(started)
     if t0 is None:
         with_config = paths.config if paths.config.exists() else paths.root
@@ -86,7 +86,7 @@ def list_experiments(root: str | os.PathLike[str] = ".") -> list[dict]:
 def experiment_detail(paths: ExperimentPaths) -> dict:
     """``ps`` row plus the raw status, progress and results documents."""
     row = experiment_row(paths)
-    row["status"] = read_json(paths.status)
-    row["progress"] = read_json(paths.progress)
-    row["results"] = read_json(paths.results)
+    row["status"] = read_json_object(paths.status)
+    row["progress"] = read_json_object(paths.progress)
+    row["results"] = read_json_object(paths.results)
     return row
