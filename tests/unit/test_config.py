@@ -78,3 +78,15 @@ def test_shipped_configs_validate(path: Path) -> None:
 def test_configs_folder_is_not_empty() -> None:
     assert {p.name for p in CONFIGS} >= {"baseline.yaml", "gru4rec.yaml", "bert4rec.yaml"}
     assert load_config(CONFIGS[[p.name for p in CONFIGS].index("baseline.yaml")])["model"] == "SASRec"
+
+
+@pytest.mark.parametrize(("over", "needle"), [
+    ({"topk": []}, "topk must be"),  # used to pass, train an epoch, then fail in evaluation
+    ({"valid_metric": "NDCG@20"}, "is not computed"),  # used to be a KeyError traceback after epoch 1
+    ({"metrics": ["Recall"], "valid_metric": "NDCG@10"}, "is not computed"),
+])
+def test_valid_metric_and_topk_checked_before_training(over: dict, needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, over)
+    assert any(needle in p for p in err.value.problems)
+    assert load_config(None, {"topk": [5, 20], "valid_metric": "ndcg@20"})["topk"] == [5, 20]

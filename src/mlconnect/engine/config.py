@@ -332,7 +332,8 @@ def _validate_eval(v: dict[str, Any], problems: list[str]) -> None:
     topk = v.get("topk")
     if isinstance(topk, int):
         topk = [topk]
-    if not isinstance(topk, list) or not all(isinstance(k, int) and k > 0 for k in topk):
+    if not isinstance(topk, list) or not topk or not all(
+            isinstance(k, int) and not isinstance(k, bool) and k > 0 for k in topk):
         problems.append(f"topk must be a list of positive integers, got {v.get('topk')!r}")
         topk = [10]
     v["topk"] = topk
@@ -340,6 +341,9 @@ def _validate_eval(v: dict[str, Any], problems: list[str]) -> None:
     name, _, k = vm.lower().partition("@")
     if name not in METRICS or not k.isdigit():
         problems.append(f"valid_metric {vm!r} must look like NDCG@10 with a metric from {', '.join(METRICS)}")
+    elif metrics and topk and (name not in {str(m).lower() for m in metrics} or int(k) not in topk):
+        # the trainer only computes metrics x topk: anything else fails after the first epoch
+        problems.append(f"valid_metric {vm!r} is not computed: metrics are {metrics} and topk {topk}")
 
 
 def _validate_eval_mode(mode: Any, problems: list[str]) -> None:
