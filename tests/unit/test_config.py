@@ -90,3 +90,12 @@ def test_valid_metric_and_topk_checked_before_training(over: dict, needle: str) 
         load_config(None, over)
     assert any(needle in p for p in err.value.problems)
     assert load_config(None, {"topk": [5, 20], "valid_metric": "ndcg@20"})["topk"] == [5, 20]
+
+
+def test_exponent_floats_load_as_recbole_reads_them(tmp_path: Path) -> None:
+    # YAML 1.1 reads 1e-3 as a string; RecBole (and so every RecBole config) reads a float
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("learning_rate: 1e-3\nweight_decay: 5E-5\n")
+    loaded = load_config(cfg, parse_overrides(["layer_norm_eps=1e-12"]))
+    assert (loaded["learning_rate"], loaded["weight_decay"], loaded["layer_norm_eps"]) == (1e-3, 5e-5, 1e-12)
+    assert parse_overrides(["seed=42", "dataset=1e5x"]) == {"seed": 42, "dataset": "1e5x"}

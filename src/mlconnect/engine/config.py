@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from mlconnect.errors import ConfigError
+from mlconnect.yamlload import load_yaml
 
 MODELS = ("SASRec", "GRU4Rec", "BERT4Rec")
 
@@ -167,7 +168,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             bad.append(f"--set {pair!r} is not key=value")
             continue
         try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+            out[key.strip()] = load_yaml(raw) if raw.strip() else None
         except yaml.YAMLError:
             out[key.strip()] = raw
     if bad:
@@ -184,7 +185,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError([f"file not found: {p}"], source=str(p),
                           hint="check the path (configs/ holds the shipped configs)") from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = load_yaml(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "somewhere"
