@@ -155,7 +155,11 @@ def plot(runs: list[dict], out: Path, metric: str | None = None) -> Path:
     fig = figure(runs, metric)  # first: it turns a missing matplotlib into one line
     import matplotlib.pyplot as plt
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    from mlconnect.fileio import replacing
+
+    try:  # atomic, and a path that cannot be written is one line (it was a traceback)
+        with replacing(out) as f:
+            fig.savefig(f, dpi=100, format=out.suffix.lstrip(".").lower() or "png")
+    finally:
+        plt.close(fig)
     return out
