@@ -39,8 +39,11 @@ def load_run(name: str, root: Path) -> dict:
         cfg = yaml.safe_load(paths.config.read_text()) or {}
     except FileNotFoundError:
         cfg = {}
-    except yaml.YAMLError as exc:
-        raise ExperimentError(f"{paths.config}: not valid YAML ({exc})", "pull the experiment again") from None
+    except yaml.YAMLError as exc:  # str(exc) spans lines: name the line, as the config loader does
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "somewhere"
+        raise ExperimentError(f"{paths.config}: not valid YAML ({where}: {getattr(exc, 'problem', None)})",
+                              "pull the experiment again") from None
     return {"name": paths.name, "paths": paths, "config": cfg, "results": results, "state": state}
 
 
