@@ -99,3 +99,10 @@ def test_exponent_floats_load_as_recbole_reads_them(tmp_path: Path) -> None:
     loaded = load_config(cfg, parse_overrides(["layer_norm_eps=1e-12"]))
     assert (loaded["learning_rate"], loaded["weight_decay"], loaded["layer_norm_eps"]) == (1e-3, 5e-5, 1e-12)
     assert parse_overrides(["seed=42", "dataset=1e5x"]) == {"seed": 42, "dataset": "1e5x"}
+
+
+def test_a_misspelt_eval_args_key_is_an_error() -> None:
+    # {modee: uni100} used to train and evaluate with full ranking, saying nothing
+    with pytest.raises(ConfigError) as err:
+        load_config(None, {"eval_args": {"modee": "uni100"}})
+    assert any("eval_args: unknown key(s) modee" in p for p in err.value.problems)

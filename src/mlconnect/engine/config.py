@@ -311,6 +311,8 @@ def _validate_eval(v: dict[str, Any], problems: list[str]) -> None:
         problems.append("eval_args must be a mapping")
         return
     merged = {**DEFAULTS["eval_args"], **ea}
+    if extra := sorted(set(merged) - set(DEFAULTS["eval_args"])):  # a typo here was silently ignored
+        problems.append(f"eval_args: unknown key(s) {', '.join(map(str, extra))} (known: split, order, group_by, mode)")
     split = merged.get("split")
     if split != {"LS": "valid_and_test"}:
         problems.append(f"eval_args.split {split!r} is not supported: sequential models use {{LS: valid_and_test}}")
