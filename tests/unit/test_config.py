@@ -106,3 +106,11 @@ def test_a_misspelt_eval_args_key_is_an_error() -> None:
     with pytest.raises(ConfigError) as err:
         load_config(None, {"eval_args": {"modee": "uni100"}})
     assert any("eval_args: unknown key(s) modee" in p for p in err.value.problems)
+
+
+@pytest.mark.parametrize("clip", [{"max_norm": "abc"}, {"max_norm": 5, "norm_typ": 1}, {"max_norm": -1}])
+def test_clip_grad_norm_checked_before_training(clip: dict) -> None:
+    # {max_norm: abc} was a ValueError traceback at the first step; norm_typ was silently ignored
+    with pytest.raises(ConfigError, match="clip_grad_norm must be"):
+        load_config(None, {"clip_grad_norm": clip})
+    assert load_config(None, {"clip_grad_norm": {"max_norm": 5.0, "norm_type": 2}})["clip_grad_norm"]["max_norm"] == 5

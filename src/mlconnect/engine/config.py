@@ -299,8 +299,9 @@ def _validate(v: dict[str, Any], problems: list[str]) -> None:
     if v.get("enable_amp") not in ("auto", True, False):
         problems.append(f"enable_amp must be auto, true or false, got {v.get('enable_amp')!r}")
     cg = v.get("clip_grad_norm")
-    if cg is not None and not (isinstance(cg, dict) and "max_norm" in cg):
-        problems.append("clip_grad_norm must be null or {max_norm: 5.0, norm_type: 2}")
+    if cg is not None and not (isinstance(cg, dict) and "max_norm" in cg and set(cg) <= {"max_norm", "norm_type"}
+                               and all(type(x) in (int, float) and x > 0 for x in cg.values())):  # was a traceback
+        problems.append(f"clip_grad_norm must be null or {{max_norm: 5.0, norm_type: 2}} (numbers > 0), got {cg!r}")
 
 
 def _validate_eval(v: dict[str, Any], problems: list[str]) -> None:
@@ -335,8 +336,7 @@ def _validate_eval(v: dict[str, Any], problems: list[str]) -> None:
     topk = v.get("topk")
     if isinstance(topk, int):
         topk = [topk]
-    if not isinstance(topk, list) or not topk or not all(
-            isinstance(k, int) and not isinstance(k, bool) and k > 0 for k in topk):
+    if not isinstance(topk, list) or not topk or not all(isinstance(k, int) and k > 0 for k in topk):
         problems.append(f"topk must be a list of positive integers, got {v.get('topk')!r}")
         topk = [10]
     v["topk"] = topk
