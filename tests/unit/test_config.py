@@ -114,3 +114,18 @@ def test_clip_grad_norm_checked_before_training(clip: dict) -> None:
     with pytest.raises(ConfigError, match="clip_grad_norm must be"):
         load_config(None, {"clip_grad_norm": clip})
     assert load_config(None, {"clip_grad_norm": {"max_norm": 5.0, "norm_type": 2}})["clip_grad_norm"]["max_norm"] == 5
+
+
+@pytest.mark.parametrize(("over", "needle"), [
+    ({"compile": "abc"}, "compile must be true or false"),  # a string was truthy: it compiled
+    ({"mask_history": "maybe"}, "mask_history must be true or false"),  # ... and masked the history
+    ({"save_checkpoints": "abc"}, "save_checkpoints must be true or false"),
+    ({"model": "BERT4Rec", "ft_ratio": "abc"}, "ft_ratio must be"),  # was a TypeError traceback mid-epoch
+    ({"model": "BERT4Rec", "ft_ratio": 2}, "ft_ratio must be"),
+])
+def test_switches_and_ratios_are_typed(over: dict, needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, over)
+    assert any(needle in p for p in err.value.problems)
+    ok = load_config(None, parse_overrides(["compile=false", "valid_metric_bigger=no"]))
+    assert ok["valid_metric_bigger"] is False

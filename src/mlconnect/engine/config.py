@@ -249,9 +249,13 @@ def _validate(v: dict[str, Any], problems: list[str]) -> None:
         positive_int(key)
     for key in ("stopping_step", "sampled_negatives"):
         positive_int(key, allow_zero=True)
-    for key in ("loss_chunk_size", "eval_chunk_size"):
+    for key in ("loss_chunk_size", "eval_chunk_size", "window_stride", "num_threads"):
         if v.get(key) is not None:
             positive_int(key)
+    for key in ("mask_history", "valid_metric_bigger", "reproducibility", "normalize_all", "save_checkpoints",
+                "compile"):  # any string was truthy: `compile=abc` compiled, `mask_history=maybe` masked
+        if not isinstance(v.get(key), bool):
+            problems.append(f"{key} must be true or false, got {v.get(key)!r}")
     if v.get("sparse_item_grad") not in ("auto", True, False):
         problems.append(f"sparse_item_grad must be auto, true or false, got {v.get('sparse_item_grad')!r}")
     for key in ("seed",):
@@ -264,10 +268,6 @@ def _validate(v: dict[str, Any], problems: list[str]) -> None:
     ema = v.get("ema_decay")
     if ema is not None and (not isinstance(ema, (int, float)) or isinstance(ema, bool) or not 0.0 < ema < 1.0):
         problems.append(f"ema_decay must be null or a number in (0, 1), got {ema!r}")
-    if v.get("window_stride") is not None:
-        positive_int("window_stride")
-    if v.get("num_threads") is not None:
-        positive_int("num_threads")
     if str(v.get("learner", "")).lower() not in _LEARNERS:
         problems.append(f"learner must be one of {', '.join(_LEARNERS)}, got {v.get('learner')!r}")
     else:
@@ -386,7 +386,7 @@ def _validate_model(v: dict[str, Any], problems: list[str]) -> None:
             problems.append(f"{key} must be a positive integer, got {x!r}")
     probs = ["hidden_dropout_prob", "attn_dropout_prob"] if model != "GRU4Rec" else ["dropout_prob"]
     if model == "BERT4Rec":
-        probs += ["mask_ratio"]
+        probs += ["mask_ratio", "ft_ratio"]
     for key in probs:
         x = v.get(key)
         if not isinstance(x, (int, float)) or isinstance(x, bool) or not 0.0 <= x < 1.0:
