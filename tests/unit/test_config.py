@@ -129,3 +129,10 @@ def test_switches_and_ratios_are_typed(over: dict, needle: str) -> None:
     assert any(needle in p for p in err.value.problems)
     ok = load_config(None, parse_overrides(["compile=false", "valid_metric_bigger=no"]))
     assert ok["valid_metric_bigger"] is False
+
+
+@pytest.mark.parametrize("key", ["initializer_range", "layer_norm_eps"])
+def test_transformer_numbers_are_typed(key: str) -> None:
+    with pytest.raises(ConfigError, match=f"{key} must be a number > 0"):  # was a TypeError in the model
+        load_config(None, parse_overrides([f"{key}=abc"]))
+    assert load_config(None, parse_overrides([f"{key}=1e-6"]))[key] == 1e-6

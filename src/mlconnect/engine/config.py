@@ -258,9 +258,8 @@ def _validate(v: dict[str, Any], problems: list[str]) -> None:
             problems.append(f"{key} must be true or false, got {v.get(key)!r}")
     if v.get("sparse_item_grad") not in ("auto", True, False):
         problems.append(f"sparse_item_grad must be auto, true or false, got {v.get('sparse_item_grad')!r}")
-    for key in ("seed",):
-        if not isinstance(v.get(key), int) or isinstance(v.get(key), bool):
-            problems.append(f"{key} must be an integer, got {v.get(key)!r}")
+    if type(v.get("seed")) is not int:
+        problems.append(f"seed must be an integer, got {v.get('seed')!r}")
     for key in ("learning_rate", "weight_decay", "progress_interval_s"):
         x = v.get(key)
         if not isinstance(x, (int, float)) or isinstance(x, bool) or x < 0:
@@ -392,6 +391,9 @@ def _validate_model(v: dict[str, Any], problems: list[str]) -> None:
         if not isinstance(x, (int, float)) or isinstance(x, bool) or not 0.0 <= x < 1.0:
             problems.append(f"{key} must be a number in [0, 1), got {x!r}")
     if model != "GRU4Rec":
+        for key in ("initializer_range", "layer_norm_eps"):  # a string was a TypeError traceback
+            if type(v.get(key)) not in (int, float) or not v[key] > 0:
+                problems.append(f"{key} must be a number > 0, got {v.get(key)!r}")
         if str(v.get("hidden_act")).lower() not in _ACTS:
             problems.append(f"hidden_act must be one of {', '.join(_ACTS)}, got {v.get('hidden_act')!r}")
         h, n = v.get("hidden_size"), v.get("n_heads")
