@@ -344,7 +344,6 @@ def _validate_eval(v: dict[str, Any], problems: list[str]) -> None:
     if name not in METRICS or not k.isdigit():
         problems.append(f"valid_metric {vm!r} must look like NDCG@10 with a metric from {', '.join(METRICS)}")
     elif metrics and topk and (name not in {str(m).lower() for m in metrics} or int(k) not in topk):
-        # the trainer only computes metrics x topk: anything else fails after the first epoch
         problems.append(f"valid_metric {vm!r} is not computed: metrics are {metrics} and topk {topk}")
 
 
@@ -384,8 +383,7 @@ def _validate_model(v: dict[str, Any], problems: list[str]) -> None:
         if not isinstance(x, int) or isinstance(x, bool) or x < 1:
             problems.append(f"{key} must be a positive integer, got {x!r}")
     probs = ["hidden_dropout_prob", "attn_dropout_prob"] if model != "GRU4Rec" else ["dropout_prob"]
-    if model == "BERT4Rec":
-        probs += ["mask_ratio", "ft_ratio"]
+    probs += ["mask_ratio", "ft_ratio"] if model == "BERT4Rec" else []
     for key in probs:
         x = v.get(key)
         if not isinstance(x, (int, float)) or isinstance(x, bool) or not 0.0 <= x < 1.0:
