@@ -52,3 +52,22 @@ def test_a_resume_that_changes_the_model_is_refused_and_changes_nothing(tmp_path
         train(load_config(None, {**base, "hidden_size": 32, "epochs": 2}), exp, resume=True)
     assert {p: p.read_bytes() for p in before} == before
     assert train(load_config(None, {**base, "epochs": 2}), exp, resume=True)["epochs"] == 2  # may run longer
+
+
+@pytest.mark.parametrize("flag", ["force", "resume"])
+def test_force_or_resume_of_an_experiment_being_trained_is_refused(tmp_path: Path, flag: str) -> None:
+    # `train -e X --force` while X trained detached was an OSError traceback after deleting part of its files
+    from mlconnect.engine.experiment import prepare_experiment
+    from mlconnect.errors import ExperimentError
+    from mlconnect.expstate import this_process
+    from mlconnect.fileio import atomic_write_json
+
+    exp = tmp_path / "experiments" / "exp"  # --force removes only a folder inside experiments/
+    (exp / "checkpoints").mkdir(parents=True)
+    (exp / "checkpoints" / "last.pt").write_bytes(b"kept")
+    atomic_write_json(exp / "progress.json", {"state": "running", **this_process()})  # a live writer: us
+    with pytest.raises(ExperimentError, match="is being trained right now"):
+        prepare_experiment(load_config(None, {}), exp, resume=flag == "resume", force=flag == "force")
+    assert (exp / "checkpoints" / "last.pt").read_bytes() == b"kept" and not (exp / "config.yaml").exists()
+    atomic_write_json(exp / "progress.json", {"state": "running", **this_process(), "pid": 2**22 + 7})  # gone
+    prepare_experiment(load_config(None, {}), exp, resume=flag == "resume", force=flag == "force")

@@ -38,6 +38,8 @@ def prepare_experiment(cfg: Config, root: str | Path, *, resume: bool, force: bo
     """
     paths = ExperimentPaths(Path(root))
     exists = paths.root.exists() and any(paths.root.iterdir())
+    if exists and (resume or force):
+        refuse_if_training(paths)  # --force would delete, and --resume duplicate, a live trainer's files
     if resume and paths.checkpoint("last").is_file():
         check_resume_config(paths, cfg)  # before config.yaml is rewritten: a refused resume changes nothing
     if resume and not paths.checkpoint("last").is_file():
@@ -57,6 +59,16 @@ def prepare_experiment(cfg: Config, root: str | Path, *, resume: bool, force: bo
     paths.checkpoints.mkdir(exist_ok=True)
     atomic_write_text(paths.config, cfg.to_yaml())
     return paths
+
+
+def refuse_if_training(paths: ExperimentPaths) -> None:
+    """One line if a live process (this machine) is training into ``paths`` (its progress.json says so)."""
+    from mlconnect.expstate import snapshot, state_of
+
+    progress = snapshot(str(paths.root), 0)["progress"]
+    if state_of(None, progress, None)["state"] == "running":
+        raise ExperimentError(f"experiment {paths.name} is being trained right now (pid {progress.get('pid')})",
+                              f"stop it first (`mlconnect stop {paths.name}`), or choose another name")
 
 
 # What a resumed run may change: how long and where it runs, how it reports. Anything else (the model's
