@@ -65,8 +65,9 @@ def refuse_if_training(paths: ExperimentPaths) -> None:
     """One line if a live process (this machine) is training into ``paths`` (its progress.json says so)."""
     from mlconnect.expstate import snapshot, state_of
 
-    progress = snapshot(str(paths.root), 0)["progress"]
-    if state_of(None, progress, None)["state"] == "running":
+    progress = snapshot(str(paths.root), 0)["progress"] or {}
+    here = progress.get("pid") and progress.get("host") == socket.gethostname()  # else: a copy, or no writer named
+    if here and state_of(None, progress, None)["state"] == "running":
         raise ExperimentError(f"experiment {paths.name} is being trained right now (pid {progress.get('pid')})",
                               f"stop it first (`mlconnect stop {paths.name}`), or choose another name")
 
