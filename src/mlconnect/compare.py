@@ -39,8 +39,11 @@ def load_run(name: str, root: Path) -> dict:
         cfg = yaml.safe_load(paths.config.read_text()) or {}
     except FileNotFoundError:
         cfg = {}
-    except yaml.YAMLError as exc:
-        raise ExperimentError(f"{paths.config}: not valid YAML ({exc})", "pull the experiment again") from None
+    except yaml.YAMLError as exc:  # str(exc) spans lines: name the line, as the config loader does
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "somewhere"
+        raise ExperimentError(f"{paths.config}: not valid YAML ({where}: {getattr(exc, 'problem', None)})",
+                              "pull the experiment again") from None
     return {"name": paths.name, "paths": paths, "config": cfg, "results": results, "state": state}
 
 
@@ -155,7 +158,11 @@ def plot(runs: list[dict], out: Path, metric: str | None = None) -> Path:
     fig = figure(runs, metric)  # first: it turns a missing matplotlib into one line
     import matplotlib.pyplot as plt
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    from mlconnect.fileio import replacing
+
+    try:  # atomic, and a path that cannot be written is one line (it was a traceback)
+        with replacing(out) as f:
+            fig.savefig(f, dpi=100, format=out.suffix.lstrip(".").lower() or "png")
+    finally:
+        plt.close(fig)
     return out

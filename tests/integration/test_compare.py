@@ -53,3 +53,10 @@ def test_compare_two_real_runs(tmp_path: Path) -> None:
     assert ticks and all(float(t).is_integer() for t in ticks), ticks
     bad = _cli(tmp_path, "compare", "a", "nope")
     assert bad.returncode == 1 and "unknown experiment 'nope'" in bad.stderr
+    blocked = _cli(tmp_path, "compare", "a", "b", "--plot", str(png / "under-a-file.png"))  # png is a file
+    assert blocked.returncode == 1 and blocked.stderr.startswith("error: cannot write "), blocked.stderr
+    assert "Traceback" not in blocked.stderr and png.read_bytes() == data
+    (tmp_path / "experiments" / "b" / "config.yaml").write_text("hidden_size: [16\n")  # half-copied
+    broken = _cli(tmp_path, "compare", "a", "b")
+    assert broken.returncode == 1 and "not valid YAML (line 2" in broken.stderr
+    assert len(broken.stderr.strip().splitlines()) == 1, broken.stderr  # it was five lines of PyYAML

@@ -78,3 +78,61 @@ def test_shipped_configs_validate(path: Path) -> None:
 def test_configs_folder_is_not_empty() -> None:
     assert {p.name for p in CONFIGS} >= {"baseline.yaml", "gru4rec.yaml", "bert4rec.yaml"}
     assert load_config(CONFIGS[[p.name for p in CONFIGS].index("baseline.yaml")])["model"] == "SASRec"
+
+
+@pytest.mark.parametrize(("over", "needle"), [
+    ({"topk": []}, "topk must be"),  # used to pass, train an epoch, then fail in evaluation
+    ({"valid_metric": "NDCG@20"}, "is not computed"),  # used to be a KeyError traceback after epoch 1
+    ({"metrics": ["Recall"], "valid_metric": "NDCG@10"}, "is not computed"),
+])
+def test_valid_metric_and_topk_checked_before_training(over: dict, needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, over)
+    assert any(needle in p for p in err.value.problems)
+    assert load_config(None, {"topk": [5, 20], "valid_metric": "ndcg@20"})["topk"] == [5, 20]
+
+
+def test_exponent_floats_load_as_recbole_reads_them(tmp_path: Path) -> None:
+    # YAML 1.1 reads 1e-3 as a string; RecBole (and so every RecBole config) reads a float
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("learning_rate: 1e-3\nweight_decay: 5E-5\n")
+    loaded = load_config(cfg, parse_overrides(["layer_norm_eps=1e-12"]))
+    assert (loaded["learning_rate"], loaded["weight_decay"], loaded["layer_norm_eps"]) == (1e-3, 5e-5, 1e-12)
+    assert parse_overrides(["seed=42", "dataset=1e5x"]) == {"seed": 42, "dataset": "1e5x"}
+
+
+def test_a_misspelt_eval_args_key_is_an_error() -> None:
+    # {modee: uni100} used to train and evaluate with full ranking, saying nothing
+    with pytest.raises(ConfigError) as err:
+        load_config(None, {"eval_args": {"modee": "uni100"}})
+    assert any("eval_args: unknown key(s) modee" in p for p in err.value.problems)
+
+
+@pytest.mark.parametrize("clip", [{"max_norm": "abc"}, {"max_norm": 5, "norm_typ": 1}, {"max_norm": -1}])
+def test_clip_grad_norm_checked_before_training(clip: dict) -> None:
+    # {max_norm: abc} was a ValueError traceback at the first step; norm_typ was silently ignored
+    with pytest.raises(ConfigError, match="clip_grad_norm must be"):
+        load_config(None, {"clip_grad_norm": clip})
+    assert load_config(None, {"clip_grad_norm": {"max_norm": 5.0, "norm_type": 2}})["clip_grad_norm"]["max_norm"] == 5
+
+
+@pytest.mark.parametrize(("over", "needle"), [
+    ({"compile": "abc"}, "compile must be true or false"),  # a string was truthy: it compiled
+    ({"mask_history": "maybe"}, "mask_history must be true or false"),  # ... and masked the history
+    ({"save_checkpoints": "abc"}, "save_checkpoints must be true or false"),
+    ({"model": "BERT4Rec", "ft_ratio": "abc"}, "ft_ratio must be"),  # was a TypeError traceback mid-epoch
+    ({"model": "BERT4Rec", "ft_ratio": 2}, "ft_ratio must be"),
+])
+def test_switches_and_ratios_are_typed(over: dict, needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, over)
+    assert any(needle in p for p in err.value.problems)
+    ok = load_config(None, parse_overrides(["compile=false", "valid_metric_bigger=no"]))
+    assert ok["valid_metric_bigger"] is False
+
+
+@pytest.mark.parametrize("key", ["initializer_range", "layer_norm_eps"])
+def test_transformer_numbers_are_typed(key: str) -> None:
+    with pytest.raises(ConfigError, match=f"{key} must be a number > 0"):  # was a TypeError in the model
+        load_config(None, parse_overrides([f"{key}=abc"]))
+    assert load_config(None, parse_overrides([f"{key}=1e-6"]))[key] == 1e-6

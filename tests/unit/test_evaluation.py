@@ -43,7 +43,7 @@ class ItemIdScorer(SequentialRecommender):
 
 
 def _cfg(**over):
-    return load_config(None, {"metrics": ["Hit", "NDCG", "MRR"], "topk": [1, 2, 3], **over})
+    return load_config(None, {"metrics": ["Hit", "NDCG", "MRR"], "topk": [1, 2, 3], "valid_metric": "MRR@3", **over})
 
 
 def test_excluded_items_and_popularity_follow_recbole() -> None:

@@ -88,3 +88,11 @@ def test_names_and_agent_args():
                       sampler="tpe", prune=False, gpus=None, sets=["epochs=2"])
     assert args == ["--name", "s", "--space", "sp.yaml", "--trials", "6", "--parallel", "2", "--sampler", "tpe",
                     "--config", "c.yaml", "--seeds", "1,2", "--no-prune", "--set", "epochs=2"]
+
+
+def test_choice_of_exponent_floats_loads_floats(tmp_path):
+    f = tmp_path / "space.yaml"
+    f.write_text("learning_rate: {choice: [1e-3, 2e-3]}\n")
+    (p,) = load_space(f)
+    assert p.choices == (1e-3, 2e-3)
+    check_against_config([p], None, {})  # a string '1e-3' was refused by the engine

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from mlconnect.errors import ConfigError
+from mlconnect.yamlload import load_yaml
 
 MODELS = ("SASRec", "GRU4Rec", "BERT4Rec")
 
@@ -167,7 +168,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             bad.append(f"--set {pair!r} is not key=value")
             continue
         try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+            out[key.strip()] = load_yaml(raw) if raw.strip() else None
         except yaml.YAMLError:
             out[key.strip()] = raw
     if bad:
@@ -184,7 +185,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError([f"file not found: {p}"], source=str(p),
                           hint="check the path (configs/ holds the shipped configs)") from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = load_yaml(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "somewhere"
@@ -248,14 +249,17 @@ def _validate(v: dict[str, Any], problems: list[str]) -> None:
         positive_int(key)
     for key in ("stopping_step", "sampled_negatives"):
         positive_int(key, allow_zero=True)
-    for key in ("loss_chunk_size", "eval_chunk_size"):
+    for key in ("loss_chunk_size", "eval_chunk_size", "window_stride", "num_threads"):
         if v.get(key) is not None:
             positive_int(key)
+    for key in ("mask_history", "valid_metric_bigger", "reproducibility", "normalize_all", "save_checkpoints",
+                "compile"):  # any string was truthy: `compile=abc` compiled, `mask_history=maybe` masked
+        if not isinstance(v.get(key), bool):
+            problems.append(f"{key} must be true or false, got {v.get(key)!r}")
     if v.get("sparse_item_grad") not in ("auto", True, False):
         problems.append(f"sparse_item_grad must be auto, true or false, got {v.get('sparse_item_grad')!r}")
-    for key in ("seed",):
-        if not isinstance(v.get(key), int) or isinstance(v.get(key), bool):
-            problems.append(f"{key} must be an integer, got {v.get(key)!r}")
+    if type(v.get("seed")) is not int:
+        problems.append(f"seed must be an integer, got {v.get('seed')!r}")
     for key in ("learning_rate", "weight_decay", "progress_interval_s"):
         x = v.get(key)
         if not isinstance(x, (int, float)) or isinstance(x, bool) or x < 0:
@@ -263,10 +267,6 @@ def _validate(v: dict[str, Any], problems: list[str]) -> None:
     ema = v.get("ema_decay")
     if ema is not None and (not isinstance(ema, (int, float)) or isinstance(ema, bool) or not 0.0 < ema < 1.0):
         problems.append(f"ema_decay must be null or a number in (0, 1), got {ema!r}")
-    if v.get("window_stride") is not None:
-        positive_int("window_stride")
-    if v.get("num_threads") is not None:
-        positive_int("num_threads")
     if str(v.get("learner", "")).lower() not in _LEARNERS:
         problems.append(f"learner must be one of {', '.join(_LEARNERS)}, got {v.get('learner')!r}")
     else:
@@ -298,8 +298,9 @@ def _validate(v: dict[str, Any], problems: list[str]) -> None:
     if v.get("enable_amp") not in ("auto", True, False):
         problems.append(f"enable_amp must be auto, true or false, got {v.get('enable_amp')!r}")
     cg = v.get("clip_grad_norm")
-    if cg is not None and not (isinstance(cg, dict) and "max_norm" in cg):
-        problems.append("clip_grad_norm must be null or {max_norm: 5.0, norm_type: 2}")
+    if cg is not None and not (isinstance(cg, dict) and "max_norm" in cg and set(cg) <= {"max_norm", "norm_type"}
+                               and all(type(x) in (int, float) and x > 0 for x in cg.values())):  # was a traceback
+        problems.append(f"clip_grad_norm must be null or {{max_norm: 5.0, norm_type: 2}} (numbers > 0), got {cg!r}")
 
 
 def _validate_eval(v: dict[str, Any], problems: list[str]) -> None:
@@ -310,6 +311,8 @@ def _validate_eval(v: dict[str, Any], problems: list[str]) -> None:
         problems.append("eval_args must be a mapping")
         return
     merged = {**DEFAULTS["eval_args"], **ea}
+    if extra := sorted(set(merged) - set(DEFAULTS["eval_args"])):  # a typo here was silently ignored
+        problems.append(f"eval_args: unknown key(s) {', '.join(map(str, extra))} (known: split, order, group_by, mode)")
     split = merged.get("split")
     if split != {"LS": "valid_and_test"}:
         problems.append(f"eval_args.split {split!r} is not supported: sequential models use {{LS: valid_and_test}}")
@@ -332,7 +335,7 @@ def _validate_eval(v: dict[str, Any], problems: list[str]) -> None:
     topk = v.get("topk")
     if isinstance(topk, int):
         topk = [topk]
-    if not isinstance(topk, list) or not all(isinstance(k, int) and k > 0 for k in topk):
+    if not isinstance(topk, list) or not topk or not all(isinstance(k, int) and k > 0 for k in topk):
         problems.append(f"topk must be a list of positive integers, got {v.get('topk')!r}")
         topk = [10]
     v["topk"] = topk
@@ -340,6 +343,8 @@ def _validate_eval(v: dict[str, Any], problems: list[str]) -> None:
     name, _, k = vm.lower().partition("@")
     if name not in METRICS or not k.isdigit():
         problems.append(f"valid_metric {vm!r} must look like NDCG@10 with a metric from {', '.join(METRICS)}")
+    elif metrics and topk and (name not in {str(m).lower() for m in metrics} or int(k) not in topk):
+        problems.append(f"valid_metric {vm!r} is not computed: metrics are {metrics} and topk {topk}")
 
 
 def _validate_eval_mode(mode: Any, problems: list[str]) -> None:
@@ -378,13 +383,15 @@ def _validate_model(v: dict[str, Any], problems: list[str]) -> None:
         if not isinstance(x, int) or isinstance(x, bool) or x < 1:
             problems.append(f"{key} must be a positive integer, got {x!r}")
     probs = ["hidden_dropout_prob", "attn_dropout_prob"] if model != "GRU4Rec" else ["dropout_prob"]
-    if model == "BERT4Rec":
-        probs += ["mask_ratio"]
+    probs += ["mask_ratio", "ft_ratio"] if model == "BERT4Rec" else []
     for key in probs:
         x = v.get(key)
         if not isinstance(x, (int, float)) or isinstance(x, bool) or not 0.0 <= x < 1.0:
             problems.append(f"{key} must be a number in [0, 1), got {x!r}")
     if model != "GRU4Rec":
+        for key in ("initializer_range", "layer_norm_eps"):  # a string was a TypeError traceback
+            if type(v.get(key)) not in (int, float) or not v[key] > 0:
+                problems.append(f"{key} must be a number > 0, got {v.get(key)!r}")
         if str(v.get("hidden_act")).lower() not in _ACTS:
             problems.append(f"hidden_act must be one of {', '.join(_ACTS)}, got {v.get('hidden_act')!r}")
         h, n = v.get("hidden_size"), v.get("n_heads")

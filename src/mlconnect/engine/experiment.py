@@ -38,6 +38,10 @@ def prepare_experiment(cfg: Config, root: str | Path, *, resume: bool, force: bo
     """
     paths = ExperimentPaths(Path(root))
     exists = paths.root.exists() and any(paths.root.iterdir())
+    if exists and (resume or force):
+        refuse_if_training(paths)  # --force would delete, and --resume duplicate, a live trainer's files
+    if resume and paths.checkpoint("last").is_file():
+        check_resume_config(paths, cfg)  # before config.yaml is rewritten: a refused resume changes nothing
     if resume and not paths.checkpoint("last").is_file():
         note = (f"experiment {paths.name} has no checkpoint yet ({paths.checkpoint('last')}): "
                 "starting it from scratch")
@@ -55,6 +59,47 @@ def prepare_experiment(cfg: Config, root: str | Path, *, resume: bool, force: bo
     paths.checkpoints.mkdir(exist_ok=True)
     atomic_write_text(paths.config, cfg.to_yaml())
     return paths
+
+
+def refuse_if_training(paths: ExperimentPaths) -> None:
+    """One line if a live process (this machine) is training into ``paths`` (its progress.json says so)."""
+    from mlconnect.expstate import snapshot, state_of
+
+    progress = snapshot(str(paths.root), 0)["progress"] or {}
+    here = progress.get("pid") and progress.get("host") == socket.gethostname()  # else: a copy, or no writer named
+    if here and state_of(None, progress, None)["state"] == "running":
+        raise ExperimentError(f"experiment {paths.name} is being trained right now (pid {progress.get('pid')})",
+                              f"stop it first (`mlconnect stop {paths.name}`), or choose another name")
+
+
+# What a resumed run may change: how long and where it runs, how it reports. Anything else (the model's
+# shape, the data, the optimiser) would not match the checkpoint, or not continue the same run.
+RESUMABLE_CHANGES = frozenset({
+    "epochs", "stopping_step", "eval_step", "device", "enable_amp", "compile", "num_threads", "data_path",
+    "eval_batch_size", "eval_chunk_size", "loss_chunk_size", "progress_interval_s", "log_interval",
+    "save_checkpoints", "mlflow_tracking_uri", "mlflow_experiment"})
+
+
+def check_resume_config(paths: ExperimentPaths, cfg: Config) -> None:
+    """Refuse a resume whose config differs from the experiment's own outside RESUMABLE_CHANGES."""
+    import yaml
+
+    from mlconnect.yamlload import load_yaml
+
+    try:
+        saved = load_yaml(paths.config.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return  # no readable saved config: the checkpoint's own model check still applies
+    if not isinstance(saved, dict):
+        return
+    new = load_yaml(cfg.to_yaml())
+    changed = [k for k in new if k not in RESUMABLE_CHANGES and k in saved and saved[k] != new[k]]
+    if changed:
+        what = ", ".join(f"{k} {saved[k]!r} -> {new[k]!r}" for k in changed[:3])
+        raise ExperimentError(
+            f"cannot resume {paths.name} with a changed config ({what}{', ...' if len(changed) > 3 else ''})",
+            "resume without those changes (epochs, stopping_step, device and other run settings may change), "
+            "or train a new experiment")
 
 
 def create_experiment(cfg: Config, root: str | Path, force: bool = False) -> ExperimentPaths:

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from mlconnect.errors import ConfigError, MlconnectError
+from mlconnect.yamlload import load_yaml
 
 KINDS = ("float", "int", "choice")
 
@@ -121,7 +122,7 @@ def parse_space(doc: Any, source: str = "space") -> list[Param]:
 def load_space(path: str | Path) -> list[Param]:
     p = Path(path)
     try:
-        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+        doc = load_yaml(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SpaceError(str(p), None, "file not found") from None
     except yaml.YAMLError as exc:
