@@ -17,9 +17,10 @@ PKG = SRC / "mlconnect"
 # The base: small modules everything may use. `_root` is mlconnect/__init__.py (version, build id); `wsl`
 # is the std-lib-only WSL inspection the host agent and doctor share; `expstate` the std-lib-only
 # experiment state (and time format) that every command reads, here and in the host agent; `interrupt`
-# the std-lib-only SIGTERM-as-Ctrl-C guard that tunnels, export and predict share.
+# the std-lib-only SIGTERM-as-Ctrl-C guard that tunnels, export and predict share; `yamlload` YAML read as
+# RecBole reads it (configs, sweep spaces).
 BASE = frozenset({"_root", "_build", "errors", "fileio", "layout", "ports", "settings", "wsl", "expstate", "spec",
-                  "interrupt"})
+                  "interrupt", "yamlload"})
 
 # What each part may import besides itself and BASE. The arrows of ARCHITECTURE.md:
 #   data <- engine <- runs <- sweeps <- cli;  serving <- engine (and remote, to serve on a host);
