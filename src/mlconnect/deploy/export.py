@@ -289,9 +289,7 @@ def export_bundle(experiment_dir: str | os.PathLike[str], out: str | os.PathLike
         fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        for folder in reversed(made):  # the parents this export created, if still empty
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        _remove_empty(made)
         raise
     if rec.cfg.get("mlflow_tracking_uri"):
         card["mlflow"] = _register(rec, out, card, log)
@@ -321,11 +319,16 @@ def _make_temp(out: Path) -> tuple[Path, list[Path]]:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     except OSError as exc:
-        for folder in reversed(made):
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        _remove_empty(made)
         raise _out_error(out, exc) from None
     return tmp, made
+
+
+def _remove_empty(made: list[Path]) -> None:
+    """The parent folders an export created for ``--out``, deepest first, while they are still empty."""
+    for folder in reversed(made):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _out_error(out: Path, exc: OSError) -> MlconnectError:

@@ -125,8 +125,7 @@ def follow_logs(target: Any, name: str, *, follow: bool, offset: int = 0, out: A
             # Before the first answer, only a call that did not get through is worth waiting out: a
             # host without mlconnect will not grow one. After it, anything is (the laptop slept) but
             # ssh's refusals (a wrong key, a changed host key), which no wait fixes.
-            permanent = getattr(exc, "permanent", False)
-            if not follow or permanent or (not seen_ok and not isinstance(exc, AgentUnreachable)):
+            if not follow or exc.permanent or (not seen_ok and not isinstance(exc, AgentUnreachable)):
                 raise
             delay = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
             failures += 1
